@@ -1,0 +1,199 @@
+// Every pulsegate setting, with its default, in one typed place. Environment variables (PULSEGATE_*) override the
+// defaults; `loadConfig` validates the result and names each wrong field, so a typo fails at start, not at 3 a.m.
+import path from 'node:path'
+import { z } from 'zod'
+
+const port = z.coerce.number().int().min(0).max(65535)
+const ms = z.coerce.number().int().min(0)
+const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')])
+
+export const configSchema = z.object({
+  /** embedded database, dev PKI, JWT dev secret, caches */
+  dataDir: z.string().min(1),
+  /** PostgreSQL/TimescaleDB server; unset → embedded TimescaleDB (PGlite) under dataDir/db */
+  databaseUrl: z.string().url().optional(),
+  /** connections in the pg pool used by the group-commit writer and queries */
+  databasePoolSize: z.coerce.number().int().min(1).max(64),
+  /** Redis (leaderboards); unset → in-process */
+  redisUrl: z.string().url().optional(),
+  host: z.string().min(1),
+  mqttPort: port,
+  mqttsPort: port,
+  httpPort: port,
+  /** set false to skip a listener */
+  mqttEnabled: bool,
+  mqttsEnabled: bool,
+  tls: z.object({
+    /** PEM paths; unset → the dev PKI in dataDir/pki (created on first start) */
+    caFile: z.string().optional(),
+    certFile: z.string().optional(),
+    keyFile: z.string().optional(),
+    /** serve the WebSocket listener as WSS with the same server certificate */
+    wss: bool,
+  }),
+  jwt: z.object({
+    /** HS256 secret; unset (and no JWKS URL) → a dev secret generated into dataDir/jwt.secret */
+    secret: z.string().min(16).optional(),
+    jwksUrl: z.string().url().optional(),
+    issuer: z.string().min(1),
+    audience: z.string().min(1),
+  }),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+  limits: z.object({
+    /** largest MQTT packet accepted; cut off at the fixed header, before the body is buffered */
+    maxPacketBytes: z.coerce.number().int().min(1024).max(256 * 1024 * 1024),
+    /** ids in topics and client ids: [A-Za-z0-9_-]{1,64}; client ids of token clients may add ':' parts */
+    maxClientIdLength: z.coerce.number().int().min(8).max(256),
+    connectTimeoutMs: ms,
+    /** a client whose socket does not drain for this long is disconnected (Aedes drainTimeout) */
+    drainTimeoutMs: ms,
+    /** grace period for in-flight commits on SIGTERM */
+    shutdownTimeoutMs: ms,
+  }),
+  ingest: z.object({
+    /** rows per INSERT statement at most */
+    maxBatchRows: z.coerce.number().int().min(1).max(100_000),
+    /** how long the first queued row waits for company before a flush */
+    flushIntervalMs: z.coerce.number().min(0).max(1000),
+    /** rows waiting for the database, across all devices; above it QoS 1 is refused (device retries) and QoS 0 dropped */
+    maxQueuedRows: z.coerce.number().int().min(100),
+    /** statements in flight at once (pg pool); the embedded store always uses 1 */
+    writers: z.coerce.number().int().min(1).max(32),
+    /** a QoS 1 batch not committed by then is refused: the device reconnects and retries (idempotent) */
+    commitTimeoutMs: ms,
+    maxSamplesPerBatch: z.coerce.number().int().min(1).max(100_000),
+    maxFutureSkewMs: ms,
+    /** samples older than this are refused; compression starts after it so late rows never hit compressed chunks */
+    lateWindowMs: ms,
+    maxFootSpeedMps: z.coerce.number().positive(),
+  }),
+  shutdownSignals: bool,
+})
+
+export type BrokerConfig = z.infer<typeof configSchema>
+
+export type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] }
+
+export function defaults(): BrokerConfig {
+  return {
+    dataDir: path.resolve('data'),
+    databaseUrl: undefined,
+    databasePoolSize: 4,
+    redisUrl: undefined,
+    host: '0.0.0.0',
+    mqttPort: 1883,
+    mqttsPort: 8883,
+    httpPort: 8080,
+    mqttEnabled: true,
+    mqttsEnabled: true,
+    tls: { caFile: undefined, certFile: undefined, keyFile: undefined, wss: false },
+    jwt: { secret: undefined, jwksUrl: undefined, issuer: 'pulsegate', audience: 'pulsegate' },
+    logLevel: 'info',
+    limits: {
+      maxPacketBytes: 256 * 1024,
+      maxClientIdLength: 160,
+      connectTimeoutMs: 10_000,
+      drainTimeoutMs: 20_000,
+      shutdownTimeoutMs: 15_000,
+    },
+    ingest: {
+      maxBatchRows: 20_000,
+      flushIntervalMs: 4,
+      maxQueuedRows: 500_000,
+      writers: 3,
+      commitTimeoutMs: 20_000,
+      maxSamplesPerBatch: 2_000,
+      maxFutureSkewMs: 5 * 60_000,
+      lateWindowMs: 7 * 24 * 3600_000,
+      maxFootSpeedMps: 12.5,
+    },
+    shutdownSignals: true,
+  }
+}
+
+/** env variable → config path. The documented ones first (SPEC.md), then the tuning knobs. */
+export const ENV_MAP: Record<string, string> = {
+  PULSEGATE_DATA_DIR: 'dataDir',
+  PULSEGATE_DATABASE_URL: 'databaseUrl',
+  PULSEGATE_DATABASE_POOL_SIZE: 'databasePoolSize',
+  PULSEGATE_REDIS_URL: 'redisUrl',
+  PULSEGATE_HOST: 'host',
+  PULSEGATE_MQTT_PORT: 'mqttPort',
+  PULSEGATE_MQTTS_PORT: 'mqttsPort',
+  PULSEGATE_HTTP_PORT: 'httpPort',
+  PULSEGATE_MQTT_ENABLED: 'mqttEnabled',
+  PULSEGATE_MQTTS_ENABLED: 'mqttsEnabled',
+  PULSEGATE_TLS_CA_FILE: 'tls.caFile',
+  PULSEGATE_TLS_CERT_FILE: 'tls.certFile',
+  PULSEGATE_TLS_KEY_FILE: 'tls.keyFile',
+  PULSEGATE_TLS_WSS: 'tls.wss',
+  PULSEGATE_JWT_SECRET: 'jwt.secret',
+  PULSEGATE_JWKS_URL: 'jwt.jwksUrl',
+  PULSEGATE_JWT_ISSUER: 'jwt.issuer',
+  PULSEGATE_JWT_AUDIENCE: 'jwt.audience',
+  PULSEGATE_LOG_LEVEL: 'logLevel',
+  PULSEGATE_MAX_PACKET_BYTES: 'limits.maxPacketBytes',
+  PULSEGATE_INGEST_MAX_BATCH_ROWS: 'ingest.maxBatchRows',
+  PULSEGATE_INGEST_FLUSH_MS: 'ingest.flushIntervalMs',
+  PULSEGATE_INGEST_MAX_QUEUED_ROWS: 'ingest.maxQueuedRows',
+  PULSEGATE_INGEST_WRITERS: 'ingest.writers',
+  PULSEGATE_INGEST_COMMIT_TIMEOUT_MS: 'ingest.commitTimeoutMs',
+  PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`)
+  }
+}
+
+function setPath(target: Record<string, unknown>, dotted: string, value: unknown): void {
+  const keys = dotted.split('.')
+  let node = target
+  for (const key of keys.slice(0, -1)) {
+    const next = node[key]
+    if (typeof next !== 'object' || next === null) node[key] = {}
+    node = node[key] as Record<string, unknown>
+  }
+  node[keys[keys.length - 1] as string] = value
+}
+
+function merge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base }
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue
+    const b = out[k]
+    out[k] =
+      typeof v === 'object' && v !== null && !Array.isArray(v) && typeof b === 'object' && b !== null
+        ? merge(b as Record<string, unknown>, v as Record<string, unknown>)
+        : v
+  }
+  return out
+}
+
+/** defaults ← env ← overrides (tests and the CLI pass overrides). Empty env values count as unset. */
+export function loadConfig(
+  overrides: DeepPartial<BrokerConfig> = {},
+  env: NodeJS.ProcessEnv = process.env,
+): BrokerConfig {
+  const fromEnv: Record<string, unknown> = {}
+  for (const [name, dotted] of Object.entries(ENV_MAP)) {
+    const v = env[name]
+    if (v !== undefined && v !== '') setPath(fromEnv, dotted, v)
+  }
+  const merged = merge(merge(defaults() as unknown as Record<string, unknown>, fromEnv), overrides)
+  const parsed = configSchema.safeParse(merged)
+  if (!parsed.success) {
+    const envFor = (p: string) => Object.entries(ENV_MAP).find(([, d]) => d === p)?.[0]
+    throw new ConfigError(
+      parsed.error.issues.map((i) => {
+        const p = i.path.join('.')
+        const e = envFor(p)
+        return `${p}${e ? ` (${e})` : ''}: ${i.message}`
+      }),
+    )
+  }
+  const cfg = parsed.data
+  cfg.dataDir = path.resolve(cfg.dataDir)
+  return cfg
+}

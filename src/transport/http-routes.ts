@@ -1,0 +1,167 @@
+// HTTP operations beside MQTT: /healthz (process up), /readyz (database reachable, listeners bound), /metrics
+// (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT).
+import type http from 'node:http'
+import { z } from 'zod'
+import type { BrokerConfig } from '../../broker.config.js'
+import type { Tokens } from '../identity/tokens.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import type { GroupCommitWriter } from '../pipeline/commit.js'
+import type { Db } from '../store/db.js'
+import { type Registry, RegistryError } from '../store/registry.js'
+
+export interface RouteDeps {
+  config: BrokerConfig
+  metrics: Metrics
+  registry: Registry
+  tokens: Tokens
+  db: Db
+  writer: GroupCommitWriter
+  isReady(): boolean
+  onDeviceRevoked(deviceId: string): void
+  log: Logger
+}
+
+const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)
+export const rpcSchema = z.discriminatedUnion('op', [
+  z.object({
+    op: z.literal('registerDevice'),
+    deviceId: id,
+    userId: id,
+    fingerprint: z.string().min(1),
+    serial: z.string().optional(),
+    notAfter: z.string().optional(),
+  }),
+  z.object({ op: z.literal('revokeDevice'), deviceId: id }),
+  z.object({ op: z.literal('ensureUser'), userId: id, birthYear: z.number().int().optional() }),
+  z.object({
+    op: z.literal('createEvent'),
+    eventId: id,
+    name: z.string().optional(),
+    isPublic: z.boolean().optional(),
+    distanceM: z.number().positive().optional(),
+    startsAt: z.string().optional(),
+  }),
+  z.object({ op: z.literal('joinEvent'), eventId: id, userId: id, consentLeaderboard: z.boolean().optional(), bib: z.string().optional() }),
+])
+export type RpcRequest = z.infer<typeof rpcSchema>
+
+/** The registry operations, shared by the CLI (direct database) and the RPC endpoint (running broker). */
+export async function runRpc(registry: Registry, req: RpcRequest): Promise<unknown> {
+  switch (req.op) {
+    case 'registerDevice':
+      return {
+        deviceKey: await registry.registerDevice({
+          deviceId: req.deviceId,
+          userId: req.userId,
+          fingerprint: req.fingerprint,
+          ...(req.serial ? { serial: req.serial } : {}),
+          ...(req.notAfter ? { notAfter: new Date(req.notAfter) } : {}),
+        }),
+      }
+    case 'revokeDevice':
+      return { revoked: await registry.revokeDevice(req.deviceId) }
+    case 'ensureUser':
+      await registry.ensureUser(req.userId, req.birthYear !== undefined ? { birthYear: req.birthYear } : {})
+      return { ok: true }
+    case 'createEvent':
+      await registry.createEvent({
+        eventId: req.eventId,
+        ...(req.name !== undefined ? { name: req.name } : {}),
+        ...(req.isPublic !== undefined ? { isPublic: req.isPublic } : {}),
+        ...(req.distanceM !== undefined ? { distanceM: req.distanceM } : {}),
+        ...(req.startsAt ? { startsAt: new Date(req.startsAt) } : {}),
+      })
+      return { ok: true }
+    case 'joinEvent':
+      await registry.joinEvent(req.eventId, req.userId, {
+        ...(req.consentLeaderboard !== undefined ? { consentLeaderboard: req.consentLeaderboard } : {}),
+        ...(req.bib ? { bib: req.bib } : {}),
+      })
+      return { ok: true }
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown, type = 'application/json'): void {
+  const text = typeof body === 'string' ? body : JSON.stringify(body)
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' })
+  res.end(text)
+}
+
+async function readBody(req: http.IncomingMessage, max = 64 * 1024): Promise<string> {
+  let size = 0
+  const chunks: Buffer[] = []
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > max) throw new Error('body too large')
+    chunks.push(chunk as Buffer)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
+export function createHttpRoutes(deps: RouteDeps) {
+  return (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    const url = new URL(req.url ?? '/', 'http://x')
+    void (async () => {
+      if (req.method === 'GET' && url.pathname === '/healthz') return send(res, 200, { status: 'ok' })
+      if (req.method === 'GET' && url.pathname === '/readyz') {
+        let database = false
+        try {
+          await Promise.race([
+            deps.db.query('SELECT 1'),
+            new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000)),
+          ])
+          database = true
+        } catch {
+          database = false
+        }
+        const listeners = deps.isReady()
+        const ok = database && listeners && deps.writer.healthy
+        return send(res, ok ? 200 : 503, {
+          status: ok ? 'ready' : 'not_ready',
+          database,
+          listeners,
+          writer: deps.writer.healthy,
+          queuedRows: deps.writer.queuedRows,
+        })
+      }
+      if (req.method === 'GET' && url.pathname === '/metrics') {
+        return send(res, 200, await deps.metrics.registry.metrics(), deps.metrics.registry.contentType)
+      }
+      if (req.method === 'POST' && url.pathname === '/admin/rpc') {
+        const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]
+        if (!bearer) return send(res, 401, { error: 'admin token required' })
+        try {
+          const p = await deps.tokens.verify(bearer)
+          if (p.role !== 'admin') return send(res, 403, { error: 'admin role required' })
+        } catch (err) {
+          return send(res, 401, { error: (err as Error).message })
+        }
+        let body: unknown
+        try {
+          body = JSON.parse(await readBody(req))
+        } catch (err) {
+          return send(res, 400, { error: `invalid JSON: ${(err as Error).message}` })
+        }
+        const parsed = rpcSchema.safeParse(body)
+        if (!parsed.success) return send(res, 400, { error: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') })
+        try {
+          const result = await runRpc(deps.registry, parsed.data)
+          if (parsed.data.op === 'revokeDevice') deps.onDeviceRevoked(parsed.data.deviceId)
+          return send(res, 200, result)
+        } catch (err) {
+          if (err instanceof RegistryError) return send(res, 409, { error: err.message })
+          throw err
+        }
+      }
+      if (req.method === 'GET' && url.pathname === '/') {
+        return send(res, 200, '<!doctype html><title>pulsegate</title><h1>pulsegate</h1><p>MQTT over WebSocket at <code>/mqtt</code>; metrics at <a href="/metrics">/metrics</a>.</p>', 'text/html')
+      }
+      send(res, 404, { error: 'not found' })
+    })().catch((err: Error) => {
+      deps.log.error({ err: err.message, path: url.pathname }, 'http handler failed')
+      if (!res.headersSent) send(res, 500, { error: 'internal error' })
+      else res.destroy()
+    })
+  }
+}

@@ -1,0 +1,139 @@
+// Listeners: MQTT/TCP, MQTT/TLS with client certificates required, MQTT over WebSocket at /mqtt on the HTTP port.
+// Every stream passes the packet guard before Aedes sees a byte, so an oversized packet is cut at its header.
+import http from 'node:http'
+import https from 'node:https'
+import net from 'node:net'
+import type { Duplex } from 'node:stream'
+import tls from 'node:tls'
+import { createWebSocketStream, WebSocketServer } from 'ws'
+import type { Principal } from '../identity/principal.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import { type ListenerName, setConnInfo } from './connection.js'
+import { guardConnection } from './packet-guard.js'
+
+export type HandleFn = (stream: Duplex, req?: http.IncomingMessage) => void
+
+export interface TransportDeps {
+  handle: HandleFn
+  maxPacketBytes: number
+  metrics: Metrics
+  log: Logger
+}
+
+function admit(deps: TransportDeps, listener: ListenerName, socket: Duplex, remoteAddress: string, extra: {
+  peerCert?: tls.PeerCertificate | null
+  upgradePrincipal?: Principal | null
+  req?: http.IncomingMessage
+}): void {
+  const guarded = guardConnection(socket, {
+    maxPacketBytes: deps.maxPacketBytes,
+    onViolation: (reason, declared) => {
+      deps.metrics.guardCuts.inc({ reason, listener })
+      deps.log.warn({ listener, remoteAddress, reason, declared }, 'connection cut by the packet guard')
+    },
+  })
+  setConnInfo(guarded, {
+    listener,
+    remoteAddress,
+    peerCert: extra.peerCert ?? null,
+    upgradePrincipal: extra.upgradePrincipal ?? null,
+  })
+  // A socket error before Aedes attaches its own listener must not become an uncaught exception.
+  socket.on('error', () => {})
+  deps.handle(guarded, extra.req)
+}
+
+export function createTcpServer(deps: TransportDeps): net.Server {
+  const server = net.createServer({ noDelay: true }, (sock) => admit(deps, 'mqtt', sock, sock.remoteAddress ?? '', {}))
+  server.maxConnections = 200_000
+  return server
+}
+
+export interface TlsMaterial {
+  key: Buffer
+  cert: Buffer
+  ca: Buffer
+}
+
+export function createTlsServer(deps: TransportDeps, material: TlsMaterial): tls.Server {
+  const server = tls.createServer(
+    {
+      key: material.key,
+      cert: material.cert,
+      ca: material.ca,
+      requestCert: true,
+      // No certificate, an expired one, or one from another CA fails in the handshake and never reaches MQTT.
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
+      handshakeTimeout: 10_000,
+    },
+    (sock) => {
+      const cert = sock.getPeerCertificate()
+      admit(deps, 'mqtts', sock, sock.remoteAddress ?? '', { peerCert: cert && cert.raw ? cert : null })
+    },
+  )
+  server.on('tlsClientError', (err, sock) => {
+    const reason = /certificate required|peer did not return a certificate/i.test(err.message)
+      ? 'no_certificate'
+      : /expired/i.test(err.message)
+        ? 'certificate_expired'
+        : /unknown ca|self.signed|unable to get|verify/i.test(err.message)
+          ? 'untrusted_certificate'
+          : 'handshake_failed'
+    deps.metrics.authRefusals.inc({ reason, listener: 'mqtts' })
+    deps.log.info({ remoteAddress: sock.remoteAddress, reason, err: err.message }, 'TLS handshake refused')
+  })
+  return server
+}
+
+export interface HttpDeps extends TransportDeps {
+  /** verifies an `Authorization: Bearer` token at the upgrade; throws to refuse with 401 */
+  verifyBearer(token: string): Promise<Principal>
+  onRequest(req: http.IncomingMessage, res: http.ServerResponse): void
+}
+
+/** HTTP (metrics, health, admin RPC, the race-control page) and MQTT over WebSocket at /mqtt on one port. */
+export function createHttpServer(deps: HttpDeps, tlsMaterial: TlsMaterial | null): http.Server {
+  const server = tlsMaterial
+    ? https.createServer({ key: tlsMaterial.key, cert: tlsMaterial.cert }, deps.onRequest)
+    : http.createServer(deps.onRequest)
+  const listener: ListenerName = tlsMaterial ? 'wss' : 'ws'
+  // maxPayload bounds a single WebSocket message; the packet guard bounds MQTT packets spanning several messages.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: deps.maxPacketBytes + 1024, perMessageDeflate: false })
+  server.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => {})
+    const url = new URL(req.url ?? '/', 'http://x')
+    if (url.pathname !== '/mqtt') {
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n')
+      return
+    }
+    const auth = req.headers.authorization
+    const bearer = auth && /^Bearer\s+(.+)$/i.exec(auth)?.[1]
+    const proceed = (principal: Principal | null) =>
+      wss.handleUpgrade(req, socket, head, (ws) => {
+        const stream = createWebSocketStream(ws)
+        admit(deps, listener, stream, req.socket.remoteAddress ?? '', { upgradePrincipal: principal, req })
+      })
+    if (!bearer) {
+      proceed(null) // the token may come as the MQTT password instead
+      return
+    }
+    deps.verifyBearer(bearer).then(proceed, (err: Error & { reason?: string }) => {
+      // A bad token never costs an MQTT session: refused at the HTTP layer.
+      deps.metrics.authRefusals.inc({ reason: err.reason ?? 'bad_token', listener })
+      socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+    })
+  })
+  return server
+}
+
+export function listen(server: net.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen({ port, host, backlog: 4096 }, () => {
+      server.off('error', reject)
+      resolve((server.address() as net.AddressInfo).port)
+    })
+  })
+}

@@ -1,0 +1,206 @@
+import { Duplex } from 'node:stream'
+
+export interface PacketGuardOptions {
+  /** Largest whole packet accepted: fixed header (type byte + length varint) + remaining length. */
+  maxPacketBytes: number
+  /** `declared` is the Remaining Length from the header, or null when the varint itself is malformed. */
+  onViolation: (reason: 'packet_too_large' | 'malformed_length', declared: number | null) => void
+}
+
+// Parser states. Numbers, not strings: compared on every header byte.
+const TYPE = 0 // expecting byte 1 of a fixed header
+const LENGTH = 1 // inside the Remaining Length varint
+const BODY = 2 // counting down body bytes
+const DEAD = 3 // violation seen; ignore everything
+
+type Violation = 'packet_too_large' | 'malformed_length'
+
+/**
+ * A Duplex placed between a socket and broker.handle(). Aedes buffers a whole packet (up to 256 MB)
+ * before any hook runs, so this reads each fixed header as bytes stream past and kills the connection
+ * as soon as a header declares an oversize (or malformed) length, before the body is buffered anywhere.
+ * Memory is O(1): bodies are skipped by arithmetic, never copied. Bytes pass through unchanged.
+ */
+export class PacketGuard extends Duplex {
+  readonly socket: Duplex
+  readonly #max: number
+  readonly #onViolation: PacketGuardOptions['onViolation']
+
+  #state = TYPE
+  #remaining = 0 // body bytes left in the current packet
+  #length = 0 // Remaining Length accumulated so far
+  #multiplier = 1
+  #lengthBytes = 0
+  #declared: number | null = null
+  #socketPaused = false
+  #eof = false
+
+  constructor(socket: Duplex, opts: PacketGuardOptions) {
+    // decodeStrings: false so mqtt-packet's string topics go to the socket as-is, no extra Buffer per write.
+    super({ decodeStrings: false })
+    if (!Number.isInteger(opts.maxPacketBytes) || opts.maxPacketBytes < 2) {
+      throw new RangeError(`maxPacketBytes must be an integer >= 2, got ${opts.maxPacketBytes}`)
+    }
+    this.socket = socket
+    this.#max = opts.maxPacketBytes
+    this.#onViolation = opts.onViolation
+
+    socket.on('data', this.#onData)
+    socket.on('end', this.#onEnd)
+    socket.on('error', this.#onError)
+    socket.on('close', this.#onClose)
+  }
+
+  #onData = (data: Buffer | string): void => {
+    if (this.#state === DEAD) return
+    const chunk = typeof data === 'string' ? Buffer.from(data) : data
+    const violation = this.#scan(chunk)
+    if (violation !== null) {
+      this.#violate(violation)
+      return
+    }
+    if (!this.push(chunk)) {
+      this.#socketPaused = true
+      this.socket.pause()
+    }
+  }
+
+  /** Advances the header state machine over one chunk; returns a violation or null. */
+  #scan(chunk: Uint8Array): Violation | null {
+    const end = chunk.length
+    const max = this.#max
+    // Work on locals: the loop runs per header byte, field access through `this` is slower.
+    let state = this.#state
+    let remaining = this.#remaining
+    let length = this.#length
+    let multiplier = this.#multiplier
+    let lengthBytes = this.#lengthBytes
+    let i = 0
+    let violation: Violation | null = null
+
+    while (i < end) {
+      if (state === BODY) {
+        const available = end - i
+        if (remaining > available) {
+          remaining -= available
+          break
+        }
+        i += remaining
+        remaining = 0
+        state = TYPE
+      } else if (state === TYPE) {
+        // Type/flags are mqtt-packet's job; only the length matters here.
+        i++
+        state = LENGTH
+        length = 0
+        multiplier = 1
+        lengthBytes = 0
+      } else {
+        const byte = chunk[i++] as number
+        length += (byte & 0x7f) * multiplier
+        lengthBytes++
+        if (byte & 0x80) {
+          // The 4th byte may not continue: a 5th length byte is malformed [MQTT-1.5.5].
+          if (lengthBytes === 4) {
+            violation = 'malformed_length'
+            this.#declared = null
+            break
+          }
+          multiplier *= 128
+        } else if (1 + lengthBytes + length > max) {
+          violation = 'packet_too_large'
+          this.#declared = length
+          break
+        } else if (length === 0) {
+          state = TYPE
+        } else {
+          remaining = length
+          state = BODY
+        }
+      }
+    }
+
+    this.#state = state
+    this.#remaining = remaining
+    this.#length = length
+    this.#multiplier = multiplier
+    this.#lengthBytes = lengthBytes
+    return violation
+  }
+
+  #violate(reason: Violation): void {
+    this.#state = DEAD
+    let err: Error | undefined
+    try {
+      this.#onViolation(reason, this.#declared)
+    } catch (e) {
+      // Throwing inside a 'data' handler would crash the process; surface it on the guard instead.
+      err = e instanceof Error ? e : new Error(String(e))
+    }
+    // No error on a plain violation: onViolation is the report; an 'error' would be logged twice by the broker.
+    this.destroy(err)
+  }
+
+  #onEnd = (): void => {
+    this.#eof = true
+    this.push(null)
+  }
+
+  #onError = (err: Error): void => {
+    this.destroy(err)
+  }
+
+  #onClose = (): void => {
+    if (this.destroyed) return
+    // After a clean EOF the consumer may still hold unread packets (e.g. PUBLISH then DISCONNECT): let it drain.
+    if (this.#eof && !this.readableEnded) {
+      this.once('end', () => this.destroy())
+      return
+    }
+    this.destroy()
+  }
+
+  override _read(): void {
+    if (this.#socketPaused) {
+      this.#socketPaused = false
+      this.socket.resume()
+    }
+  }
+
+  // The callback fires when the socket has taken the bytes, so the guard's own buffer provides backpressure.
+  override _write(chunk: Buffer | string, encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.socket.write(chunk, encoding, cb)
+  }
+
+  // mqtt-packet corks and writes each packet as several small buffers; hand them over as one batch.
+  override _writev(
+    chunks: Array<{ chunk: Buffer | string; encoding: BufferEncoding }>,
+    cb: (err?: Error | null) => void,
+  ): void {
+    const socket = this.socket
+    const last = chunks.length - 1
+    socket.cork()
+    for (let i = 0; i < last; i++) {
+      const c = chunks[i]!
+      socket.write(c.chunk, c.encoding)
+    }
+    const c = chunks[last]!
+    socket.write(c.chunk, c.encoding, cb)
+    socket.uncork()
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    // Errors already reach us via the socket's 'error' event; don't fail 'finish' twice.
+    if (this.socket.writableEnded || this.socket.destroyed) cb()
+    else this.socket.end(() => cb())
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (!this.socket.destroyed) this.socket.destroy()
+    cb(err)
+  }
+}
+
+export function guardConnection(socket: Duplex, opts: PacketGuardOptions): PacketGuard {
+  return new PacketGuard(socket, opts)
+}
