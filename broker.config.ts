@@ -41,7 +41,11 @@ export const configSchema = z.object({
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
   limits: z.object({
     /** largest MQTT packet accepted; cut off at the fixed header, before the body is buffered */
-    maxPacketBytes: z.coerce.number().int().min(1024).max(256 * 1024 * 1024),
+    maxPacketBytes: z.coerce
+      .number()
+      .int()
+      .min(1024)
+      .max(256 * 1024 * 1024),
     /** ids in topics and client ids: [A-Za-z0-9_-]{1,64}; client ids of token clients may add ':' parts */
     maxClientIdLength: z.coerce.number().int().min(8).max(256),
     connectTimeoutMs: ms,
@@ -66,6 +70,8 @@ export const configSchema = z.object({
     /** samples older than this are refused; compression starts after it so late rows never hit compressed chunks */
     lateWindowMs: ms,
     maxFootSpeedMps: z.coerce.number().positive(),
+    /** at most one dead-letter row per device per interval: a device stuck sending garbage is counted, not stored 10×/s */
+    deadLetterIntervalMs: ms,
   }),
   shutdownSignals: bool,
 })
@@ -106,6 +112,7 @@ export function defaults(): BrokerConfig {
       maxFutureSkewMs: 5 * 60_000,
       lateWindowMs: 7 * 24 * 3600_000,
       maxFootSpeedMps: 12.5,
+      deadLetterIntervalMs: 10_000,
     },
     shutdownSignals: true,
   }

@@ -62,7 +62,11 @@ function loadTls(config: BrokerConfig, log: Logger): Promise<TlsMaterial> | TlsM
   }
   const dir = `${config.dataDir}/pki`
   const p = pkiPaths(dir)
-  const read = () => ({ ca: fs.readFileSync(p.caCert), cert: fs.readFileSync(p.serverCert), key: fs.readFileSync(p.serverKey) })
+  const read = () => ({
+    ca: fs.readFileSync(p.caCert),
+    cert: fs.readFileSync(p.serverCert),
+    key: fs.readFileSync(p.serverKey),
+  })
   if (pkiExists(dir)) return read()
   return initPki(dir).then(() => {
     log.warn(
@@ -97,7 +101,14 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   let broker: Aedes | null = null
   const publish = (topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean) => {
     broker?.publish(
-      { cmd: 'publish', topic, payload: typeof payload === 'string' ? Buffer.from(payload) : payload, qos, retain, dup: false },
+      {
+        cmd: 'publish',
+        topic,
+        payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+        qos,
+        retain,
+        dup: false,
+      },
       (err) => {
         if (err) log.warn({ err: err.message, topic }, 'internal publish failed')
       },
@@ -105,7 +116,13 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest)
 
-  const refuse = (listener: string, reason: string, code: 2 | 3 | 4 | 5, clientId: string, done: (e: AuthenticateError, ok: null) => void) => {
+  const refuse = (
+    listener: string,
+    reason: string,
+    code: 2 | 3 | 4 | 5,
+    clientId: string,
+    done: (e: AuthenticateError, ok: null) => void,
+  ) => {
     metrics.authRefusals.inc({ reason, listener })
     log.info({ listener, reason, clientId }, 'connection refused')
     done(authError(reason, code), null)
@@ -171,8 +188,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
         return
       }
       metrics.packetsIn.inc({ qos: String(packet.qos) })
-      canPublish(p, packet.topic, lookups).then(
-        async (decision) => {
+      canPublish(p, packet.topic, lookups)
+        .then(async (decision) => {
           if (!decision.ok) {
             metrics.aclRefusals.inc({ action: 'publish', role: p.role })
             log.info({ clientId: client.id, topic: packet.topic, reason: decision.reason }, 'publish refused')
@@ -200,11 +217,11 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
           }
           if (ref.leaf === 'readings') ingest.handleReadings(src, packet.payload as Buffer, packet.qos, done)
           else ingest.handleStatus(src, packet.payload as Buffer, packet.qos, done)
-        },
-      ).catch((err: Error) => {
-        log.warn({ err: err.message }, 'publish authorization failed')
-        done(new Error('publish authorization unavailable'))
-      })
+        })
+        .catch((err: Error) => {
+          log.warn({ err: err.message }, 'publish authorization failed')
+          done(new Error('publish authorization unavailable'))
+        })
     },
 
     authorizeSubscribe(client, sub, done) {
@@ -314,7 +331,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       for (const s of servers) s.close()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
-      if (!drained) log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
+      if (!drained)
+        log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
       await new Promise<void>((r) => aedes.close(() => r()))
       httpServer.closeAllConnections()
       await db.close()

@@ -31,11 +31,15 @@ function requireId(kind: string, value: string): string {
  * Runs registry operations where the data lives: the configured server; the embedded store directly when no broker
  * holds it; or, when a running broker owns the embedded store, through that broker's admin RPC.
  */
-async function withOps<T>(cfg: BrokerConfig, fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>): Promise<T> {
+async function withOps<T>(
+  cfg: BrokerConfig,
+  fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>,
+): Promise<T> {
   const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
   const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
   if (owner) {
-    if (!owner.httpPort) throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
+    if (!owner.httpPort)
+      throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
     const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
     const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
     return fn(async (req) => {
@@ -63,7 +67,9 @@ function buildProgram(): Command {
   const program = new Command()
   program
     .name('pulsegate')
-    .description('MQTT broker for fitness trackers and wellness apps (configuration: broker.config.ts, env PULSEGATE_*)')
+    .description(
+      'MQTT broker for fitness trackers and wellness apps (configuration: broker.config.ts, env PULSEGATE_*)',
+    )
     .showHelpAfterError()
     .exitOverride()
 
@@ -127,7 +133,9 @@ function buildProgram(): Command {
       const dir = path.join(cfg.dataDir, 'pki')
       const created = await initPki(dir, { serverHosts: opts.host ?? [], force: opts.force ?? false })
       const p = pkiPaths(dir)
-      console.log(created ? `created ${p.caCert}, ${p.serverCert}` : `PKI already present in ${dir} (use --force to replace)`)
+      console.log(
+        created ? `created ${p.caCert}, ${p.serverCert}` : `PKI already present in ${dir} (use --force to replace)`,
+      )
     })
   pki
     .command('device <deviceId>')
@@ -200,24 +208,28 @@ function buildProgram(): Command {
     .option('--public', 'leaderboard and stats visible to anyone signed in')
     .option('--distance <metres>', 'course length in metres')
     .option('--starts <iso>', 'start time, ISO 8601')
-    .action(async (eventIdArg: string, opts: { name?: string; public?: boolean; distance?: string; starts?: string }) => {
-      const cfg = config()
-      const eventId = requireId('event id', eventIdArg)
-      const distanceM = opts.distance !== undefined ? Number(opts.distance) : undefined
-      if (distanceM !== undefined && !(distanceM > 0)) throw new UsageError('--distance must be a positive number of metres')
-      if (opts.starts && Number.isNaN(Date.parse(opts.starts))) throw new UsageError('--starts must be an ISO 8601 time')
-      await withOps(cfg, (op) =>
-        op({
-          op: 'createEvent',
-          eventId,
-          isPublic: opts.public ?? false,
-          ...(opts.name ? { name: opts.name } : {}),
-          ...(distanceM ? { distanceM } : {}),
-          ...(opts.starts ? { startsAt: opts.starts } : {}),
-        }),
-      )
-      console.log(`event ${eventId} saved`)
-    })
+    .action(
+      async (eventIdArg: string, opts: { name?: string; public?: boolean; distance?: string; starts?: string }) => {
+        const cfg = config()
+        const eventId = requireId('event id', eventIdArg)
+        const distanceM = opts.distance !== undefined ? Number(opts.distance) : undefined
+        if (distanceM !== undefined && !(distanceM > 0))
+          throw new UsageError('--distance must be a positive number of metres')
+        if (opts.starts && Number.isNaN(Date.parse(opts.starts)))
+          throw new UsageError('--starts must be an ISO 8601 time')
+        await withOps(cfg, (op) =>
+          op({
+            op: 'createEvent',
+            eventId,
+            isPublic: opts.public ?? false,
+            ...(opts.name ? { name: opts.name } : {}),
+            ...(distanceM ? { distanceM } : {}),
+            ...(opts.starts ? { startsAt: opts.starts } : {}),
+          }),
+        )
+        console.log(`event ${eventId} saved`)
+      },
+    )
   event
     .command('join <eventId> <userId>')
     .description('add a participant; --consent leaderboard puts them on the public leaderboard')
@@ -227,10 +239,20 @@ function buildProgram(): Command {
       const cfg = config()
       const eventId = requireId('event id', eventIdArg)
       const userId = requireId('user id', userIdArg)
-      const consents = (opts.consent ?? '').split(',').map((c) => c.trim()).filter(Boolean)
-      for (const c of consents) if (c !== 'leaderboard') throw new UsageError(`unknown consent ${JSON.stringify(c)} (known: leaderboard)`)
+      const consents = (opts.consent ?? '')
+        .split(',')
+        .map((c) => c.trim())
+        .filter(Boolean)
+      for (const c of consents)
+        if (c !== 'leaderboard') throw new UsageError(`unknown consent ${JSON.stringify(c)} (known: leaderboard)`)
       await withOps(cfg, (op) =>
-        op({ op: 'joinEvent', eventId, userId, consentLeaderboard: consents.includes('leaderboard'), ...(opts.bib ? { bib: opts.bib } : {}) }),
+        op({
+          op: 'joinEvent',
+          eventId,
+          userId,
+          consentLeaderboard: consents.includes('leaderboard'),
+          ...(opts.bib ? { bib: opts.bib } : {}),
+        }),
       )
       console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
     })

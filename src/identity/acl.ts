@@ -32,7 +32,8 @@ export async function canPublish(p: Principal, topic: string, lookups: AclLookup
     case 'device':
       if (ref.leaf !== 'readings' && ref.leaf !== 'status') return deny('outbound_topic')
       if (p.role === 'device') return p.deviceId === ref.deviceId ? allow(ref) : deny('not_your_device')
-      if (p.role === 'bridge') return (await ownsDevice(p, ref.deviceId, lookups)) ? allow(ref) : deny('not_your_device')
+      if (p.role === 'bridge')
+        return (await ownsDevice(p, ref.deviceId, lookups)) ? allow(ref) : deny('not_your_device')
       return deny('role_cannot_publish_readings')
     case 'user':
       if (ref.leaf !== 'sync/request') return deny('outbound_topic')

@@ -38,11 +38,17 @@ export class CachedLookups implements AclLookups {
   }
 
   isParticipant(eventId: string, userId: string) {
-    return this.participants.get(`${eventId}\u0000${userId}`, this.ttlMs, () => this.registry.isParticipant(eventId, userId))
+    return this.participants.get(`${eventId}\u0000${userId}`, this.ttlMs, () =>
+      this.registry.isParticipant(eventId, userId),
+    )
   }
 
   eventIsPublic(eventId: string) {
-    return this.publicEvents.get(eventId, this.ttlMs, async () => (await this.registry.event(eventId))?.isPublic ?? false)
+    return this.publicEvents.get(
+      eventId,
+      this.ttlMs,
+      async () => (await this.registry.event(eventId))?.isPublic ?? false,
+    )
   }
 
   forgetDevice(deviceId: string): void {

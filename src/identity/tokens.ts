@@ -43,9 +43,7 @@ export class Tokens {
   private readonly secret: Uint8Array | null
   private readonly jwks: JWTVerifyGetKey | null
 
-  constructor(
-    private readonly config: Pick<BrokerConfig, 'jwt' | 'dataDir'>,
-  ) {
+  constructor(private readonly config: Pick<BrokerConfig, 'jwt' | 'dataDir'>) {
     if (config.jwt.jwksUrl) {
       this.jwks = createRemoteJWKSet(new URL(config.jwt.jwksUrl))
       this.secret = config.jwt.secret ? new TextEncoder().encode(config.jwt.secret) : null
@@ -88,9 +86,12 @@ export class Tokens {
     if (typeof role !== 'string' || !TOKEN_ROLES.includes(role as Role)) {
       throw new TokenError('bad_role', `token role ${JSON.stringify(role)} is not one of ${TOKEN_ROLES.join(', ')}`)
     }
-    if (typeof payload.sub !== 'string' || !isValidId(payload.sub)) throw new TokenError('bad_claims', 'token sub is not a valid user id')
+    if (typeof payload.sub !== 'string' || !isValidId(payload.sub))
+      throw new TokenError('bad_claims', 'token sub is not a valid user id')
     const events = payload['events']
-    const eventList = Array.isArray(events) ? events.filter((e): e is string => typeof e === 'string' && isValidId(e)) : []
+    const eventList = Array.isArray(events)
+      ? events.filter((e): e is string => typeof e === 'string' && isValidId(e))
+      : []
     return { role: role as Role, userId: payload.sub, deviceId: null, deviceKey: null, events: eventList }
   }
 }

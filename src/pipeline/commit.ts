@@ -116,7 +116,11 @@ export class GroupCommitWriter {
    * Queues rows; the promise settles when they are committed. Throws QueueFullError synchronously when the bounded
    * queue has no room (QoS 1: refuse unacked, the device retries; QoS 0: drop and count).
    */
-  submit(deviceKey: number, scalars: readonly ScalarSample[], positions: readonly PositionSample[]): Promise<CommitOutcome> {
+  submit(
+    deviceKey: number,
+    scalars: readonly ScalarSample[],
+    positions: readonly PositionSample[],
+  ): Promise<CommitOutcome> {
     if (this.closed) throw new WriterClosedError('writer is shutting down')
     const rows = scalars.length + positions.length
     if (!this.hasRoom(rows)) throw new QueueFullError(`ingest queue full (${this.queued} rows waiting)`)
@@ -167,7 +171,14 @@ export class GroupCommitWriter {
       this.metrics.rowsCommitted.inc({ table: 'samples' }, r.rowCount)
     }
     if (cols.pTime.length > 0) {
-      const r = await this.db.query(INSERT_POSITIONS, [cols.pTime, cols.pDev, cols.pLat, cols.pLon, cols.pAlt, cols.pAcc])
+      const r = await this.db.query(INSERT_POSITIONS, [
+        cols.pTime,
+        cols.pDev,
+        cols.pLat,
+        cols.pLon,
+        cols.pAlt,
+        cols.pAcc,
+      ])
       inserted += r.rowCount
       this.metrics.rowsCommitted.inc({ table: 'positions' }, r.rowCount)
     }
@@ -191,7 +202,10 @@ export class GroupCommitWriter {
         this.metrics.writeErrors.inc()
         if (!isConnectionError(err) && cols.waiters.length > 1) {
           // A statement error that is not about connectivity: find the batch that causes it by writing alone.
-          this.log.error({ err: (err as Error).message, rows }, 'group commit refused by the database; retrying batch by batch')
+          this.log.error(
+            { err: (err as Error).message, rows },
+            'group commit refused by the database; retrying batch by batch',
+          )
           await this.splitAndRetry(cols)
           return
         }

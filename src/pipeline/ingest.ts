@@ -5,7 +5,13 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Db } from '../store/db.js'
 import { topicFor } from '../topics/grammar.js'
-import { type CommitOutcome, type GroupCommitWriter, QueueFullError, StoreRejectedError, WriterClosedError } from './commit.js'
+import {
+  type CommitOutcome,
+  type GroupCommitWriter,
+  QueueFullError,
+  StoreRejectedError,
+  WriterClosedError,
+} from './commit.js'
 import { DecodeError, decodeBatch } from './decode.js'
 import { payloadHash, SeqWindow } from './dedupe.js'
 import { type DistanceTrack, deriveDistance } from './derive.js'
@@ -37,8 +43,6 @@ export type Done = (err?: Error | null) => void
 export class IngestRefusedError extends Error {}
 
 const MAX_REJECTION_MESSAGES = 32
-/** one dead-letter row per device per this many ms; a firmware stuck sending garbage is counted, not stored 10×/s */
-const DLQ_INTERVAL_MS = 10_000
 
 interface DeviceState {
   track: DeviceTrack
@@ -139,7 +143,8 @@ export class Ingest {
     try {
       commit = this.writer.submit(src.deviceKey, scalars, v.positions)
     } catch (err) {
-      const reason = err instanceof QueueFullError ? 'queue_full' : err instanceof WriterClosedError ? 'shutting_down' : 'error'
+      const reason =
+        err instanceof QueueFullError ? 'queue_full' : err instanceof WriterClosedError ? 'shutting_down' : 'error'
       if (durable) {
         this.metrics.refused.inc({ reason })
         done(new IngestRefusedError(`readings not accepted now (${reason}); retry later`))
@@ -152,7 +157,9 @@ export class Ingest {
     if (!durable) {
       // QoS 0 carries no promise: answered at once, committed in the same flushes, counted when the write fails.
       done()
-      commit.then(answer, (err: Error) => this.metrics.dropped.inc({ reason: err instanceof StoreRejectedError ? 'store_rejected' : 'error' }))
+      commit.then(answer, (err: Error) =>
+        this.metrics.dropped.inc({ reason: err instanceof StoreRejectedError ? 'store_rejected' : 'error' }),
+      )
       return
     }
     let finished = false
@@ -187,12 +194,19 @@ export class Ingest {
   }
 
   /** A whole batch refused: rejection message, metric and (rate-limited) dead-letter row; acked once recorded. */
-  private rejectBatch(src: IngestSource, payload: Buffer, reason: string, detail: string, durable: boolean, done: Done): void {
+  private rejectBatch(
+    src: IngestSource,
+    payload: Buffer,
+    reason: string,
+    detail: string,
+    durable: boolean,
+    done: Done,
+  ): void {
     this.metrics.samplesRejected.inc({ reason })
     this.publishRejections(src.deviceId, [{ seq: null, reason, field: null, index: null }])
     const now = Date.now()
     const last = this.lastDeadLetter.get(src.deviceId) ?? 0
-    if (now - last < DLQ_INTERVAL_MS) {
+    if (last > 0 && now - last < this.rules.deadLetterIntervalMs) {
       this.metrics.deadLettered.inc({ reason: 'suppressed' })
       done()
       return
@@ -231,7 +245,13 @@ export class Ingest {
       const first = rejections[0] as Rejection
       this.publisher.publish(
         topic,
-        JSON.stringify({ seq: first.seq, reason: 'more_rejections', field: null, index: null, count: rejections.length - n }),
+        JSON.stringify({
+          seq: first.seq,
+          reason: 'more_rejections',
+          field: null,
+          index: null,
+          count: rejections.length - n,
+        }),
         1,
         false,
       )

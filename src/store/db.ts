@@ -26,6 +26,23 @@ export function isConnectionError(err: unknown): boolean {
   const e = err as { code?: string; message?: string } | null
   if (!e) return false
   const code = e.code ?? ''
-  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P02', '57P03', '08000', '08003', '08006', '08001', '08004'].includes(code)) return true
+  if (
+    [
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'ETIMEDOUT',
+      'EPIPE',
+      'ENOTFOUND',
+      '57P01',
+      '57P02',
+      '57P03',
+      '08000',
+      '08003',
+      '08006',
+      '08001',
+      '08004',
+    ].includes(code)
+  )
+    return true
   return /terminat|Connection terminated|not queryable|timeout|closed/i.test(e.message ?? '')
 }

@@ -54,7 +54,9 @@ export async function migrate(db: Db, log: Logger): Promise<MigrateResult> {
       `CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
     )
     const timescale = await enableTimescale(db)
-    const done = new Set((await db.query<{ version: string }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version))
+    const done = new Set(
+      (await db.query<{ version: string }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version),
+    )
     const files = fs
       .readdirSync(migrationsDir())
       .filter((f) => f.endsWith('.sql'))

@@ -59,10 +59,10 @@ export class Registry {
     const dev = await this.device(deviceId)
     if (!dev) return false
     if (dev.fingerprint) {
-      await this.db.query(
-        'INSERT INTO revoked_certs (fingerprint, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
-        [dev.fingerprint, deviceId],
-      )
+      await this.db.query('INSERT INTO revoked_certs (fingerprint, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [
+        dev.fingerprint,
+        deviceId,
+      ])
     }
     await this.db.query('UPDATE devices SET revoked_at = now() WHERE device_id = $1', [deviceId])
     return true
@@ -136,7 +136,10 @@ export class Registry {
   }
 
   async isParticipant(eventId: string, userId: string): Promise<boolean> {
-    const res = await this.db.query('SELECT 1 FROM participants WHERE event_id = $1 AND user_id = $2', [eventId, userId])
+    const res = await this.db.query('SELECT 1 FROM participants WHERE event_id = $1 AND user_id = $2', [
+      eventId,
+      userId,
+    ])
     return res.rows.length > 0
   }
 }

@@ -42,7 +42,13 @@ export const rpcSchema = z.discriminatedUnion('op', [
     distanceM: z.number().positive().optional(),
     startsAt: z.string().optional(),
   }),
-  z.object({ op: z.literal('joinEvent'), eventId: id, userId: id, consentLeaderboard: z.boolean().optional(), bib: z.string().optional() }),
+  z.object({
+    op: z.literal('joinEvent'),
+    eventId: id,
+    userId: id,
+    consentLeaderboard: z.boolean().optional(),
+    bib: z.string().optional(),
+  }),
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -144,7 +150,10 @@ export function createHttpRoutes(deps: RouteDeps) {
           return send(res, 400, { error: `invalid JSON: ${(err as Error).message}` })
         }
         const parsed = rpcSchema.safeParse(body)
-        if (!parsed.success) return send(res, 400, { error: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') })
+        if (!parsed.success)
+          return send(res, 400, {
+            error: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
+          })
         try {
           const result = await runRpc(deps.registry, parsed.data)
           if (parsed.data.op === 'revokeDevice') deps.onDeviceRevoked(parsed.data.deviceId)
@@ -155,7 +164,12 @@ export function createHttpRoutes(deps: RouteDeps) {
         }
       }
       if (req.method === 'GET' && url.pathname === '/') {
-        return send(res, 200, '<!doctype html><title>pulsegate</title><h1>pulsegate</h1><p>MQTT over WebSocket at <code>/mqtt</code>; metrics at <a href="/metrics">/metrics</a>.</p>', 'text/html')
+        return send(
+          res,
+          200,
+          '<!doctype html><title>pulsegate</title><h1>pulsegate</h1><p>MQTT over WebSocket at <code>/mqtt</code>; metrics at <a href="/metrics">/metrics</a>.</p>',
+          'text/html',
+        )
       }
       send(res, 404, { error: 'not found' })
     })().catch((err: Error) => {

@@ -21,11 +21,17 @@ export interface TransportDeps {
   log: Logger
 }
 
-function admit(deps: TransportDeps, listener: ListenerName, socket: Duplex, remoteAddress: string, extra: {
-  peerCert?: tls.PeerCertificate | null
-  upgradePrincipal?: Principal | null
-  req?: http.IncomingMessage
-}): void {
+function admit(
+  deps: TransportDeps,
+  listener: ListenerName,
+  socket: Duplex,
+  remoteAddress: string,
+  extra: {
+    peerCert?: tls.PeerCertificate | null
+    upgradePrincipal?: Principal | null
+    req?: http.IncomingMessage
+  },
+): void {
   const guarded = guardConnection(socket, {
     maxPacketBytes: deps.maxPacketBytes,
     onViolation: (reason, declared) => {
@@ -70,7 +76,7 @@ export function createTlsServer(deps: TransportDeps, material: TlsMaterial): tls
     },
     (sock) => {
       const cert = sock.getPeerCertificate()
-      admit(deps, 'mqtts', sock, sock.remoteAddress ?? '', { peerCert: cert && cert.raw ? cert : null })
+      admit(deps, 'mqtts', sock, sock.remoteAddress ?? '', { peerCert: cert?.raw ? cert : null })
     },
   )
   server.on('tlsClientError', (err, sock) => {

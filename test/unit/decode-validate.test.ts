@@ -187,7 +187,7 @@ describe('decodeBatch: formats', () => {
       const started = performance.now()
       const err = decodeError(envelopeWith(head(4, n)))
       expect(err.reason).toBe('malformed_cbor')
-      expect(performance.now() - started).toBeLessThan(50)
+      expect(performance.now() - started).toBeLessThan(100)
     }
     // and a declared-huge sample map inside a short array
     expect(reasonOf(envelopeWith(cat(head(4, 1), head(5, 1e9))))).toBe('malformed_cbor')
@@ -200,7 +200,7 @@ describe('decodeBatch: formats', () => {
         buf[0] = first
         const started = performance.now()
         expect(decodeError(buf)).toBeInstanceOf(DecodeError)
-        expect(performance.now() - started).toBeLessThan(250)
+        expect(performance.now() - started).toBeLessThan(500)
       }
     }
     const spaces = Buffer.alloc(1 << 20, 0x20)

@@ -19,9 +19,15 @@ import {
 const OPENSSL = '/usr/bin/openssl'
 const MOSQUITTO_PUB = '/usr/bin/mosquitto_pub'
 
+const tmpDirs: string[] = []
 function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-pki-'))
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-pki-'))
+  tmpDirs.push(dir)
+  return dir
 }
+afterAll(() => {
+  for (const dir of tmpDirs) fs.rmSync(dir, { recursive: true, force: true })
+})
 
 function mode(file: string): number {
   return fs.statSync(file).mode & 0o777
@@ -204,10 +210,6 @@ describe('device certificates over real TLS', () => {
   beforeAll(async () => {
     dir = tmpDir()
     await initPki(dir)
-  })
-
-  afterAll(() => {
-    fs.rmSync(dir, { recursive: true, force: true })
   })
 
   it('issues a cert the mTLS server accepts, with CN, URI SAN and matching fingerprint', async () => {

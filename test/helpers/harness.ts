@@ -1,0 +1,207 @@
+// Test harness: a real pulsegate on ephemeral ports against a real store (a fresh PostgreSQL database on the local
+// server, or the embedded TimescaleDB in a temp dir), real certificates, real MQTT clients.
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import pg from 'pg'
+import { type DeepPartial, type BrokerConfig, loadConfig } from '../../broker.config.js'
+import { type Pulsegate, startPulsegate } from '../../src/broker.js'
+import { initPki, issueDeviceCert, pkiPaths } from '../../src/identity/pki.js'
+import type { Role } from '../../src/identity/principal.js'
+import { createLogger } from '../../src/log.js'
+
+export const PG_ADMIN_URL = process.env.PULSEGATE_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+export const REDIS_URL = process.env.PULSEGATE_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+export type StoreKind = 'postgres' | 'embedded'
+
+/** A fresh database on the local PostgreSQL; fails loudly (never skips) when the server is not there. */
+export async function createTestDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `pulsegate_test_${crypto.randomBytes(5).toString('hex')}`
+  const admin = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 3000 })
+  try {
+    await admin.connect()
+  } catch (err) {
+    throw new Error(`PostgreSQL is required for the integration tests at ${PG_ADMIN_URL}: ${(err as Error).message}`)
+  }
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.end()
+  const url = PG_ADMIN_URL.replace(/\/[^/]*$/, `/${name}`)
+  return {
+    url,
+    async drop() {
+      const c = new pg.Client({ connectionString: PG_ADMIN_URL })
+      await c.connect()
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      await c.end()
+    },
+  }
+}
+
+export function tempDir(prefix = 'pulsegate-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+export interface TestBroker {
+  pg: Pulsegate
+  dataDir: string
+  store: StoreKind
+  dbUrl: string | null
+  ca: Buffer
+  stop(): Promise<void>
+}
+
+export async function startTestBroker(
+  store: StoreKind,
+  overrides: DeepPartial<BrokerConfig> = {},
+  reuse?: { dataDir?: string; dbUrl?: string },
+): Promise<TestBroker> {
+  const dataDir = reuse?.dataDir ?? tempDir()
+  const database = store === 'postgres' && !reuse?.dbUrl ? await createTestDatabase() : null
+  const dbUrl = reuse?.dbUrl ?? database?.url ?? null
+  await initPki(path.join(dataDir, 'pki'))
+  const config = loadConfig(
+    {
+      dataDir,
+      ...(dbUrl ? { databaseUrl: dbUrl } : {}),
+      host: '127.0.0.1',
+      mqttPort: 0,
+      mqttsPort: 0,
+      httpPort: 0,
+      logLevel: (process.env.PULSEGATE_TEST_LOG as BrokerConfig['logLevel']) ?? 'silent',
+      jwt: { secret: 'test-secret-0123456789abcdef' },
+      shutdownSignals: false,
+      ...overrides,
+    },
+    {},
+  )
+  const log = createLogger(config.logLevel)
+  const instance = await startPulsegate(config, { log })
+  let stopped = false
+  return {
+    pg: instance,
+    dataDir,
+    store,
+    dbUrl,
+    ca: fs.readFileSync(pkiPaths(path.join(dataDir, 'pki')).caCert),
+    async stop() {
+      if (stopped) return
+      stopped = true
+      await instance.stop()
+      if (database && !reuse?.dbUrl) await database.drop()
+    },
+  }
+}
+
+export interface DeviceCreds {
+  deviceId: string
+  userId: string
+  cert: string
+  key: string
+  fingerprint: string
+}
+
+export async function provisionDevice(tb: TestBroker, deviceId: string, userId: string): Promise<DeviceCreds> {
+  const issued = await issueDeviceCert(path.join(tb.dataDir, 'pki'), deviceId)
+  await tb.pg.registry.registerDevice({ deviceId, userId, fingerprint: issued.fingerprint256 })
+  return { deviceId, userId, cert: issued.certPem, key: issued.keyPem, fingerprint: issued.fingerprint256 }
+}
+
+const base: IClientOptions = { reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 4, queueQoSZero: false }
+
+export function connectDevice(
+  tb: TestBroker,
+  dev: { deviceId: string; cert: string; key: string },
+  extra: IClientOptions = {},
+): Promise<MqttClient> {
+  return mqtt.connectAsync(`mqtts://127.0.0.1:${tb.pg.ports.mqtts}`, {
+    ...base,
+    clientId: dev.deviceId,
+    cert: dev.cert,
+    key: dev.key,
+    ca: tb.ca,
+    servername: 'localhost',
+    ...extra,
+  })
+}
+
+export async function token(tb: TestBroker, sub: string, role: Role, events?: string[], ttl = 600): Promise<string> {
+  return tb.pg.tokens.sign({ sub, role, ttl, ...(events ? { events } : {}) })
+}
+
+export function connectWithToken(
+  tb: TestBroker,
+  jwt: string,
+  clientId: string,
+  via: 'tcp' | 'ws' | 'ws-header' = 'tcp',
+  extra: IClientOptions = {},
+): Promise<MqttClient> {
+  if (via === 'tcp') {
+    return mqtt.connectAsync(`mqtt://127.0.0.1:${tb.pg.ports.mqtt}`, {
+      ...base,
+      clientId,
+      username: 'jwt',
+      password: jwt,
+      ...extra,
+    })
+  }
+  const url = `ws://127.0.0.1:${tb.pg.ports.http}/mqtt`
+  if (via === 'ws') return mqtt.connectAsync(url, { ...base, clientId, username: 'jwt', password: jwt, ...extra })
+  return mqtt.connectAsync(url, {
+    ...base,
+    clientId,
+    wsOptions: { headers: { Authorization: `Bearer ${jwt}` } },
+    ...extra,
+  })
+}
+
+/** CONNACK return code of a refused connection (MQTT.js rejects with an error carrying `code`). */
+export async function connackCode(p: Promise<MqttClient>): Promise<number | string> {
+  try {
+    const c = await p
+    await c.endAsync()
+    return 0
+  } catch (err) {
+    const e = err as { code?: number | string; message: string }
+    return e.code ?? e.message
+  }
+}
+
+export function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 25): Promise<NonNullable<T>> {
+  const started = Date.now()
+  return new Promise((resolve, reject) => {
+    const tick = async () => {
+      try {
+        const v = await fn()
+        if (v) return resolve(v as NonNullable<T>)
+      } catch {
+        // keep trying
+      }
+      if (Date.now() - started > timeoutMs) return reject(new Error('waitFor: timed out'))
+      setTimeout(tick, everyMs)
+    }
+    void tick()
+  })
+}
+
+export function nextMessage(
+  client: MqttClient,
+  topic: string,
+  timeoutMs = 5000,
+): Promise<{ topic: string; payload: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      client.off('message', on)
+      reject(new Error(`no message on ${topic} within ${timeoutMs} ms`))
+    }, timeoutMs)
+    const on = (t: string, payload: Buffer) => {
+      if (t !== topic) return
+      clearTimeout(timer)
+      client.off('message', on)
+      resolve({ topic: t, payload })
+    }
+    client.on('message', on)
+  })
+}
