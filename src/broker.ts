@@ -197,7 +197,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
             return
           }
           const ref = decision.ref
-          if (ref?.kind !== 'device') {
+          // Only inbound device topics are consumed; an admin's config publish is routed (and retained) as sent.
+          if (ref?.kind !== 'device' || (ref.leaf !== 'readings' && ref.leaf !== 'status')) {
             done()
             return
           }

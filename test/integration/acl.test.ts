@@ -264,11 +264,8 @@ describe('publish: every SPEC.md topic × every role', () => {
 })
 
 describe('admin publishes to outbound device topics', () => {
-  // KNOWN BUG (src/broker.ts authorizePublish): every allowed publish to devices/{id}/* goes to the ingest stage, so
-  // an admin's retained devices/{id}/config is stored as the device's *status*, loses its retain flag, and a non-JSON
-  // config makes the device receive a `bad_status` rejection. This asserts the correct behaviour and is marked
-  // `it.fails` until broker.ts routes only readings/status to ingest; then flip it to `it`.
-  it.fails('a retained config from an admin is kept retained and is not stored as the device status', async () => {
+  // Regression: only readings/status go to the ingest stage; a config must stay retained and never become a status.
+  it('a retained config from an admin is kept retained and is not stored as the device status', async () => {
     const admin = await connectAs('admin', 'config')
     const config = { intervalMs: 5000, tag: `cfg-${Date.now()}` }
     await admin.publishAsync('devices/trk-a/config', JSON.stringify(config), { qos: 1, retain: true })

@@ -101,7 +101,7 @@ describe('device certificates (mTLS)', () => {
   it('a revoked certificate: CONNACK 5, and a connected device is cut off', async () => {
     const d = await provisionDevice(tb, 'tracker-3', 'bob')
     const c = await connectDevice(tb, d)
-    const closed = new Promise((r) => c.once('close', r))
+    const closed = new Promise<void>((r) => c.once('close', () => r()))
     const res = await fetch(`http://127.0.0.1:${tb.pg.ports.http}/admin/rpc`, {
       method: 'POST',
       headers: { authorization: `Bearer ${await token(tb, 'ops', 'admin')}`, 'content-type': 'application/json' },
