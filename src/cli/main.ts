@@ -13,8 +13,7 @@ import { isValidId } from '../topics/grammar.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
-import { Registry } from '../store/registry.js'
-import { type RpcRequest, rpcSchema, runRpc } from '../transport/http-routes.js'
+import { withOps } from './ops.js'
 
 class UsageError extends Error {}
 
@@ -25,42 +24,6 @@ function config(): BrokerConfig {
 function requireId(kind: string, value: string): string {
   if (!isValidId(value)) throw new UsageError(`invalid ${kind} ${JSON.stringify(value)}: use 1–64 of [A-Za-z0-9_-]`)
   return value
-}
-
-/**
- * Runs registry operations where the data lives: the configured server; the embedded store directly when no broker
- * holds it; or, when a running broker owns the embedded store, through that broker's admin RPC.
- */
-async function withOps<T>(
-  cfg: BrokerConfig,
-  fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>,
-): Promise<T> {
-  const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
-  const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
-  if (owner) {
-    if (!owner.httpPort)
-      throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
-    const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
-    const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
-    return fn(async (req) => {
-      const res = await fetch(`http://${host}:${owner.httpPort}/admin/rpc`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        body: JSON.stringify(rpcSchema.parse(req)),
-      })
-      const body = (await res.json()) as { error?: string }
-      if (!res.ok) throw new Error(body.error ?? `broker answered HTTP ${res.status}`)
-      return body
-    })
-  }
-  const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
-  try {
-    await migrate(db, log)
-    const registry = new Registry(db)
-    return await fn((req) => runRpc(registry, req))
-  } finally {
-    await db.close()
-  }
 }
 
 function buildProgram(): Command {

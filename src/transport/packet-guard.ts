@@ -28,9 +28,8 @@ export class PacketGuard extends Duplex {
 
   #state = TYPE
   #remaining = 0 // body bytes left in the current packet
-  #length = 0 // Remaining Length accumulated so far
-  #multiplier = 1
-  #lengthBytes = 0
+  #length = 0 // Remaining Length accumulated so far (split headers only)
+  #shift = 0 // bit position of the next length byte (split headers only)
   #declared: number | null = null
   #socketPaused = false
   #eof = false
@@ -69,17 +68,42 @@ export class PacketGuard extends Duplex {
   #scan(chunk: Uint8Array): Violation | null {
     const end = chunk.length
     const max = this.#max
-    // Work on locals: the loop runs per header byte, field access through `this` is slower.
+    // Work on locals: field access through `this` in the loop is measurably slower.
     let state = this.#state
     let remaining = this.#remaining
     let length = this.#length
-    let multiplier = this.#multiplier
-    let lengthBytes = this.#lengthBytes
+    let shift = this.#shift
     let i = 0
-    let violation: Violation | null = null
 
     while (i < end) {
-      if (state === BODY) {
+      if (state === TYPE && end - i >= 5) {
+        // Fast path, taken for almost every packet: the whole fixed header (at most 5 bytes) is in this
+        // chunk, so decode it straight away and jump over the body. Byte 1 (type/flags) is mqtt-packet's job.
+        let pos = i + 1
+        let byte = chunk[pos++] as number
+        length = byte & 0x7f
+        if (byte > 0x7f) {
+          byte = chunk[pos++] as number
+          length |= (byte & 0x7f) << 7
+          if (byte > 0x7f) {
+            byte = chunk[pos++] as number
+            length |= (byte & 0x7f) << 14
+            if (byte > 0x7f) {
+              byte = chunk[pos++] as number
+              length |= (byte & 0x7f) << 21
+              // The 4th length byte may not continue: a 5th is malformed [MQTT-1.5.5].
+              if (byte > 0x7f) return this.#fail('malformed_length', null)
+            }
+          }
+        }
+        if (pos - i + length > max) return this.#fail('packet_too_large', length)
+        i = pos + length
+        if (i > end) {
+          remaining = i - end
+          state = BODY
+          break
+        }
+      } else if (state === BODY) {
         const available = end - i
         if (remaining > available) {
           remaining -= available
@@ -89,28 +113,19 @@ export class PacketGuard extends Duplex {
         remaining = 0
         state = TYPE
       } else if (state === TYPE) {
-        // Type/flags are mqtt-packet's job; only the length matters here.
+        // Slow path from here on: a header split across chunks, decoded one byte per call if need be.
         i++
         state = LENGTH
         length = 0
-        multiplier = 1
-        lengthBytes = 0
+        shift = 0
       } else {
         const byte = chunk[i++] as number
-        length += (byte & 0x7f) * multiplier
-        lengthBytes++
-        if (byte & 0x80) {
-          // The 4th byte may not continue: a 5th length byte is malformed [MQTT-1.5.5].
-          if (lengthBytes === 4) {
-            violation = 'malformed_length'
-            this.#declared = null
-            break
-          }
-          multiplier *= 128
-        } else if (1 + lengthBytes + length > max) {
-          violation = 'packet_too_large'
-          this.#declared = length
-          break
+        length |= (byte & 0x7f) << shift
+        shift += 7
+        if (byte > 0x7f) {
+          if (shift === 28) return this.#fail('malformed_length', null)
+        } else if (1 + shift / 7 + length > max) {
+          return this.#fail('packet_too_large', length)
         } else if (length === 0) {
           state = TYPE
         } else {
@@ -123,13 +138,17 @@ export class PacketGuard extends Duplex {
     this.#state = state
     this.#remaining = remaining
     this.#length = length
-    this.#multiplier = multiplier
-    this.#lengthBytes = lengthBytes
-    return violation
+    this.#shift = shift
+    return null
+  }
+
+  #fail(reason: Violation, declared: number | null): Violation {
+    this.#state = DEAD
+    this.#declared = declared
+    return reason
   }
 
   #violate(reason: Violation): void {
-    this.#state = DEAD
     let err: Error | undefined
     try {
       this.#onViolation(reason, this.#declared)

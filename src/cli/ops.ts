@@ -1,0 +1,48 @@
+// Registry operations from outside the broker process (CLI, simulator): against the configured server, the embedded
+// store directly when no broker holds it, or a running broker's admin RPC when it owns the embedded store.
+import type { BrokerConfig } from '../../broker.config.js'
+import { Tokens } from '../identity/tokens.js'
+import { createLogger } from '../log.js'
+import { embeddedOwner, openEmbedded } from '../store/embedded.js'
+import { migrate } from '../store/migrate.js'
+import { openPostgres } from '../store/postgres.js'
+import { Registry } from '../store/registry.js'
+import { type RpcRequest, rpcSchema, runRpc } from '../transport/http-routes.js'
+
+export type RunOp = (req: RpcRequest) => Promise<unknown>
+
+/**
+ * Runs registry operations where the data lives: the configured server; the embedded store directly when no broker
+ * holds it; or, when a running broker owns the embedded store, through that broker's admin RPC.
+ */
+export async function withOps<T>(
+  cfg: BrokerConfig,
+  fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>,
+): Promise<T> {
+  const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
+  const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
+  if (owner) {
+    if (!owner.httpPort)
+      throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
+    const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
+    const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
+    return fn(async (req) => {
+      const res = await fetch(`http://${host}:${owner.httpPort}/admin/rpc`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(rpcSchema.parse(req)),
+      })
+      const body = (await res.json()) as { error?: string }
+      if (!res.ok) throw new Error(body.error ?? `broker answered HTTP ${res.status}`)
+      return body
+    })
+  }
+  const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
+  try {
+    await migrate(db, log)
+    const registry = new Registry(db)
+    return await fn((req) => runRpc(registry, req))
+  } finally {
+    await db.close()
+  }
+}

@@ -1,0 +1,57 @@
+// What apps, medics and the simulator receive on the output topics (JSON). Documented in docs/outputs.md.
+
+export type AlertKind =
+  | 'hr_high' // sustained high HR while inactive
+  | 'hr_low' // sustained low HR
+  | 'hr_above_max' // above the personal predicted max (Tanaka 208 − 0.7·age)
+  | 'stopped_abnormal' // race: stopped moving and HR missing or abnormal
+  | 'sensor_lost' // HR signal lost while GPS says moving
+  | 'spo2_low' // sustained SpO2 below threshold
+
+export type Severity = 'info' | 'warning' | 'critical'
+
+/** `users/{uid}/alerts` and `events/{eid}/alerts` (QoS 1); one `opened` and one `resolved` per episode. */
+export interface AlertMessage {
+  id: string
+  kind: AlertKind
+  severity: Severity
+  state: 'opened' | 'resolved'
+  userId: string
+  deviceId: string
+  eventId: string | null
+  /** epoch ms of the sample that opened the episode */
+  openedAt: number
+  resolvedAt: number | null
+  evidence: {
+    /** epoch ms of the sample that triggered this message */
+    t: number
+    hr?: number | null
+    spo2?: number | null
+    speedMps?: number | null
+    threshold?: number
+    windowS?: number
+    lat?: number
+    lon?: number
+  }
+}
+
+/** `users/{uid}/live` (retained, QoS 0), at most about once per second per user. */
+export interface LiveSnapshot {
+  t: number
+  hr: number | null
+  /** 1–5 (percent of the predicted max HR: 50–60, 60–70, 70–80, 80–90, 90+), null below 50 % or unknown */
+  zone: number | null
+  /** seconds per km over the last minute of GPS, null when not moving */
+  paceSPerKm: number | null
+  distanceM: number
+  eventId: string | null
+  rank: number | null
+}
+
+/** `events/{eid}/leaderboard` (retained, QoS 0), at most once per second per event. Consenting runners only. */
+export interface LeaderboardMessage {
+  eventId: string
+  t: number
+  runners: number
+  top: { rank: number; userId: string; distanceM: number; paceSPerKm: number | null; etaS: number | null }[]
+}
