@@ -20,6 +20,9 @@ import { Ingest, type IngestSource } from './pipeline/ingest.js'
 import type { Db } from './store/db.js'
 import { updateEmbeddedLock } from './store/embedded.js'
 import { migrate } from './store/migrate.js'
+import { OutputEngine } from './outputs/engine.js'
+import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
+import { SyncService } from './outputs/sync.js'
 import { openDb } from './store/open.js'
 import { Registry } from './store/registry.js'
 import { connInfo } from './transport/connection.js'
@@ -43,6 +46,10 @@ export interface Pulsegate {
   broker: Aedes
   ingest: Ingest
   writer: GroupCommitWriter
+  outputs: OutputEngine
+  leaderboard: LeaderboardStore
+  /** true when the store has TimescaleDB (hypertables, rollups) */
+  timescale: boolean
   ports: { mqtt: number | null; mqtts: number | null; http: number }
   /** publishes from the broker itself (rejections, alerts, live snapshots) */
   publish(topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean): void
@@ -85,8 +92,9 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   const tlsMaterial = needTls ? await loadTls(config, log) : null
 
   const db = await openDb(config, log)
+  let timescale = false
   try {
-    await migrate(db, log)
+    timescale = (await migrate(db, log)).timescale
   } catch (err) {
     await db.close()
     throw err
@@ -115,6 +123,12 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     )
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest)
+  const leaderboard: LeaderboardStore = config.redisUrl
+    ? new RedisLeaderboard(config.redisUrl)
+    : new MemoryLeaderboard()
+  const outputs = new OutputEngine(db, leaderboard, { publish }, metrics, log.child({ stage: 'outputs' }))
+  ingest.onCommitted((batch) => outputs.onCommitted(batch))
+  const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
 
   const refuse = (
     listener: string,
@@ -197,6 +211,12 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
             return
           }
           const ref = decision.ref
+          if (ref?.kind === 'user' && ref.leaf === 'sync/request') {
+            // Acked at once; the answer comes on users/{uid}/sync/response.
+            done()
+            void sync.handle(ref.userId, packet.payload as Buffer)
+            return
+          }
           // Only inbound device topics are consumed; an admin's config publish is routed (and retained) as sent.
           if (ref?.kind !== 'device' || (ref.leaf !== 'readings' && ref.leaf !== 'status')) {
             done()
@@ -319,10 +339,12 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   } catch (err) {
     for (const s of servers) s.close()
     await new Promise<void>((r) => aedes.close(() => r()))
+    await leaderboard.close()
     await db.close()
     throw err
   }
   if (db.kind === 'embedded') updateEmbeddedLock(config.dataDir, { httpPort: ports.http, host: config.host })
+  outputs.start()
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -352,6 +374,9 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     broker: aedes,
     ingest,
     writer,
+    outputs,
+    leaderboard,
+    timescale,
     ports,
     publish,
     principalOf: (clientId) => {

@@ -132,6 +132,41 @@ export function createMetrics() {
       help: 'failed statements (retried)',
       registers: r,
     }),
+    alertsOpened: new Counter({
+      name: 'pulsegate_alerts_opened_total',
+      help: 'alert episodes opened, by kind',
+      labelNames: ['kind'],
+      registers: r,
+    }),
+    alertsResolved: new Counter({
+      name: 'pulsegate_alerts_resolved_total',
+      help: 'alert episodes resolved, by kind',
+      labelNames: ['kind'],
+      registers: r,
+    }),
+    leaderboardPublishSeconds: new Histogram({
+      name: 'pulsegate_leaderboard_publish_seconds',
+      help: 'time to build and publish one event leaderboard',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
+      registers: r,
+    }),
+    leaderboardBytes: new Histogram({
+      name: 'pulsegate_leaderboard_bytes',
+      help: 'leaderboard message size',
+      buckets: [256, 1024, 4096, 16384, 65536],
+      registers: r,
+    }),
+    liveSnapshots: new Counter({
+      name: 'pulsegate_live_snapshots_total',
+      help: 'live snapshots published',
+      registers: r,
+    }),
+    syncRequests: new Counter({
+      name: 'pulsegate_sync_requests_total',
+      help: 'delta sync requests by outcome',
+      labelNames: ['outcome'],
+      registers: r,
+    }),
   }
 }
 

@@ -205,3 +205,16 @@ export function nextMessage(
     client.on('message', on)
   })
 }
+
+/** SUBACK return code for one filter: the granted QoS, or 128 when refused (MQTT.js reports that as an error). */
+export function subackCode(c: MqttClient, topic: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no SUBACK for ${topic}`)), 5000)
+    c.subscribe(topic, { qos: 1 }, (err, _granted, packet) => {
+      clearTimeout(timer)
+      const code = packet?.granted[0]
+      if (typeof code === 'number') resolve(code)
+      else reject(err ?? new Error(`SUBACK for ${topic} without a return code`))
+    })
+  })
+}

@@ -11,6 +11,7 @@ import {
   provisionDevice,
   type TestBroker,
   startTestBroker,
+  subackCode,
   token,
 } from '../helpers/harness.js'
 
@@ -101,18 +102,6 @@ const subscribeCases = Object.entries(SUBSCRIBE_ALLOWED).flatMap(([topic, allowe
 )
 
 /** The SUBACK return code for one filter (MQTT.js rejects the promise API on 0x80, so use the callback). */
-function subackCode(c: MqttClient, topic: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no SUBACK for ${topic}`)), 5000)
-    c.subscribe(topic, { qos: 1 }, (err, _granted, packet) => {
-      clearTimeout(timer)
-      const code = packet?.granted[0]
-      if (typeof code === 'number') resolve(code)
-      else reject(err ?? new Error(`SUBACK for ${topic} without a return code`))
-    })
-  })
-}
-
 let expectedSubscribeRefusals = 0
 let expectedPublishRefusals = 0
 

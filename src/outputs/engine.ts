@@ -1,0 +1,458 @@
+// Outputs fed inline by committed samples only (an alert never refers to data that could still be lost): per-user
+// state with rolling windows, alert episodes (persisted, then published), live snapshots at most once per second per
+// user, leaderboards at most once per second per event. A user's state is reloaded from the database when it is first
+// needed, so a restart or a second broker process continues where the first left off.
+import crypto from 'node:crypto'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import { DERIVED_METRICS } from '../pipeline/derive.js'
+import type { CommittedBatch, Publisher } from '../pipeline/ingest.js'
+import { METRICS } from '../pipeline/types.js'
+import type { Db } from '../store/db.js'
+import { topicFor } from '../topics/grammar.js'
+import type { LeaderboardStore } from './leaderboard.js'
+import type { AlertKind, AlertMessage, LeaderboardMessage, LiveSnapshot, Severity } from './payloads.js'
+import {
+  DEFAULT_RULES,
+  evaluate,
+  type Profile,
+  predictedMaxHr,
+  recentSpeed,
+  type RuleSettings,
+  type Window,
+} from './rules.js'
+
+export interface OutputSettings {
+  rules: RuleSettings
+  /** how much history a window keeps */
+  windowMs: number
+  /** batches whose newest sample is older than this are stored but not alerted on (backfill) */
+  alertRecencyMs: number
+  /** after an episode resolves, the same kind does not reopen for this long */
+  cooldownMs: number
+  tickMs: number
+  leaderboardTopN: number
+}
+
+export const DEFAULT_OUTPUT_SETTINGS: OutputSettings = {
+  rules: DEFAULT_RULES,
+  windowMs: 12 * 60_000,
+  alertRecencyMs: 15 * 60_000,
+  cooldownMs: 2 * 60_000,
+  tickMs: 1000,
+  leaderboardTopN: 10,
+}
+
+interface EventCtx {
+  eventId: string
+  consent: boolean
+  startsAt: number | null
+  courseM: number | null
+}
+
+interface OpenEpisode {
+  id: string
+  kind: AlertKind
+  severity: Severity
+  openedAt: number
+  deviceId: string
+  eventId: string | null
+}
+
+interface UserState {
+  userId: string
+  profile: Profile
+  window: Window
+  event: EventCtx | null
+  distanceM: number
+  /** newest distance sample counted: derived distance only grows forward, so this makes counting idempotent */
+  distanceT: number
+  firstT: number | null
+  open: Map<AlertKind, OpenEpisode>
+  resolvedAt: Map<AlertKind, number>
+  lastDeviceId: string
+  chain: Promise<void>
+  lastUse: number
+}
+
+function trim<T extends { t: number }>(xs: T[], from: number): void {
+  let i = 0
+  while (i < xs.length && (xs[i] as T).t < from) i++
+  if (i > 0) xs.splice(0, i)
+}
+
+/** Inserts in time order; a second point with the same time is the same sample (reloaded or redelivered): skipped. */
+function pushSorted<T extends { t: number }>(xs: T[], x: T): void {
+  const last = xs[xs.length - 1]
+  if (!last || last.t < x.t) {
+    xs.push(x)
+    return
+  }
+  let i = xs.length
+  while (i > 0 && (xs[i - 1] as T).t > x.t) i--
+  if (i > 0 && (xs[i - 1] as T).t === x.t) return
+  xs.splice(i, 0, x)
+}
+
+function zoneOf(hr: number | null, max: number): number | null {
+  if (hr === null) return null
+  const pct = hr / max
+  if (pct < 0.5) return null
+  return Math.min(5, Math.floor((pct - 0.5) * 10) + 1)
+}
+
+export class OutputEngine {
+  private readonly users = new Map<string, UserState>()
+  private readonly liveDirty = new Set<string>()
+  private readonly boardDirty = new Set<string>()
+  private timer: NodeJS.Timeout | null = null
+  private stopped = false
+
+  constructor(
+    private readonly db: Db,
+    private readonly leaderboard: LeaderboardStore,
+    private readonly publisher: Publisher,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    private readonly settings: OutputSettings = DEFAULT_OUTPUT_SETTINGS,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.tick(), this.settings.tickMs)
+    this.timer.unref()
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true
+    if (this.timer) clearInterval(this.timer)
+    await Promise.allSettled([...this.users.values()].map((u) => u.chain))
+  }
+
+  /** Called by the ingest stage after a commit; work is serialised per user. */
+  onCommitted(batch: CommittedBatch): void {
+    if (this.stopped) return
+    const u = this.users.get(batch.userId)
+    const run = async (state: UserState) => this.apply(state, batch)
+    if (u) {
+      u.chain = u.chain
+        .then(() => run(u))
+        .catch((err: Error) => this.log.error({ err: err.message }, 'output processing failed'))
+      return
+    }
+    const pending: UserState = this.blank(batch.userId, batch.deviceId)
+    this.users.set(batch.userId, pending)
+    pending.chain = this.load(pending)
+      .then(() => run(pending))
+      .catch((err: Error) => this.log.error({ err: err.message }, 'output processing failed'))
+  }
+
+  private blank(userId: string, deviceId: string): UserState {
+    return {
+      userId,
+      profile: { age: null, hrHigh: null, hrLow: null },
+      window: { hr: [], spo2: [], steps: [], pos: [] },
+      event: null,
+      distanceM: 0,
+      distanceT: 0,
+      firstT: null,
+      open: new Map(),
+      resolvedAt: new Map(),
+      lastDeviceId: deviceId,
+      chain: Promise.resolve(),
+      lastUse: Date.now(),
+    }
+  }
+
+  /** Seeds a user's state from the database: profile, active event, open episodes, recent window, event distance. */
+  private async load(u: UserState): Promise<void> {
+    const now = Date.now()
+    const [profile, events, open] = await Promise.all([
+      this.db.query<{ birth_year: number | null; hr_high: number | null; hr_low: number | null }>(
+        'SELECT birth_year, hr_high, hr_low FROM users WHERE user_id = $1',
+        [u.userId],
+      ),
+      this.db.query<{
+        event_id: string
+        consent_leaderboard: boolean
+        starts_at: Date | null
+        distance_m: number | null
+      }>(
+        `SELECT p.event_id, p.consent_leaderboard, e.starts_at, e.distance_m FROM participants p JOIN events e USING (event_id)
+         WHERE p.user_id = $1 AND (e.starts_at IS NULL OR e.starts_at BETWEEN now() - interval '12 hours' AND now() + interval '1 hour')
+         ORDER BY e.starts_at DESC NULLS LAST LIMIT 1`,
+        [u.userId],
+      ),
+      this.db.query<{
+        id: string
+        kind: AlertKind
+        severity: Severity
+        opened_at: Date
+        device_id: string
+        event_id: string | null
+      }>(
+        'SELECT id, kind, severity, opened_at, device_id, event_id FROM alerts WHERE user_id = $1 AND resolved_at IS NULL',
+        [u.userId],
+      ),
+    ])
+    const p = profile.rows[0]
+    if (p) {
+      u.profile = {
+        age: p.birth_year ? new Date().getUTCFullYear() - p.birth_year : null,
+        hrHigh: p.hr_high,
+        hrLow: p.hr_low,
+      }
+    }
+    const ev = events.rows[0]
+    if (ev) {
+      u.event = {
+        eventId: ev.event_id,
+        consent: ev.consent_leaderboard,
+        startsAt: ev.starts_at ? new Date(ev.starts_at).getTime() : null,
+        courseM: ev.distance_m,
+      }
+    }
+    for (const o of open.rows) {
+      u.open.set(o.kind, {
+        id: o.id,
+        kind: o.kind,
+        severity: o.severity,
+        openedAt: new Date(o.opened_at).getTime(),
+        deviceId: o.device_id,
+        eventId: o.event_id,
+      })
+    }
+    const from = now - this.settings.windowMs
+    const recent = await this.db.query<{ t: number; metric: number; value: number }>(
+      `SELECT (extract(epoch FROM s.time) * 1000)::float8 AS t, s.metric::int AS metric, s.value
+       FROM samples s JOIN devices d USING (device_key)
+       WHERE d.user_id = $1 AND s.time >= to_timestamp($2 / 1000.0) AND s.metric IN (1, 2, 3) ORDER BY s.time`,
+      [u.userId, from],
+    )
+    for (const r of recent.rows) this.addScalar(u, Number(r.metric), Number(r.t), Number(r.value))
+    const pos = await this.db.query<{ t: number; lat: number; lon: number }>(
+      `SELECT (extract(epoch FROM p.time) * 1000)::float8 AS t, p.lat, p.lon FROM positions p JOIN devices d USING (device_key)
+       WHERE d.user_id = $1 AND p.time >= to_timestamp($2 / 1000.0) ORDER BY p.time`,
+      [u.userId, from],
+    )
+    for (const r of pos.rows) u.window.pos.push({ t: Number(r.t), lat: r.lat, lon: r.lon })
+    if (u.event) {
+      const since = u.event.startsAt ?? now - 12 * 3600_000
+      const d = await this.db.query<{ d: number | null; first: number | null; last: number | null }>(
+        `SELECT sum(s.value)::float8 AS d, (extract(epoch FROM min(s.time)) * 1000)::float8 AS first,
+                (extract(epoch FROM max(s.time)) * 1000)::float8 AS last
+         FROM samples s JOIN devices dv USING (device_key)
+         WHERE dv.user_id = $1 AND s.metric = $2 AND s.time >= to_timestamp($3 / 1000.0)`,
+        [u.userId, DERIVED_METRICS.distance, since],
+      )
+      u.distanceM = Number(d.rows[0]?.d ?? 0)
+      u.firstT = d.rows[0]?.first ? Number(d.rows[0].first) : null
+      u.distanceT = d.rows[0]?.last ? Number(d.rows[0].last) : 0
+      if (u.distanceM > 0) {
+        await this.leaderboard.update(u.event.eventId, u.userId, u.distanceM, u.event.consent)
+        this.boardDirty.add(u.event.eventId)
+      }
+    }
+  }
+
+  private addScalar(u: UserState, metric: number, t: number, value: number): void {
+    if (metric === METRICS.hr) pushSorted(u.window.hr, { t, hr: value })
+    else if (metric === METRICS.spo2) pushSorted(u.window.spo2, { t, v: value })
+    else if (metric === METRICS.steps) pushSorted(u.window.steps, { t, v: value })
+  }
+
+  private async apply(u: UserState, b: CommittedBatch): Promise<void> {
+    u.lastUse = Date.now()
+    u.lastDeviceId = b.deviceId
+    let newest = 0
+    let moved = 0
+    for (const s of b.scalars) {
+      if (s.metric === DERIVED_METRICS.distance) {
+        // Already counted when the state was loaded from the database (or from an earlier batch).
+        if (s.t > u.distanceT) {
+          moved += s.value
+          u.distanceT = s.t
+        }
+      } else this.addScalar(u, s.metric, s.t, s.value)
+      if (s.t > newest) newest = s.t
+    }
+    for (const p of b.positions) {
+      pushSorted(u.window.pos, { t: p.t, lat: p.lat, lon: p.lon })
+      if (p.t > newest) newest = p.t
+    }
+    const keepFrom =
+      Math.max(...[u.window.hr, u.window.pos].map((xs) => xs[xs.length - 1]?.t ?? 0)) - this.settings.windowMs
+    trim(u.window.hr, keepFrom)
+    trim(u.window.spo2, keepFrom)
+    trim(u.window.steps, keepFrom)
+    trim(u.window.pos, keepFrom)
+
+    if (u.event) {
+      if (u.firstT === null) u.firstT = newest
+      if (moved > 0) {
+        u.distanceM += moved
+        await this.leaderboard.update(u.event.eventId, u.userId, u.distanceM, u.event.consent)
+        this.boardDirty.add(u.event.eventId)
+      }
+    }
+    this.liveDirty.add(u.userId)
+    if (newest >= Date.now() - this.settings.alertRecencyMs) await this.alerts(u, newest)
+  }
+
+  private async alerts(u: UserState, now: number): Promise<void> {
+    const findings = evaluate(u.window, {
+      now,
+      inRace: u.event !== null,
+      profile: u.profile,
+      settings: this.settings.rules,
+    })
+    for (const f of findings) {
+      const open = u.open.get(f.kind)
+      if (f.active && !open) {
+        const cooled = (u.resolvedAt.get(f.kind) ?? 0) + this.settings.cooldownMs
+        if (f.t < cooled) continue
+        const ep: OpenEpisode = {
+          id: crypto.randomUUID(),
+          kind: f.kind,
+          severity: f.severity,
+          openedAt: f.t,
+          deviceId: u.lastDeviceId,
+          eventId: u.event?.eventId ?? null,
+        }
+        // Persist first: the alert a user sees always exists in the database with its id.
+        const res = await this.db.query(
+          `INSERT INTO alerts (id, user_id, device_id, event_id, kind, severity, opened_at, evidence)
+           VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7 / 1000.0), $8) ON CONFLICT DO NOTHING`,
+          [ep.id, u.userId, ep.deviceId, ep.eventId, ep.kind, ep.severity, ep.openedAt, JSON.stringify(f.evidence)],
+        )
+        if (res.rowCount === 0) continue // another broker process opened this episode
+        u.open.set(f.kind, ep)
+        this.metrics.alertsOpened.inc({ kind: f.kind })
+        this.publishAlert(u, ep, 'opened', null, f.t, f.evidence)
+      } else if (!f.active && open) {
+        await this.db.query('UPDATE alerts SET resolved_at = to_timestamp($2 / 1000.0) WHERE id = $1', [open.id, f.t])
+        u.open.delete(f.kind)
+        u.resolvedAt.set(f.kind, f.t)
+        this.metrics.alertsResolved.inc({ kind: f.kind })
+        this.publishAlert(u, open, 'resolved', f.t, f.t, f.evidence)
+      }
+    }
+  }
+
+  private publishAlert(
+    u: UserState,
+    ep: OpenEpisode,
+    state: 'opened' | 'resolved',
+    resolvedAt: number | null,
+    t: number,
+    evidence: Record<string, number | null>,
+  ): void {
+    const msg: AlertMessage = {
+      id: ep.id,
+      kind: ep.kind,
+      severity: ep.severity,
+      state,
+      userId: u.userId,
+      deviceId: ep.deviceId,
+      eventId: ep.eventId,
+      openedAt: ep.openedAt,
+      resolvedAt,
+      evidence: { t, ...evidence },
+    }
+    const payload = JSON.stringify(msg)
+    this.publisher.publish(topicFor.userAlerts(u.userId), payload, 1, false)
+    if (ep.eventId) this.publisher.publish(topicFor.eventAlerts(ep.eventId), payload, 1, false)
+  }
+
+  private paceOf(u: UserState, now: number): number | null {
+    const speed = recentSpeed(u.window.pos, now, 60_000)
+    return speed !== null && speed > 0.3 ? Math.round(1000 / speed) : null
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      await this.publishBoards()
+      await this.publishLive()
+      this.evictIdle()
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'output tick failed')
+    }
+  }
+
+  private async publishBoards(): Promise<void> {
+    const events = [...this.boardDirty]
+    this.boardDirty.clear()
+    for (const eventId of events) {
+      const started = performance.now()
+      const { runners, top } = await this.leaderboard.top(eventId, this.settings.leaderboardTopN)
+      const now = Date.now()
+      const msg: LeaderboardMessage = {
+        eventId,
+        t: now,
+        runners,
+        top: top.map((e, i) => {
+          const u = this.users.get(e.userId)
+          const pace = u ? this.paceOf(u, u.window.pos[u.window.pos.length - 1]?.t ?? now) : null
+          const course = u?.event?.courseM ?? null
+          return {
+            rank: i + 1,
+            userId: e.userId,
+            distanceM: Math.round(e.distanceM),
+            paceSPerKm: pace,
+            etaS:
+              pace !== null && course !== null ? Math.max(0, Math.round(((course - e.distanceM) / 1000) * pace)) : null,
+          }
+        }),
+      }
+      const payload = JSON.stringify(msg)
+      this.publisher.publish(topicFor.leaderboard(eventId), payload, 0, true)
+      this.metrics.leaderboardPublishSeconds.observe((performance.now() - started) / 1000)
+      this.metrics.leaderboardBytes.observe(payload.length)
+    }
+  }
+
+  private async publishLive(): Promise<void> {
+    const userIds = [...this.liveDirty]
+    this.liveDirty.clear()
+    if (userIds.length === 0) return
+    const byEvent = new Map<string, string[]>()
+    for (const id of userIds) {
+      const ev = this.users.get(id)?.event
+      if (!ev) continue
+      const list = byEvent.get(ev.eventId) ?? []
+      list.push(id)
+      byEvent.set(ev.eventId, list)
+    }
+    const ranks = new Map<string, number>()
+    for (const [eventId, ids] of byEvent) {
+      for (const [u, r] of await this.leaderboard.ranks(eventId, ids)) ranks.set(u, r)
+    }
+    for (const id of userIds) {
+      const u = this.users.get(id)
+      if (!u) continue
+      const lastHr = u.window.hr[u.window.hr.length - 1] ?? null
+      const t = Math.max(lastHr?.t ?? 0, u.window.pos[u.window.pos.length - 1]?.t ?? 0)
+      const snap: LiveSnapshot = {
+        t,
+        hr: lastHr?.hr ?? null,
+        zone: zoneOf(lastHr?.hr ?? null, predictedMaxHr(u.profile.age)),
+        paceSPerKm: this.paceOf(u, t),
+        distanceM: Math.round(u.distanceM),
+        eventId: u.event?.eventId ?? null,
+        rank: ranks.get(id) ?? null,
+      }
+      this.publisher.publish(topicFor.live(id), JSON.stringify(snap), 0, true)
+      this.metrics.liveSnapshots.inc()
+    }
+  }
+
+  /** Users silent for an hour are forgotten; their state reloads from the database if they come back. */
+  private evictIdle(): void {
+    const cutoff = Date.now() - 3600_000
+    for (const [id, u] of this.users) if (u.lastUse < cutoff && u.open.size === 0) this.users.delete(id)
+  }
+
+  /** Test and ops hook: the distance pulsegate has for a user in their current event. */
+  distanceOf(userId: string): number | null {
+    return this.users.get(userId)?.distanceM ?? null
+  }
+}

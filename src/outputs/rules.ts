@@ -1,0 +1,275 @@
+// Alert rules as pure functions over a user's recent window: testable with synthetic streams, no I/O.
+// Numbers from the domain reference (§3): Apple-style sustained thresholds while inactive, Tanaka max HR, and the race
+// pattern "stopped moving + HR missing or abnormal" instead of high HR (normal in a race).
+import type { AlertKind, Severity } from './payloads.js'
+
+export interface HrPoint {
+  t: number
+  hr: number
+}
+export interface PosPoint {
+  t: number
+  lat: number
+  lon: number
+}
+
+export interface Window {
+  hr: HrPoint[]
+  spo2: { t: number; v: number }[]
+  steps: { t: number; v: number }[]
+  pos: PosPoint[]
+}
+
+export interface Profile {
+  age: number | null
+  hrHigh: number | null
+  hrLow: number | null
+}
+
+export interface RuleSettings {
+  hrHigh: number // default high threshold (bpm)
+  hrLow: number
+  sustainedMs: number // Apple: 10 minutes
+  fraction: number // share of readings past the threshold in the window
+  maxHrMarginBpm: number
+  maxHrSustainedMs: number
+  stoppedMs: number // race: no movement for this long
+  hrMissingMs: number
+  movingMps: number
+  spo2Low: number
+  spo2Critical: number
+  spo2SustainedMs: number
+  inactiveStepsPerMin: number
+}
+
+export const DEFAULT_RULES: RuleSettings = {
+  hrHigh: 120,
+  hrLow: 40,
+  sustainedMs: 10 * 60_000,
+  fraction: 0.8,
+  maxHrMarginBpm: 5,
+  maxHrSustainedMs: 60_000,
+  stoppedMs: 90_000,
+  hrMissingMs: 30_000,
+  movingMps: 1.5,
+  spo2Low: 90,
+  spo2Critical: 85,
+  spo2SustainedMs: 60_000,
+  inactiveStepsPerMin: 30,
+}
+
+/** Tanaka, Monahan & Seals 2001; 40 years when the age is unknown (a safe middle). */
+export function predictedMaxHr(age: number | null): number {
+  return Math.round(208 - 0.7 * (age ?? 40))
+}
+
+export interface Finding {
+  kind: AlertKind
+  /** true: the condition holds now; false: it clearly no longer holds (hysteresis) */
+  active: boolean
+  severity: Severity
+  t: number
+  evidence: Record<string, number | null>
+}
+
+const R = 6371008.8
+function dist(a: PosPoint, b: PosPoint): number {
+  const toRad = Math.PI / 180
+  const dLat = (b.lat - a.lat) * toRad
+  const dLon = (b.lon - a.lon) * toRad
+  const s = Math.sin(dLat / 2) ** 2 + Math.cos(a.lat * toRad) * Math.cos(b.lat * toRad) * Math.sin(dLon / 2) ** 2
+  return 2 * R * Math.asin(Math.min(1, Math.sqrt(s)))
+}
+
+/** Mean speed over the last `spanMs` of fixes (null without two fixes in the span). */
+export function recentSpeed(pos: readonly PosPoint[], now: number, spanMs: number): number | null {
+  let first: PosPoint | null = null
+  let last: PosPoint | null = null
+  let meters = 0
+  for (const p of pos) {
+    if (p.t < now - spanMs) continue
+    if (last) meters += dist(last, p)
+    else first = p
+    last = p
+  }
+  if (!first || !last || last.t <= first.t) return null
+  return meters / ((last.t - first.t) / 1000)
+}
+
+function since<T extends { t: number }>(xs: readonly T[], from: number): T[] {
+  const out: T[] = []
+  for (const x of xs) if (x.t >= from) out.push(x)
+  return out
+}
+
+/** Sustained-threshold test: enough readings, spanning most of the window, mostly past the threshold. */
+function sustained(
+  points: readonly HrPoint[],
+  now: number,
+  spanMs: number,
+  frac: number,
+  past: (hr: number) => boolean,
+) {
+  const win = since(points, now - spanMs)
+  if (win.length < 2) return null
+  const span = (win[win.length - 1] as HrPoint).t - (win[0] as HrPoint).t
+  if (span < spanMs * 0.8) return null
+  const n = win.filter((p) => past(p.hr)).length
+  const lastTwo = win.slice(-2)
+  return { ratio: n / win.length, confirmed: lastTwo.every((p) => past(p.hr)), count: win.length }
+}
+
+export interface EvalContext {
+  now: number
+  inRace: boolean
+  profile: Profile
+  settings: RuleSettings
+}
+
+/** Evaluates every rule; returns the rules with a clear verdict (an undecided rule is left out). */
+export function evaluate(w: Window, ctx: EvalContext): Finding[] {
+  const { now, settings: s, profile } = ctx
+  const out: Finding[] = []
+  const lastHr = w.hr[w.hr.length - 1]
+  const speed = recentSpeed(w.pos, now, 60_000)
+  const stepsLastMin = since(w.steps, now - 60_000).reduce((a, x) => a + x.v, 0)
+  const inactive = (speed === null || speed < 0.5) && stepsLastMin < s.inactiveStepsPerMin
+
+  // Sustained high HR while inactive — never in a race, where high HR is the point.
+  if (!ctx.inRace) {
+    const high = profile.hrHigh ?? s.hrHigh
+    const r = sustained(w.hr, now, s.sustainedMs, (hr) => hr > high)
+    if (r && lastHr) {
+      if (r.ratio >= s.fraction && r.confirmed && inactive) {
+        out.push({
+          kind: 'hr_high',
+          active: true,
+          severity: 'warning',
+          t: lastHr.t,
+          evidence: { hr: lastHr.hr, threshold: high, windowS: s.sustainedMs / 1000 },
+        })
+      } else if (r.ratio < 0.5 || !r.confirmed) {
+        out.push({
+          kind: 'hr_high',
+          active: false,
+          severity: 'warning',
+          t: lastHr.t,
+          evidence: { hr: lastHr.hr, threshold: high },
+        })
+      }
+    }
+  }
+
+  const low = profile.hrLow ?? s.hrLow
+  const rl = sustained(w.hr, now, s.sustainedMs, (hr) => hr < low)
+  if (rl && lastHr) {
+    if (rl.ratio >= s.fraction && rl.confirmed) {
+      out.push({
+        kind: 'hr_low',
+        active: true,
+        severity: 'warning',
+        t: lastHr.t,
+        evidence: { hr: lastHr.hr, threshold: low, windowS: s.sustainedMs / 1000 },
+      })
+    } else if (rl.ratio < 0.5 || !rl.confirmed) {
+      out.push({
+        kind: 'hr_low',
+        active: false,
+        severity: 'warning',
+        t: lastHr.t,
+        evidence: { hr: lastHr.hr, threshold: low },
+      })
+    }
+  }
+
+  // Above the personal predicted max, sustained (≥3 readings over the span, all above).
+  const max = predictedMaxHr(profile.age) + s.maxHrMarginBpm
+  const recent = since(w.hr, now - s.maxHrSustainedMs)
+  if (recent.length >= 3 && lastHr) {
+    const span = lastHr.t - (recent[0] as HrPoint).t
+    if (span >= s.maxHrSustainedMs * 0.5 && recent.every((p) => p.hr > max)) {
+      out.push({
+        kind: 'hr_above_max',
+        active: true,
+        severity: 'warning',
+        t: lastHr.t,
+        evidence: { hr: lastHr.hr, threshold: max },
+      })
+    } else if (lastHr.hr <= max - 5) {
+      out.push({
+        kind: 'hr_above_max',
+        active: false,
+        severity: 'warning',
+        t: lastHr.t,
+        evidence: { hr: lastHr.hr, threshold: max },
+      })
+    }
+  }
+
+  const lastPos = w.pos[w.pos.length - 1]
+  const hrAge = lastHr ? now - lastHr.t : Number.POSITIVE_INFINITY
+  const hrMissing = hrAge >= s.hrMissingMs
+  // Race: stopped moving for a while (fixes still arriving) and HR missing or abnormal → medics, with the position.
+  if (ctx.inRace && lastPos) {
+    const span = since(w.pos, now - s.stoppedMs)
+    const covered = span.length >= 2 && lastPos.t - (span[0] as PosPoint).t >= s.stoppedMs * 0.8
+    const stoppedSpeed = covered ? recentSpeed(w.pos, now, s.stoppedMs) : null
+    const stopped = stoppedSpeed !== null && stoppedSpeed < 0.3
+    const abnormal = lastHr !== undefined && !hrMissing && (lastHr.hr > 190 || lastHr.hr < 40)
+    if (stopped && (hrMissing || abnormal)) {
+      out.push({
+        kind: 'stopped_abnormal',
+        active: true,
+        severity: 'critical',
+        t: Math.max(lastPos.t, lastHr?.t ?? 0),
+        evidence: {
+          hr: hrMissing ? null : (lastHr?.hr ?? null),
+          speedMps: stoppedSpeed,
+          lat: lastPos.lat,
+          lon: lastPos.lon,
+        },
+      })
+    } else if (speed !== null && speed > s.movingMps && !hrMissing) {
+      out.push({
+        kind: 'stopped_abnormal',
+        active: false,
+        severity: 'critical',
+        t: lastPos.t,
+        evidence: { speedMps: speed },
+      })
+    }
+  }
+
+  // HR signal lost while GPS says the wearer is moving: the sensor is off the wrist or failing.
+  if (lastPos && speed !== null) {
+    if (hrMissing && speed > s.movingMps && lastPos.t >= now - 10_000) {
+      out.push({
+        kind: 'sensor_lost',
+        active: true,
+        severity: 'info',
+        t: lastPos.t,
+        evidence: { speedMps: speed, hr: null },
+      })
+    } else if (!hrMissing && lastHr) {
+      out.push({ kind: 'sensor_lost', active: false, severity: 'info', t: lastHr.t, evidence: { hr: lastHr.hr } })
+    }
+  }
+
+  const sp = since(w.spo2, now - s.spo2SustainedMs * 2)
+  const lastSp = w.spo2[w.spo2.length - 1]
+  if (sp.length >= 2 && lastSp) {
+    const span = lastSp.t - (sp[0] as { t: number }).t
+    if (span >= s.spo2SustainedMs && sp.every((x) => x.v < s.spo2Low)) {
+      out.push({
+        kind: 'spo2_low',
+        active: true,
+        severity: lastSp.v < s.spo2Critical ? 'critical' : 'warning',
+        t: lastSp.t,
+        evidence: { spo2: lastSp.v, threshold: s.spo2Low },
+      })
+    } else if (lastSp.v >= s.spo2Low + 2) {
+      out.push({ kind: 'spo2_low', active: false, severity: 'warning', t: lastSp.t, evidence: { spo2: lastSp.v } })
+    }
+  }
+  return out
+}

@@ -1,0 +1,156 @@
+// Alert rules on synthetic streams: each fires on its pattern, stays quiet otherwise, respects per-user thresholds.
+import { describe, expect, it } from 'vitest'
+import { DEFAULT_RULES, evaluate, type Finding, predictedMaxHr, type Window } from '../../src/outputs/rules.js'
+
+const NOW = 1_764_061_200_000
+const empty = (): Window => ({ hr: [], spo2: [], steps: [], pos: [] })
+const ctx = (over: Partial<Parameters<typeof evaluate>[1]> = {}) => ({
+  now: NOW,
+  inRace: false,
+  profile: { age: null, hrHigh: null, hrLow: null },
+  settings: DEFAULT_RULES,
+  ...over,
+})
+const find = (fs: Finding[], kind: string) => fs.find((f) => f.kind === kind)
+
+/** HR every `step` ms over the last `spanMs`, value from a function of the index. */
+function hrSeries(w: Window, spanMs: number, step: number, hr: (i: number) => number): void {
+  for (let t = NOW - spanMs, i = 0; t <= NOW; t += step, i++) w.hr.push({ t, hr: hr(i) })
+}
+/** Positions moving north at `mps` over the last `spanMs`. */
+function walk(w: Window, spanMs: number, step: number, mps: number): void {
+  for (let t = NOW - spanMs; t <= NOW; t += step) {
+    const meters = (mps * (t - (NOW - spanMs))) / 1000
+    w.pos.push({ t, lat: 52.5 + meters / 111_195, lon: 13.4 })
+  }
+}
+
+describe('sustained high HR while inactive', () => {
+  it('fires after 10 minutes above the threshold at rest', () => {
+    const w = empty()
+    hrSeries(w, 10 * 60_000, 10_000, () => 130)
+    expect(find(evaluate(w, ctx()), 'hr_high')).toMatchObject({
+      active: true,
+      severity: 'warning',
+      evidence: { threshold: 120 },
+    })
+  })
+  it('does not fire for a shorter episode', () => {
+    const w = empty()
+    hrSeries(w, 4 * 60_000, 10_000, () => 130)
+    expect(find(evaluate(w, ctx()), 'hr_high')?.active).not.toBe(true)
+  })
+  it('does not fire while the wearer is active (steps)', () => {
+    const w = empty()
+    hrSeries(w, 10 * 60_000, 10_000, () => 130)
+    for (let t = NOW - 60_000; t <= NOW; t += 10_000) w.steps.push({ t, v: 25 })
+    expect(find(evaluate(w, ctx()), 'hr_high')?.active).not.toBe(true)
+  })
+  it('does not fire in a race for high HR alone', () => {
+    const w = empty()
+    hrSeries(w, 10 * 60_000, 10_000, () => 175)
+    expect(find(evaluate(w, ctx({ inRace: true })), 'hr_high')).toBeUndefined()
+  })
+  it('respects a per-user threshold', () => {
+    const w = empty()
+    hrSeries(w, 10 * 60_000, 10_000, () => 130)
+    expect(find(evaluate(w, ctx({ profile: { age: null, hrHigh: 140, hrLow: null } })), 'hr_high')?.active).toBe(false)
+  })
+  it('a single spike is not a finding (needs most of the window and two confirming readings)', () => {
+    const w = empty()
+    hrSeries(w, 10 * 60_000, 10_000, (i) => (i === 30 ? 180 : 80))
+    expect(find(evaluate(w, ctx()), 'hr_high')?.active).toBe(false)
+  })
+})
+
+describe('sustained low HR', () => {
+  it('fires below 40 for 10 minutes and clears when it recovers', () => {
+    const w = empty()
+    hrSeries(w, 10 * 60_000, 10_000, () => 36)
+    expect(find(evaluate(w, ctx()), 'hr_low')?.active).toBe(true)
+    const w2 = empty()
+    hrSeries(w2, 10 * 60_000, 10_000, (i) => (i > 50 ? 60 : 36))
+    expect(find(evaluate(w2, ctx()), 'hr_low')?.active).toBe(false)
+  })
+  it('per-user low threshold', () => {
+    const w = empty()
+    hrSeries(w, 10 * 60_000, 10_000, () => 44)
+    expect(find(evaluate(w, ctx()), 'hr_low')?.active).toBe(false)
+    expect(find(evaluate(w, ctx({ profile: { age: null, hrHigh: null, hrLow: 45 } })), 'hr_low')?.active).toBe(true)
+  })
+})
+
+describe('above personal max HR (Tanaka)', () => {
+  it('uses 208 − 0.7·age, with a safe default when the age is unknown', () => {
+    expect(predictedMaxHr(30)).toBe(187)
+    expect(predictedMaxHr(null)).toBe(180)
+  })
+  it('fires when a minute of readings is above max + margin, also in a race', () => {
+    const w = empty()
+    hrSeries(w, 60_000, 5_000, () => 200)
+    expect(
+      find(evaluate(w, ctx({ inRace: true, profile: { age: 30, hrHigh: null, hrLow: null } })), 'hr_above_max')?.active,
+    ).toBe(true)
+    const w2 = empty()
+    hrSeries(w2, 60_000, 5_000, () => 185)
+    expect(find(evaluate(w2, ctx({ profile: { age: 30, hrHigh: null, hrLow: null } })), 'hr_above_max')?.active).toBe(
+      false,
+    )
+  })
+})
+
+describe('race: stopped moving with HR missing or abnormal', () => {
+  it('fires when GPS shows no movement for 90 s and HR has been missing', () => {
+    const w = empty()
+    walk(w, 100_000, 5_000, 0)
+    w.hr.push({ t: NOW - 60_000, hr: 150 })
+    const f = find(evaluate(w, ctx({ inRace: true })), 'stopped_abnormal')
+    expect(f).toMatchObject({ active: true, severity: 'critical', evidence: { hr: null, lat: 52.5, lon: 13.4 } })
+  })
+  it('fires when stopped with an abnormal HR', () => {
+    const w = empty()
+    walk(w, 100_000, 5_000, 0)
+    hrSeries(w, 100_000, 5_000, () => 205)
+    expect(find(evaluate(w, ctx({ inRace: true })), 'stopped_abnormal')?.active).toBe(true)
+  })
+  it('a runner stopped at an aid station with a normal HR is fine', () => {
+    const w = empty()
+    walk(w, 100_000, 5_000, 0)
+    hrSeries(w, 100_000, 5_000, () => 120)
+    expect(find(evaluate(w, ctx({ inRace: true })), 'stopped_abnormal')?.active).not.toBe(true)
+  })
+  it('resolves when the runner moves again with HR', () => {
+    const w = empty()
+    walk(w, 60_000, 5_000, 3)
+    hrSeries(w, 60_000, 5_000, () => 150)
+    expect(find(evaluate(w, ctx({ inRace: true })), 'stopped_abnormal')?.active).toBe(false)
+  })
+  it('never outside a race', () => {
+    const w = empty()
+    walk(w, 100_000, 5_000, 0)
+    expect(find(evaluate(w, ctx()), 'stopped_abnormal')).toBeUndefined()
+  })
+})
+
+describe('sensor lost and SpO2', () => {
+  it('HR signal lost while GPS says moving fast', () => {
+    const w = empty()
+    walk(w, 60_000, 5_000, 3.5)
+    w.hr.push({ t: NOW - 120_000, hr: 150 })
+    expect(find(evaluate(w, ctx()), 'sensor_lost')?.active).toBe(true)
+  })
+  it('SpO2 below 90 for a minute; critical below 85; resolves at 92', () => {
+    const w = empty()
+    for (let t = NOW - 90_000; t <= NOW; t += 30_000) w.spo2.push({ t, v: 88 })
+    expect(find(evaluate(w, ctx()), 'spo2_low')).toMatchObject({ active: true, severity: 'warning' })
+    ;(w.spo2[w.spo2.length - 1] as { v: number }).v = 83
+    expect(find(evaluate(w, ctx()), 'spo2_low')?.severity).toBe('critical')
+    w.spo2.push({ t: NOW + 1, v: 95 })
+    expect(find(evaluate(w, ctx({ now: NOW + 1 })), 'spo2_low')?.active).toBe(false)
+  })
+  it('a single low SpO2 reading is not a finding', () => {
+    const w = empty()
+    w.spo2.push({ t: NOW, v: 85 })
+    expect(find(evaluate(w, ctx()), 'spo2_low')).toBeUndefined()
+  })
+})
