@@ -107,7 +107,6 @@ function sustained(
   points: readonly HrPoint[],
   now: number,
   spanMs: number,
-  frac: number,
   past: (hr: number) => boolean,
 ) {
   const win = since(points, now - spanMs)
