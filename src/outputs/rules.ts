@@ -103,12 +103,7 @@ function since<T extends { t: number }>(xs: readonly T[], from: number): T[] {
 }
 
 /** Sustained-threshold test: enough readings, spanning most of the window, mostly past the threshold. */
-function sustained(
-  points: readonly HrPoint[],
-  now: number,
-  spanMs: number,
-  past: (hr: number) => boolean,
-) {
+function sustained(points: readonly HrPoint[], now: number, spanMs: number, past: (hr: number) => boolean) {
   const win = since(points, now - spanMs)
   if (win.length < 2) return null
   const span = (win[win.length - 1] as HrPoint).t - (win[0] as HrPoint).t
