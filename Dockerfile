@@ -23,6 +23,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf 
  && mkdir -p /data && chown pulsegate:pulsegate /data
 COPY --from=build --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist ./dist
+COPY --from=build --chown=root:root /app/src/transport/static ./dist/src/transport/static
 COPY --chown=root:root package.json ./
 COPY --chown=root:root migrations ./migrations
 USER pulsegate

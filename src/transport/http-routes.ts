@@ -1,6 +1,10 @@
 // HTTP operations beside MQTT: /healthz (process up), /readyz (database reachable, listeners bound), /metrics
 // (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT).
+import fs from 'node:fs'
 import type http from 'node:http'
+import { createRequire } from 'node:module'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
@@ -86,6 +90,30 @@ export async function runRpc(registry: Registry, req: RpcRequest): Promise<unkno
       })
       return { ok: true }
   }
+}
+
+// The race-control page: medics and race control watch an event's leaderboard and alerts over MQTT/WebSocket with
+// their own token. Served from the source tree next to this file (copied nowhere: read once, kept).
+let pageCache: string | null = null
+function raceControlPage(): string {
+  if (pageCache === null) {
+    const here = path.dirname(fileURLToPath(import.meta.url))
+    const candidates = [
+      path.join(here, 'static', 'race-control.html'),
+      path.join(here, '../../../src/transport/static/race-control.html'),
+    ]
+    const file = candidates.find((f) => fs.existsSync(f))
+    pageCache = file
+      ? fs.readFileSync(file, 'utf8')
+      : '<!doctype html><title>pulsegate</title><p>race-control page missing</p>'
+  }
+  return pageCache
+}
+
+let bundleCache: string | null = null
+function mqttBrowserBundle(): string {
+  bundleCache ??= fs.readFileSync(createRequire(import.meta.url).resolve('mqtt/dist/mqtt.min'), 'utf8')
+  return bundleCache
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown, type = 'application/json'): void {

@@ -219,6 +219,15 @@ describe.each(stores)('outputs (%s)', (_name, redis) => {
     await app.endAsync()
   })
 
+  it('serves the race-control page and the MQTT browser bundle it uses', async () => {
+    const page = await fetch(`http://127.0.0.1:${tb.pg.ports.http}/`)
+    expect(page.status).toBe(200)
+    expect(await page.text()).toContain('race control')
+    const js = await fetch(`http://127.0.0.1:${tb.pg.ports.http}/assets/mqtt.min.js`)
+    expect(js.status).toBe(200)
+    expect((await js.text()).length).toBeGreaterThan(100_000)
+  })
+
   it('an offline app with a persistent session gets the alert it missed, once', async () => {
     const jwt = await token(tb, 'alice', 'app')
     const opts = { clean: false, clientId: 'app:alice:persist' }
