@@ -191,13 +191,10 @@ export function createHttpRoutes(deps: RouteDeps) {
           throw err
         }
       }
-      if (req.method === 'GET' && url.pathname === '/') {
-        return send(
-          res,
-          200,
-          '<!doctype html><title>pulsegate</title><h1>pulsegate</h1><p>MQTT over WebSocket at <code>/mqtt</code>; metrics at <a href="/metrics">/metrics</a>.</p>',
-          'text/html',
-        )
+      if (req.method === 'GET' && url.pathname === '/')
+        return send(res, 200, raceControlPage(), 'text/html; charset=utf-8')
+      if (req.method === 'GET' && url.pathname === '/assets/mqtt.min.js') {
+        return send(res, 200, mqttBrowserBundle(), 'text/javascript; charset=utf-8')
       }
       send(res, 404, { error: 'not found' })
     })().catch((err: Error) => {
