@@ -82,6 +82,17 @@ export const INSERT_POSITIONS = `INSERT INTO positions (time, device_key, lat, l
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/**
+ * A PostgreSQL array literal of validated finite numbers. pg's own serializer quotes and regex-escapes every element
+ * (two replaces each, 100k+ per flush at race-day rates); numbers need neither, and JS prints the shortest
+ * round-trip form, which float8 parses back exactly.
+ */
+export function numericArrayLiteral(xs: readonly (number | null)[]): string {
+  // Array#join is native and several times faster than building the string element by element.
+  const body = xs.includes(null) ? xs.map((x) => (x === null ? 'NULL' : x)).join(',') : xs.join(',')
+  return `{${body}}`
+}
+
 export class GroupCommitWriter {
   private current = new Columns()
   private readonly ready: Columns[] = []
@@ -166,7 +177,10 @@ export class GroupCommitWriter {
     const started = performance.now()
     let inserted = 0
     if (cols.sTime.length > 0) {
-      const r = await this.db.query(INSERT_SAMPLES, [cols.sTime, cols.sDev, cols.sMetric, cols.sValue])
+      const r = await this.db.query(
+        INSERT_SAMPLES,
+        [cols.sTime, cols.sDev, cols.sMetric, cols.sValue].map(numericArrayLiteral),
+      )
       inserted += r.rowCount
       this.metrics.rowsCommitted.inc({ table: 'samples' }, r.rowCount)
     }

@@ -237,6 +237,6 @@ describe.each(stores)('ingest on %s', (store) => {
       expect(t.rows[0]?.n).toBe(4)
     }
     const versions = await tb.pg.db.query<{ version: string }>('SELECT version FROM schema_migrations ORDER BY 1')
-    expect(versions.rows.length).toBe(store === 'embedded' ? 4 : 2)
+    expect(versions.rows.length).toBe(store === 'embedded' ? 5 : 3)
   })
 })
