@@ -27,11 +27,11 @@ function alive(pid: number): boolean {
   }
 }
 
-/** The live owner of the embedded store, if another process holds it. */
+/** The live owner of the embedded store, if any. This process counts too: PGlite must never open one directory twice. */
 export function embeddedOwner(dataDir: string): EmbeddedLock | null {
   try {
     const lock = JSON.parse(fs.readFileSync(lockPath(dataDir), 'utf8')) as EmbeddedLock
-    if (lock.pid !== process.pid && alive(lock.pid)) return lock
+    if (alive(lock.pid)) return lock
   } catch {
     // no lock or unreadable: nobody owns it
   }

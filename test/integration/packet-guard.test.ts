@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import net from 'node:net'
+import { Duplex } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Aedes } from 'aedes'
 import mqtt, { type MqttClient } from 'mqtt'
@@ -421,5 +422,85 @@ describe('PacketGuard in front of a real Aedes broker', () => {
     expect(violations).toEqual([])
     pub.sock.destroy()
     sub.sock.destroy()
+  })
+})
+
+describe('PacketGuard header state machine across chunk boundaries', () => {
+  // Deterministic PRNG so a failure reproduces.
+  let seed = 42
+  const rand = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff
+    return seed % n
+  }
+
+  /** A socket stand-in that lets the test choose exactly where chunks split. */
+  async function feed(
+    chunks: Buffer[],
+    maxPacketBytes: number,
+  ): Promise<{ out: Buffer; violations: Array<[string, number | null]>; destroyed: boolean }> {
+    const socket = new Duplex({ read() {}, write: (_c, _e, cb) => cb() })
+    const violations: Array<[string, number | null]> = []
+    const guard = guardConnection(socket, { maxPacketBytes, onViolation: (r, d) => violations.push([r, d]) })
+    const out: Buffer[] = []
+    guard.on('data', (d: Buffer) => out.push(d))
+    const ended = new Promise<void>((resolve) => {
+      guard.on('end', resolve)
+      guard.on('close', resolve)
+    })
+    for (const chunk of chunks) socket.emit('data', chunk)
+    // The guard may queue pushes; let them drain before comparing.
+    socket.emit('end')
+    await ended
+    return { out: Buffer.concat(out), violations, destroyed: guard.destroyed }
+  }
+
+  function split(buf: Buffer): Buffer[] {
+    const chunks: Buffer[] = []
+    for (let i = 0; i < buf.length; ) {
+      // Mostly tiny chunks so headers straddle boundaries, sometimes large ones for the fast path.
+      const size = rand(4) === 0 ? 1 + rand(70_000) : 1 + rand(8)
+      chunks.push(buf.subarray(i, i + size))
+      i += size
+    }
+    return chunks
+  }
+
+  // Remaining lengths covering 1-, 2-, 3- and 4-byte varints and their edges.
+  const lengths = [0, 1, 127, 128, 300, 16_383, 16_384, 60_000, 2_097_151, 2_097_152]
+  const stream = Buffer.concat(
+    Array.from({ length: 400 }, (_, k) => {
+      const len = k < lengths.length ? lengths[k]! : rand(4) === 0 ? rand(20_000) : rand(200)
+      return Buffer.concat([Buffer.from([0x30 | rand(16)]), varint(len), Buffer.alloc(len, k & 0xff)])
+    }),
+  )
+  const biggest = 1 + 4 + 2_097_152
+
+  it('passes every byte through unchanged, whatever the chunking', async () => {
+    for (let trial = 0; trial < 30; trial++) {
+      const r = await feed(split(stream), biggest)
+      expect(r.violations).toEqual([])
+      expect(r.out.equals(stream)).toBe(true)
+    }
+    // Whole stream in one chunk, and one byte per chunk.
+    expect((await feed([stream], biggest)).out.equals(stream)).toBe(true)
+    const bytes = Array.from(stream.subarray(0, 20_000), (b) => Buffer.from([b]))
+    const r = await feed(bytes, biggest)
+    expect(r.violations).toEqual([])
+    expect(r.out.equals(stream.subarray(0, 20_000))).toBe(true)
+  })
+
+  it('catches an oversize or malformed header wherever it falls, and forwards nothing of its body', async () => {
+    for (let trial = 0; trial < 30; trial++) {
+      const bad =
+        trial % 2 === 0
+          ? { header: Buffer.concat([Buffer.from([0x30]), varint(biggest)]), expected: ['packet_too_large', biggest] }
+          : { header: Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff, 0x7f]), expected: ['malformed_length', null] }
+      const input = Buffer.concat([stream, bad.header, Buffer.alloc(100_000, 0xee)])
+      const r = await feed(split(input), biggest)
+      expect(r.violations).toEqual([bad.expected])
+      expect(r.destroyed).toBe(true)
+      expect(r.out.equals(input.subarray(0, r.out.length))).toBe(true)
+      expect(r.out.length).toBeLessThan(stream.length + bad.header.length)
+    }
   })
 })

@@ -1,0 +1,49 @@
+// Configuration: defaults, env overrides, and a clear message naming each wrong field and its variable.
+import { describe, expect, it } from 'vitest'
+import { ConfigError, defaults, loadConfig } from '../../broker.config.js'
+
+describe('broker.config.ts', () => {
+  it('defaults match SPEC.md', () => {
+    const c = loadConfig({}, {})
+    expect([c.mqttPort, c.mqttsPort, c.httpPort, c.host, c.logLevel]).toEqual([1883, 8883, 8080, '0.0.0.0', 'info'])
+    expect(c.databaseUrl).toBeUndefined()
+    expect(c.dataDir.endsWith('/data')).toBe(true)
+    expect(defaults().ingest.lateWindowMs).toBe(7 * 24 * 3600_000)
+  })
+
+  it('PULSEGATE_* variables override defaults; empty ones count as unset', () => {
+    const c = loadConfig(
+      {},
+      {
+        PULSEGATE_MQTT_PORT: '1884',
+        PULSEGATE_DATABASE_URL: 'postgres://x@h/db',
+        PULSEGATE_LOG_LEVEL: 'debug',
+        PULSEGATE_HOST: '',
+      },
+    )
+    expect(c.mqttPort).toBe(1884)
+    expect(c.databaseUrl).toBe('postgres://x@h/db')
+    expect(c.logLevel).toBe('debug')
+    expect(c.host).toBe('0.0.0.0')
+  })
+
+  it('names every wrong field with its variable', () => {
+    let err: unknown
+    try {
+      loadConfig({}, { PULSEGATE_MQTT_PORT: 'eighteen', PULSEGATE_LOG_LEVEL: 'loud', PULSEGATE_REDIS_URL: 'not a url' })
+    } catch (e) {
+      err = e
+    }
+    expect(err).toBeInstanceOf(ConfigError)
+    const msg = (err as Error).message
+    expect(msg).toMatch(/mqttPort \(PULSEGATE_MQTT_PORT\)/)
+    expect(msg).toMatch(/logLevel \(PULSEGATE_LOG_LEVEL\)/)
+    expect(msg).toMatch(/redisUrl \(PULSEGATE_REDIS_URL\)/)
+    expect((err as ConfigError).problems).toHaveLength(3)
+  })
+
+  it('port 0 is allowed (picks a free port); out-of-range is not', () => {
+    expect(loadConfig({}, { PULSEGATE_HTTP_PORT: '0' }).httpPort).toBe(0)
+    expect(() => loadConfig({}, { PULSEGATE_HTTP_PORT: '70000' })).toThrow(/httpPort/)
+  })
+})
