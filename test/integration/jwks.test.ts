@@ -1,4 +1,5 @@
 // Production token verification: RS256 tokens checked against a JWKS served over HTTP (as an IdP would).
+import type { webcrypto } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { exportJWK, generateKeyPair, SignJWT } from 'jose'
@@ -8,8 +9,8 @@ import { tempDir } from '../helpers/harness.js'
 
 let server: http.Server
 let tokens: Tokens
-let key: CryptoKey
-let otherKey: CryptoKey
+let key: webcrypto.CryptoKey
+let otherKey: webcrypto.CryptoKey
 
 beforeAll(async () => {
   const pair = await generateKeyPair('RS256')
@@ -29,7 +30,7 @@ beforeAll(async () => {
 })
 afterAll(() => new Promise<void>((r) => server.close(() => r())))
 
-const sign = (k: CryptoKey, claims: Record<string, unknown>, iss = 'https://idp.example') =>
+const sign = (k: webcrypto.CryptoKey, claims: Record<string, unknown>, iss = 'https://idp.example') =>
   new SignJWT(claims)
     .setProtectedHeader({ alg: 'RS256', kid: 'k1' })
     .setSubject('alice')
