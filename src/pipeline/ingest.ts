@@ -53,7 +53,7 @@ export class Ingest {
   private readonly seqs = new SeqWindow()
   private readonly devices = new Map<number, DeviceState>()
   private readonly lastDeadLetter = new Map<string, number>()
-  private readonly rules: Omit<BrokerConfig['ingest'], never>
+  private readonly rules: BrokerConfig['ingest']
   private readonly listeners: ((b: CommittedBatch) => void)[] = []
 
   constructor(

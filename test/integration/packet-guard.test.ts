@@ -433,13 +433,15 @@ describe('PacketGuard header state machine across chunk boundaries', () => {
     return seed % n
   }
 
+  type Seen = Array<[string, number | null]>
+
   /** A socket stand-in that lets the test choose exactly where chunks split. */
   async function feed(
     chunks: Buffer[],
     maxPacketBytes: number,
-  ): Promise<{ out: Buffer; violations: Array<[string, number | null]>; destroyed: boolean }> {
+  ): Promise<{ out: Buffer; violations: Seen; destroyed: boolean }> {
     const socket = new Duplex({ read() {}, write: (_c, _e, cb) => cb() })
-    const violations: Array<[string, number | null]> = []
+    const violations: Seen = []
     const guard = guardConnection(socket, { maxPacketBytes, onViolation: (r, d) => violations.push([r, d]) })
     const out: Buffer[] = []
     guard.on('data', (d: Buffer) => out.push(d))
@@ -465,31 +467,75 @@ describe('PacketGuard header state machine across chunk boundaries', () => {
     return chunks
   }
 
+  // Bodies are all 0xFF: if the parser ever loses a packet boundary it reads body bytes as a length,
+  // and four continuation bytes in a row are a malformed_length, so drift cannot go unnoticed.
+  const pkt = (len: number, type = 0x30): Buffer =>
+    Buffer.concat([Buffer.from([type]), varint(len), Buffer.alloc(len, 0xff)])
+
+  /** A packet whose total size (header included) is exactly `total`. */
+  function packetOfTotal(total: number): { buf: Buffer; remaining: number; headerLen: number } {
+    for (let n = 1; n <= 4; n++) {
+      const remaining = total - 1 - n
+      if (varint(remaining).length === n) return { buf: pkt(remaining), remaining, headerLen: 1 + n }
+    }
+    throw new Error(`no packet of total ${total}`)
+  }
+
   // Remaining lengths covering 1-, 2-, 3- and 4-byte varints and their edges.
   const lengths = [0, 1, 127, 128, 300, 16_383, 16_384, 60_000, 2_097_151, 2_097_152]
   const stream = Buffer.concat(
-    Array.from({ length: 400 }, (_, k) => {
-      const len = k < lengths.length ? lengths[k]! : rand(4) === 0 ? rand(20_000) : rand(200)
-      return Buffer.concat([Buffer.from([0x30 | rand(16)]), varint(len), Buffer.alloc(len, k & 0xff)])
-    }),
+    Array.from({ length: 400 }, (_, k) =>
+      pkt(k < lengths.length ? lengths[k]! : rand(4) === 0 ? rand(20_000) : rand(200), 0x30 | rand(16)),
+    ),
   )
   const biggest = 1 + 4 + 2_097_152
 
-  it('passes every byte through unchanged, whatever the chunking', async () => {
+  it('passes every byte through unchanged and keeps packet boundaries, whatever the chunking', async () => {
     for (let trial = 0; trial < 30; trial++) {
       const r = await feed(split(stream), biggest)
       expect(r.violations).toEqual([])
       expect(r.out.equals(stream)).toBe(true)
     }
-    // Whole stream in one chunk, and one byte per chunk.
     expect((await feed([stream], biggest)).out.equals(stream)).toBe(true)
-    const bytes = Array.from(stream.subarray(0, 20_000), (b) => Buffer.from([b]))
-    const r = await feed(bytes, biggest)
+    const head = stream.subarray(0, 20_000)
+    const r = await feed(
+      Array.from(head, (b) => Buffer.from([b])),
+      biggest,
+    )
     expect(r.violations).toEqual([])
-    expect(r.out.equals(stream.subarray(0, 20_000))).toBe(true)
+    expect(r.out.equals(head)).toBe(true)
   })
 
-  it('catches an oversize or malformed header wherever it falls, and forwards nothing of its body', async () => {
+  it('enforces the limit exactly, with the header split at every position', async () => {
+    const lead = pkt(10) // so the header under test does not start at offset 0
+    for (const max of [131, 16_390, 2_097_160]) {
+      for (const [total, expected] of [
+        [max, []],
+        [max + 1, [['packet_too_large', packetOfTotal(max + 1).remaining]]],
+      ] as const) {
+        const { buf, headerLen } = packetOfTotal(total)
+        for (let cut = 0; cut <= headerLen; cut++) {
+          const r = await feed([Buffer.concat([lead, buf.subarray(0, cut)]), buf.subarray(cut)], max)
+          expect([max, total, cut, r.violations]).toEqual([max, total, cut, expected])
+        }
+      }
+    }
+  })
+
+  it('detects a malformed length with the header split at every position', async () => {
+    const bad = Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff, 0x7f])
+    for (let cut = 0; cut <= bad.length; cut++) {
+      const r = await feed([Buffer.concat([pkt(10), bad.subarray(0, cut)]), bad.subarray(cut)], biggest)
+      expect([cut, r.violations]).toEqual([cut, [['malformed_length', null]]])
+      expect(r.destroyed).toBe(true)
+    }
+    // Byte by byte, and with the longest valid varint just before it.
+    const bytes = Buffer.concat([pkt(2_097_152), bad])
+    const r = await feed(Array.from(bytes.subarray(0, 64), (b) => Buffer.from([b])).concat(bytes.subarray(64)), biggest)
+    expect(r.violations).toEqual([['malformed_length', null]])
+  })
+
+  it('catches a bad header wherever it falls, and forwards nothing of its body', async () => {
     for (let trial = 0; trial < 30; trial++) {
       const bad =
         trial % 2 === 0
