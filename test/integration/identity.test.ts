@@ -18,6 +18,21 @@ import {
   token,
 } from '../helpers/harness.js'
 
+const SECRET = 'test-secret-0123456789abcdef'
+/** A token made by hand, to vary exactly one thing the broker must check. */
+function forge(
+  o: { role?: string; sub?: string; aud?: string; secret?: string; exp?: number | string; iat?: number } = {},
+) {
+  const jwt = new SignJWT({ role: o.role ?? 'app' })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject(o.sub ?? 'alice')
+    .setIssuer('pulsegate')
+    .setAudience(o.aud ?? 'pulsegate')
+    .setExpirationTime(o.exp ?? '1h')
+  if (o.iat !== undefined) jwt.setIssuedAt(o.iat)
+  return jwt.sign(new TextEncoder().encode(o.secret ?? SECRET))
+}
+
 let tb: TestBroker
 let dev: DeviceCreds
 
@@ -137,47 +152,23 @@ describe('tokens (JWT)', () => {
   })
 
   it('expired token: CONNACK 4', async () => {
-    const jwt = await new SignJWT({ role: 'app' })
-      .setProtectedHeader({ alg: 'HS256' })
-      .setSubject('alice')
-      .setIssuer('pulsegate')
-      .setAudience('pulsegate')
-      .setIssuedAt(Math.floor(Date.now() / 1000) - 7200)
-      .setExpirationTime(Math.floor(Date.now() / 1000) - 3600)
-      .sign(new TextEncoder().encode('test-secret-0123456789abcdef'))
+    const now = Math.floor(Date.now() / 1000)
+    const jwt = await forge({ iat: now - 7200, exp: now - 3600 })
     expect(await connackCode(connectWithToken(tb, jwt, 'app:alice'))).toBe(4)
   })
 
   it('wrong signature: CONNACK 4', async () => {
-    const jwt = await new SignJWT({ role: 'app' })
-      .setProtectedHeader({ alg: 'HS256' })
-      .setSubject('alice')
-      .setIssuer('pulsegate')
-      .setAudience('pulsegate')
-      .setExpirationTime('1h')
-      .sign(new TextEncoder().encode('another-secret-0123456789abcdef'))
+    const jwt = await forge({ secret: 'another-secret-0123456789abcdef' })
     expect(await connackCode(connectWithToken(tb, jwt, 'app:alice'))).toBe(4)
   })
 
   it('wrong audience: CONNACK 4', async () => {
-    const jwt = await new SignJWT({ role: 'app' })
-      .setProtectedHeader({ alg: 'HS256' })
-      .setSubject('alice')
-      .setIssuer('pulsegate')
-      .setAudience('someone-else')
-      .setExpirationTime('1h')
-      .sign(new TextEncoder().encode('test-secret-0123456789abcdef'))
+    const jwt = await forge({ aud: 'someone-else' })
     expect(await connackCode(connectWithToken(tb, jwt, 'app:alice'))).toBe(4)
   })
 
   it('a role tokens cannot have (device): CONNACK 5', async () => {
-    const jwt = await new SignJWT({ role: 'device' })
-      .setProtectedHeader({ alg: 'HS256' })
-      .setSubject('tracker-1')
-      .setIssuer('pulsegate')
-      .setAudience('pulsegate')
-      .setExpirationTime('1h')
-      .sign(new TextEncoder().encode('test-secret-0123456789abcdef'))
+    const jwt = await forge({ role: 'device', sub: 'tracker-1' })
     expect(await connackCode(connectWithToken(tb, jwt, 'device:tracker-1'))).toBe(5)
   })
 
