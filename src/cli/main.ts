@@ -13,6 +13,7 @@ import { isValidId } from '../topics/grammar.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
+import { simulateCommand } from '../../simulators/cli.js'
 import { withOps } from './ops.js'
 
 class UsageError extends Error {}
@@ -220,6 +221,7 @@ function buildProgram(): Command {
       console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
     })
 
+  program.addCommand(simulateCommand())
   return program
 }
 

@@ -1,0 +1,156 @@
+// Load-generator process for bench/connect-mtls.ts (forked with an IPC channel; never run directly). Opens one mTLS
+// MQTT connection per device at `rampPerSec` new connections per second (0 = as fast as possible), with at most
+// `concurrency` handshakes in flight, records TLS-connect → CONNACK latency and when each CONNACK arrived, then keeps
+// the connections open and idle until told to close them.
+import fs from 'node:fs'
+import tls from 'node:tls'
+import { LiteClient } from './mqtt-lite.js'
+import { encodeHistogram, latencyHistogram } from './stats.js'
+import type { WorkerDevice } from './ingest-worker.js'
+
+export interface ConnectWorkerInit {
+  type: 'init'
+  host: string
+  port: number
+  caPath: string
+  devices: WorkerDevice[]
+  /** new connections per second for this worker; 0 = unlimited (bounded by `concurrency`) */
+  rampPerSec: number
+  concurrency: number
+  keepaliveS: number
+  timeoutMs: number
+}
+
+export type ToConnectWorker = ConnectWorkerInit | { type: 'close' }
+
+export type FromConnectWorker =
+  | {
+      type: 'connected'
+      ok: number
+      failed: number
+      errors: string[]
+      hist: string
+      /** CONNACKs per 100 ms slot since this worker's start */
+      timeline: number[]
+      /** ms from start to the last CONNACK (or failure) */
+      elapsedMs: number
+      cpuMs: number
+      /** connections closed by the server after their CONNACK, so far */
+      droppedAfterConnect: number
+    }
+  | { type: 'closed'; droppedWhileIdle: number }
+
+const send = (m: FromConnectWorker) => process.send?.(m)
+const clients: LiteClient[] = []
+let dropped = 0
+let closing = false
+
+async function run(init: ConnectWorkerInit): Promise<void> {
+  const ca = fs.readFileSync(init.caPath)
+  const h = latencyHistogram()
+  const timeline: number[] = []
+  const errors: string[] = []
+  let ok = 0
+  let failed = 0
+  let inflight = 0
+  let next = 0
+  let lastDone = 0
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  const n = init.devices.length
+
+  await new Promise<void>((resolveAll) => {
+    const finishOne = () => {
+      inflight--
+      lastDone = performance.now() - t0
+      if (ok + failed === n) resolveAll()
+      else pump()
+    }
+    const startOne = () => {
+      const dev = init.devices[next++] as WorkerDevice
+      inflight++
+      const secureContext = tls.createSecureContext({
+        key: fs.readFileSync(dev.keyPath),
+        cert: fs.readFileSync(dev.certPath),
+        ca,
+      })
+      const client = new LiteClient({
+        host: init.host,
+        port: init.port,
+        clientId: dev.deviceId,
+        secureContext,
+        servername: 'localhost',
+        keepaliveS: init.keepaliveS,
+        onPuback: () => {},
+        onClose: () => {
+          if (!closing) dropped++
+        },
+      })
+      const t = performance.now()
+      client.connect(init.timeoutMs).then(
+        () => {
+          const now = performance.now()
+          h.recordValue(Math.max(1, Math.round((now - t) * 1000)))
+          const slot = Math.floor((now - t0) / 100)
+          while (timeline.length <= slot) timeline.push(0)
+          timeline[slot] = (timeline[slot] as number) + 1
+          clients.push(client)
+          ok++
+          finishOne()
+        },
+        (err: Error) => {
+          failed++
+          if (errors.length < 10) errors.push(`${dev.deviceId}: ${err.message}`)
+          finishOne()
+        },
+      )
+    }
+    // Connections due by now under the ramp (all of them when unlimited), bounded by the in-flight cap.
+    const pump = () => {
+      const due =
+        init.rampPerSec > 0 ? Math.min(n, Math.floor((init.rampPerSec * (performance.now() - t0)) / 1000) + 1) : n
+      while (next < due && inflight < init.concurrency) startOne()
+    }
+    if (init.rampPerSec > 0) {
+      const timer = setInterval(() => {
+        pump()
+        if (next >= n) clearInterval(timer)
+      }, 5)
+    }
+    pump()
+  })
+  const cpu = process.cpuUsage(cpu0)
+  send({
+    type: 'connected',
+    ok,
+    failed,
+    errors,
+    hist: encodeHistogram(h),
+    timeline,
+    elapsedMs: lastDone,
+    cpuMs: (cpu.user + cpu.system) / 1000,
+    droppedAfterConnect: dropped,
+  })
+  const ping = setInterval(
+    () => {
+      for (const c of clients) if (c.connected) c.ping()
+    },
+    (init.keepaliveS * 1000) / 2,
+  )
+  ping.unref()
+}
+
+process.on('message', (m: ToConnectWorker) => {
+  if (m.type === 'init') void run(m)
+  else if (m.type === 'close') {
+    const droppedWhileIdle = dropped
+    closing = true
+    void Promise.all(clients.map((c) => c.end())).then(() => {
+      send({ type: 'closed', droppedWhileIdle })
+      setTimeout(() => process.exit(0), 50)
+    })
+  }
+})
+
+// The parent is gone (crashed, killed, or its output pipe closed): leave with it instead of holding connections open.
+process.on('disconnect', () => process.exit(0))

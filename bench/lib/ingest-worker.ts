@@ -1,0 +1,347 @@
+// Load-generator process for bench/ingest.ts (forked with an IPC channel; never run directly). It owns a slice of the
+// devices: connects them over mTLS at the requested ramp, then publishes QoS 1 readings batches with at most
+// `inflight` unacknowledged per connection, either as fast as PUBACKs allow (rate 0) or at `rate` messages/s in total
+// for this worker. Timestamps are unique per device: sample k of batch seq has t = tBase + (seq − 1)·batch + k, so
+// every acknowledged batch maps to a known time range that the parent checks in the database.
+import fs from 'node:fs'
+import tls from 'node:tls'
+import { encode as cborEncode } from 'cbor-x'
+import type * as hdr from 'hdr-histogram-js'
+import { LiteClient, publishPacket, topicBytes } from './mqtt-lite.js'
+import { encodeHistogram, latencyHistogram } from './stats.js'
+
+export interface WorkerDevice {
+  deviceId: string
+  certPath: string
+  keyPath: string
+}
+
+export interface IngestWorkerInit {
+  type: 'init'
+  host: string
+  port: number
+  caPath: string
+  devices: WorkerDevice[]
+  batch: number
+  inflight: number
+  format: 'cbor' | 'json'
+  /** messages/s for this worker; 0 = as fast as acks come back */
+  rate: number
+  /** new connections per second for this worker */
+  rampPerSec: number
+  tBase: number
+  keepaliveS: number
+}
+
+export type ToWorker =
+  | IngestWorkerInit
+  | { type: 'start' }
+  | { type: 'measure'; on: boolean }
+  | { type: 'stop'; drainTimeoutMs: number }
+  | { type: 'exit' }
+
+export interface WindowReport {
+  type: 'window'
+  elapsedMs: number
+  ackedMsgs: number
+  ackedSamples: number
+  sentMsgs: number
+  /** rate mode: messages the schedule wanted but no connection had window room for (or that were too late) */
+  missed: number
+  hist: string
+  cpuMs: number
+}
+
+export interface DeviceResult {
+  deviceId: string
+  /** batches sent: seq 1…sent */
+  sent: number
+  /** seqs sent but never acknowledged (connection lost, or not acked before the drain timeout) */
+  unacked: number[]
+}
+
+export type FromWorker =
+  | { type: 'connected'; ok: number; failed: number; errors: string[]; hist: string; elapsedMs: number }
+  | WindowReport
+  | {
+      type: 'final'
+      devices: DeviceResult[]
+      ackedMsgs: number
+      sentMsgs: number
+      closedDuringRun: number
+      closeErrors: string[]
+      drainMs: number
+    }
+
+interface Conn {
+  dev: WorkerDevice
+  client: LiteClient | null
+  topic: Buffer
+  seq: number
+  nextPid: number
+  /** packet id → [seq, sent at (performance.now)] */
+  inflight: Map<number, [number, number]>
+  /** rate mode: in the ready FIFO (has window room) */
+  queued: boolean
+}
+
+const send = (m: FromWorker) => process.send?.(m)
+
+let init: IngestWorkerInit
+let conns: Conn[] = []
+let running = false
+let measuring = false
+let hist: hdr.Histogram = latencyHistogram()
+let winAcked = 0
+let winSamples = 0
+let winSent = 0
+let winMissed = 0
+let winStart = 0
+let winCpu = process.cpuUsage()
+let totalAcked = 0
+let totalSent = 0
+let closedDuringRun = 0
+const closeErrors: string[] = []
+let drainWaiter: (() => void) | null = null
+let inflightTotal = 0
+
+function payloadFor(seq: number): Uint8Array {
+  const n = init.batch
+  const t0 = init.tBase + (seq - 1) * n
+  const samples = new Array<{ t: number; hr: number }>(n)
+  for (let k = 0; k < n; k++) samples[k] = { t: t0 + k, hr: 60 + ((seq + k) % 120) }
+  const batch = { seq, samples }
+  return init.format === 'cbor' ? cborEncode(batch) : Buffer.from(JSON.stringify(batch))
+}
+
+function publish(c: Conn): void {
+  const client = c.client as LiteClient
+  const seq = c.seq++
+  let pid = c.nextPid
+  c.nextPid = pid >= 65535 ? 1 : pid + 1
+  while (c.inflight.has(pid)) {
+    pid = c.nextPid
+    c.nextPid = pid >= 65535 ? 1 : pid + 1
+  }
+  c.inflight.set(pid, [seq, performance.now()])
+  inflightTotal++
+  totalSent++
+  if (measuring) winSent++
+  client.send(publishPacket(c.topic, pid, payloadFor(seq)))
+}
+
+function onPuback(c: Conn, pid: number): void {
+  const e = c.inflight.get(pid)
+  if (!e) return
+  c.inflight.delete(pid)
+  inflightTotal--
+  totalAcked++
+  if (measuring) {
+    winAcked++
+    winSamples += init.batch
+    const us = Math.max(1, Math.round((performance.now() - e[1]) * 1000))
+    hist.recordValue(us)
+  }
+  if (running && c.client?.connected) {
+    if (init.rate === 0) publish(c)
+    else enqueueReady(c)
+  }
+  if (!running && inflightTotal === 0) drainWaiter?.()
+}
+
+async function connectAll(): Promise<void> {
+  const ca = fs.readFileSync(init.caPath)
+  const h = latencyHistogram()
+  const errors: string[] = []
+  let ok = 0
+  let failed = 0
+  const started = performance.now()
+  const perTick = Math.max(1, Math.round(init.rampPerSec / 10))
+  const pending: Promise<void>[] = []
+  conns = init.devices.map((dev) => ({
+    dev,
+    client: null,
+    topic: topicBytes(`devices/${dev.deviceId}/readings`),
+    seq: 1,
+    nextPid: 1,
+    inflight: new Map(),
+    queued: false,
+  }))
+  for (let i = 0; i < conns.length; i += perTick) {
+    const tickStart = performance.now()
+    for (const c of conns.slice(i, i + perTick)) {
+      const secureContext = tls.createSecureContext({
+        key: fs.readFileSync(c.dev.keyPath),
+        cert: fs.readFileSync(c.dev.certPath),
+        ca,
+      })
+      const client = new LiteClient({
+        host: init.host,
+        port: init.port,
+        clientId: c.dev.deviceId,
+        secureContext,
+        servername: 'localhost',
+        keepaliveS: init.keepaliveS,
+        onPuback: (pid) => onPuback(c, pid),
+        onClose: (err) => {
+          if (running || drainWaiter) {
+            closedDuringRun++
+            if (closeErrors.length < 10) closeErrors.push(`${c.dev.deviceId}: ${err?.message ?? 'closed'}`)
+          }
+          // Nothing in flight on a closed connection will ever be acked: stop waiting for it.
+          inflightTotal -= c.inflight.size
+          if (!running && inflightTotal === 0) drainWaiter?.()
+        },
+      })
+      const t = performance.now()
+      pending.push(
+        client.connect(20_000).then(
+          () => {
+            h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1000)))
+            c.client = client
+            ok++
+          },
+          (err: Error) => {
+            failed++
+            if (errors.length < 10) errors.push(`${c.dev.deviceId}: ${err.message}`)
+          },
+        ),
+      )
+    }
+    const wait = 100 - (performance.now() - tickStart)
+    if (wait > 0 && i + perTick < conns.length) await new Promise((r) => setTimeout(r, wait))
+  }
+  await Promise.all(pending)
+  send({ type: 'connected', ok, failed, errors, hist: encodeHistogram(h), elapsedMs: performance.now() - started })
+}
+
+let rateTimer: NodeJS.Timeout | null = null
+let pingTimer: NodeJS.Timeout | null = null
+
+function start(): void {
+  running = true
+  const live = conns.filter((c) => c.client?.connected)
+  pingTimer = setInterval(
+    () => {
+      for (const c of live) if (c.client?.connected) c.client.ping()
+    },
+    (init.keepaliveS * 1000) / 2,
+  )
+  if (init.rate === 0) {
+    for (const c of live) for (let k = 0; k < init.inflight; k++) publish(c)
+    return
+  }
+  // Open-loop schedule: by time t this worker should have sent rate·t messages, spread round-robin over the
+  // connections that have window room (a FIFO of them: O(1) per message, no scanning of full windows). When no
+  // connection has room, or the schedule is more than 50 ms behind, messages count as missed (no catch-up bursts).
+  if (live.length === 0) return
+  for (const c of live) enqueueReady(c)
+  const t0 = performance.now()
+  let scheduled = 0
+  const slack = Math.max(1, init.rate * 0.05)
+  rateTimer = setInterval(() => {
+    if (!running) return
+    const due = Math.floor((init.rate * (performance.now() - t0)) / 1000)
+    if (due - scheduled > slack) {
+      const skip = due - scheduled - Math.floor(slack)
+      scheduled += skip
+      if (measuring) winMissed += skip
+    }
+    while (scheduled < due) {
+      const c = readyHead < ready.length ? (ready[readyHead++] as Conn) : null
+      if (readyHead > 4096 && readyHead * 2 > ready.length) {
+        ready = ready.slice(readyHead)
+        readyHead = 0
+      }
+      if (!c) {
+        // every window full: the rest of this tick's messages are missed
+        if (measuring) winMissed += due - scheduled
+        scheduled = due
+        break
+      }
+      c.queued = false
+      if (!c.client?.connected) continue
+      publish(c)
+      scheduled++
+      if (c.inflight.size < init.inflight) enqueueReady(c)
+    }
+  }, 1)
+}
+
+let ready: Conn[] = []
+let readyHead = 0
+function enqueueReady(c: Conn): void {
+  if (c.queued) return
+  c.queued = true
+  ready.push(c)
+}
+
+async function stop(drainTimeoutMs: number): Promise<void> {
+  running = false
+  if (rateTimer) clearInterval(rateTimer)
+  const started = performance.now()
+  if (inflightTotal > 0) {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, drainTimeoutMs)
+      drainWaiter = () => {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+  }
+  const drainMs = performance.now() - started
+  drainWaiter = null
+  if (pingTimer) clearInterval(pingTimer)
+  const devices: DeviceResult[] = conns.map((c) => ({
+    deviceId: c.dev.deviceId,
+    sent: c.seq - 1,
+    unacked: [...c.inflight.values()].map(([seq]) => seq).sort((a, b) => a - b),
+  }))
+  send({ type: 'final', devices, ackedMsgs: totalAcked, sentMsgs: totalSent, closedDuringRun, closeErrors, drainMs })
+}
+
+process.on('message', (m: ToWorker) => {
+  switch (m.type) {
+    case 'init':
+      init = m
+      void connectAll()
+      break
+    case 'start':
+      start()
+      break
+    case 'measure':
+      if (m.on) {
+        hist = latencyHistogram()
+        winAcked = 0
+        winSamples = 0
+        winSent = 0
+        winMissed = 0
+        winStart = performance.now()
+        winCpu = process.cpuUsage()
+        measuring = true
+      } else {
+        measuring = false
+        const cpu = process.cpuUsage(winCpu)
+        send({
+          type: 'window',
+          elapsedMs: performance.now() - winStart,
+          ackedMsgs: winAcked,
+          ackedSamples: winSamples,
+          sentMsgs: winSent,
+          missed: winMissed,
+          hist: encodeHistogram(hist),
+          cpuMs: (cpu.user + cpu.system) / 1000,
+        })
+      }
+      break
+    case 'stop':
+      void stop(m.drainTimeoutMs)
+      break
+    case 'exit':
+      void Promise.all(conns.map((c) => c.client?.end())).then(() => process.exit(0))
+      break
+  }
+})
+
+// The parent is gone (crashed, killed, or its output pipe closed): leave with it instead of holding connections open.
+process.on('disconnect', () => process.exit(0))

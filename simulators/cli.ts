@@ -1,0 +1,164 @@
+// `pulsegate simulate`: play a swarm of trackers, phone bridges and apps against a broker and score it.
+import fs from 'node:fs'
+import { pathToFileURL } from 'node:url'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import type { Format, Scenario } from './protocol.js'
+import { runSwarm, summaryText } from './swarm.js'
+
+function positiveInt(name: string) {
+  return (v: string): number => {
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive whole number`)
+    return n
+  }
+}
+
+function positive(name: string) {
+  return (v: string): number => {
+    const n = Number(v)
+    if (!(Number.isFinite(n) && n > 0)) throw new InvalidArgumentError(`${name} must be a positive number`)
+    return n
+  }
+}
+
+function share(name: string) {
+  return (v: string): number => {
+    const n = Number(v)
+    if (!(Number.isFinite(n) && n >= 0 && n <= 1)) throw new InvalidArgumentError(`${name} must be between 0 and 1`)
+    return n
+  }
+}
+
+interface SimulateOpts {
+  devices: number
+  duration: number
+  ramp: number
+  scenario: Scenario
+  qos: '0' | '1'
+  batch: number
+  rate: number
+  format: Format
+  workers?: number
+  apps: number
+  anomalies: number
+  bridgeShare: number
+  inflight: number
+  buffer: number
+  drain: number
+  seed: number
+  offlineShare: number
+  offlineAt?: number
+  offlineFor: number
+  report?: string
+  svg?: string
+  url?: string
+  wsUrl?: string
+  embeddedBroker?: boolean
+  verify: boolean
+  progress?: boolean
+}
+
+export function simulateCommand(): Command {
+  return new Command('simulate')
+    .description(
+      'play a swarm of simulated trackers (mTLS), phone bridges and apps against pulsegate and report throughput, ' +
+        'latency and whether every acked reading is in the database exactly once',
+    )
+    .requiredOption('--devices <n>', 'number of devices', positiveInt('--devices'))
+    .requiredOption(
+      '--duration <s>',
+      'seconds of sampling (then devices upload what they hold)',
+      positive('--duration'),
+    )
+    .option('--ramp <r>', 'connections opened per second', positive('--ramp'), 200)
+    .addOption(
+      new Option('--scenario <name>', 'what the wearers do').choices(['marathon', 'wellness']).default('marathon'),
+    )
+    .addOption(new Option('--qos <q>', 'QoS of readings').choices(['0', '1']).default('1'))
+    .option('--batch <n>', 'samples per batch', positiveInt('--batch'), 5)
+    .option('--rate <hz>', 'samples per second per device', positive('--rate'), 1)
+    .addOption(new Option('--format <f>', 'batch encoding').choices(['cbor', 'json']).default('cbor'))
+    .option(
+      '--workers <n>',
+      'worker processes (default: one per core, minus one for an embedded broker)',
+      positiveInt('--workers'),
+    )
+    .option('--apps <share>', 'share of users with an app connected over WebSocket', share('--apps'), 0.2)
+    .option('--anomalies <share>', 'share of users with an injected anomaly', share('--anomalies'), 0.01)
+    .option(
+      '--bridge-share <share>',
+      'share of users relayed by a phone bridge (watch + strap)',
+      share('--bridge-share'),
+      0.05,
+    )
+    .option('--inflight <n>', 'QoS 1 batches in flight per connection', positiveInt('--inflight'), 4)
+    .option('--buffer <samples>', 'samples a device buffers before dropping its oldest', positiveInt('--buffer'), 3600)
+    .option('--drain <s>', 'seconds devices get to upload their buffers at the end', positive('--drain'), 30)
+    .option('--seed <n>', 'random seed (same seed, same swarm)', positiveInt('--seed'), 1)
+    .option(
+      '--offline-share <share>',
+      'share of users whose link is cut mid-run (a tunnel)',
+      share('--offline-share'),
+      0,
+    )
+    .option('--offline-at <s>', 'when the cut happens (default: a third into the run)', positive('--offline-at'))
+    .option('--offline-for <s>', 'how long the link stays down', positive('--offline-for'), 10)
+    .option('--report <file.json>', 'write the full report as JSON')
+    .option('--svg <file.svg>', 'write a chart of rates and ack latency over time')
+    .option('--url <mqtts://host:port>', 'device listener (default: 127.0.0.1 and PULSEGATE_MQTTS_PORT)')
+    .option(
+      '--ws-url <ws://host:port/mqtt>',
+      'WebSocket listener for apps (default: 127.0.0.1 and PULSEGATE_HTTP_PORT)',
+    )
+    .option('--embedded-broker', 'start pulsegate in this process on ephemeral ports (self-contained run)')
+    .option('--no-verify', 'skip counting the acked readings in the database afterwards')
+    .option('--no-progress', 'no progress display')
+    .action(async (opts: SimulateOpts) => {
+      const report = await runSwarm({
+        devices: opts.devices,
+        durationS: opts.duration,
+        rampPerS: opts.ramp,
+        scenario: opts.scenario,
+        qos: opts.qos === '0' ? 0 : 1,
+        batch: opts.batch,
+        rateHz: opts.rate,
+        format: opts.format,
+        ...(opts.workers ? { workers: opts.workers } : {}),
+        appShare: opts.apps,
+        anomalyShare: opts.anomalies,
+        bridgeShare: opts.bridgeShare,
+        inflight: opts.inflight,
+        bufferSamples: opts.buffer,
+        drainS: opts.drain,
+        seed: opts.seed,
+        offline:
+          opts.offlineShare > 0
+            ? { share: opts.offlineShare, atS: opts.offlineAt ?? opts.duration / 3, forS: opts.offlineFor }
+            : null,
+        ...(opts.report ? { report: opts.report } : {}),
+        ...(opts.svg ? { svg: opts.svg } : {}),
+        ...(opts.url ? { url: opts.url } : {}),
+        ...(opts.wsUrl ? { wsUrl: opts.wsUrl } : {}),
+        embeddedBroker: opts.embeddedBroker ?? false,
+        verify: opts.verify,
+        progress: opts.progress !== false,
+      })
+      console.log(summaryText(report))
+      if (report.verification.status === 'failed') process.exitCode = 1
+    })
+}
+
+// Also runnable on its own: `node dist/simulators/cli.js --devices 100 --duration 10 --embedded-broker`.
+const invoked = process.argv[1] ? pathToFileURL(fs.realpathSync(process.argv[1])).href : ''
+if (invoked === import.meta.url) {
+  simulateCommand()
+    .name('simulate')
+    .parseAsync(process.argv)
+    .then(
+      () => process.exit(process.exitCode ?? 0),
+      (err: Error) => {
+        console.error(`simulate: ${err.message}`)
+        process.exit(1)
+      },
+    )
+}

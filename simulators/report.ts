@@ -1,0 +1,312 @@
+// The swarm's report: one JSON document (stable field names, for CI and comparisons), a human summary, and an
+// optional SVG chart of rates and ack latency over time.
+import fs from 'node:fs'
+import path from 'node:path'
+import type { Histogram } from 'hdr-histogram-js'
+import type { AnomalyKind } from './physiology.js'
+import type { Counters, Format, Scenario } from './protocol.js'
+
+export interface LatencySummary {
+  count: number
+  mean: number
+  p50: number
+  p90: number
+  p99: number
+  p999: number
+  max: number
+}
+
+/** Percentiles of an HDR histogram, scaled (e.g. µs → ms with 0.001). */
+export function summarize(h: Histogram, scale = 1): LatencySummary {
+  if (h.totalCount === 0) return { count: 0, mean: 0, p50: 0, p90: 0, p99: 0, p999: 0, max: 0 }
+  const r = (v: number) => Math.round(v * scale * 1000) / 1000
+  return {
+    count: h.totalCount,
+    mean: r(h.mean),
+    p50: r(h.getValueAtPercentile(50)),
+    p90: r(h.getValueAtPercentile(90)),
+    p99: r(h.getValueAtPercentile(99)),
+    p999: r(h.getValueAtPercentile(99.9)),
+    max: r(h.maxValue),
+  }
+}
+
+export interface TimelinePoint {
+  /** seconds since the start of the run */
+  tS: number
+  connected: number
+  publishesPerS: number
+  ackedPerS: number
+  readingsPerS: number
+  ackP50Ms: number
+  ackP99Ms: number
+  buffered: number
+  dropped: number
+  /** cumulative, for rates over any span */
+  ackedTotal: number
+  readingsTotal: number
+}
+
+export type VerificationStatus = 'ok' | 'failed' | 'unavailable' | 'skipped'
+
+export interface Verification {
+  status: VerificationStatus
+  reason: string | null
+  /** where the rows were counted: the in-process broker's store, or a pg connection to PULSEGATE_DATABASE_URL */
+  via: 'instance' | 'postgres' | null
+  /** acked readings (QoS 0: sent) minus those the broker refused, each identified by (device, metric, t) */
+  expected: number
+  /** expected readings found in samples/positions */
+  found: number
+  lost: number
+  duplicates: number
+  /** rows of the run's devices in the run's time window (metrics 1–6 and positions; derived distance excluded) */
+  storedRows: number
+  /** stored rows the devices never saw acknowledged (their ack was pending or lost at the end) */
+  storedUnconfirmed: number
+  /** devices whose rows could not be looked up (not registered) */
+  unknownDevices: number
+  queryMs: number
+}
+
+export interface SwarmReport {
+  version: 1
+  startedAt: string
+  finishedAt: string
+  options: {
+    devices: number
+    users: number
+    durationS: number
+    rampPerS: number
+    scenario: Scenario
+    qos: 0 | 1
+    batch: number
+    rateHz: number
+    format: Format
+    workers: number
+    inProcess: boolean
+    appShare: number
+    anomalyShare: number
+    bridgeShare: number
+    inflight: number
+    bufferSamples: number
+    seed: number
+    offline: { share: number; atS: number; forS: number } | null
+  }
+  target: {
+    mqtts: string
+    ws: string
+    mqtt: string | null
+    broker: 'embedded' | 'in-process' | 'external'
+    store: string
+  }
+  provisioning: { certsIssued: number; certsCached: number; certMs: number; registerMs: number }
+  connections: {
+    devices: { attempts: number; connected: number; failed: number; refused: number; lost: number; reconnects: number }
+    bridges: { attempts: number; connected: number; failed: number; refused: number; lost: number; reconnects: number }
+    apps: { attempts: number; connected: number; failed: number; refused: number; lost: number }
+    medics: { connected: number; failed: number }
+    /** connection errors and refusals by role and code */
+    errors: Record<string, number>
+  }
+  samples: { generated: number; acked: number; dropped: number; bufferedAtEnd: number; bufferedPeak: number }
+  readings: { generated: number; acked: number; dropped: number; rejected: number }
+  messages: {
+    sealed: number
+    published: number
+    republished: number
+    acked: number
+    priority: number
+    rejections: number
+    rejectionsUnmapped: number
+    configReceived: number
+    configApplied: number
+  }
+  offline: {
+    cuts: number
+    samplesBufferedWhileOffline: number
+    /** epoch ms when the links were cut, null when no cut was planned */
+    cutAtMs: number | null
+    forS: number
+    /** the devices behind the cut links */
+    deviceIds: string[]
+  }
+  throughput: {
+    /** when 99 % of the device/bridge links were up; null: never during sampling */
+    allConnectedAtS: number | null
+    /** the span the rates are measured over: from allConnectedAtS (else mid-run) to the end of sampling */
+    windowS: [number, number]
+    /** acked batches and readings per second over windowS */
+    msgsPerS: number
+    readingsPerS: number
+    /** over the whole run, first sample to last ack (includes ramp-up and the final upload) */
+    overallMsgsPerS: number
+    overallReadingsPerS: number
+    peakMsgsPerS: number
+    peakReadingsPerS: number
+  }
+  latency: { ackMs: LatencySummary; alertMs: LatencySummary; liveLagMs: LatencySummary }
+  alerts: {
+    anomalies: Partial<Record<AnomalyKind, number>>
+    /** anomalies of users with an app connected: these are the ones that can be seen arriving */
+    anomaliesWatched: number
+    anomaliesAlerted: number
+    opened: number
+    resolved: number
+    unexpected: number
+    byKind: Record<string, number>
+    medicReceived: number
+    /** the in-process broker exposes pulsegate_alerts_opened_total; null: an external broker, not known */
+    engine: boolean | null
+  }
+  outputs: { liveReceived: number; leaderboardReceived: number }
+  broker: Record<string, number> | null
+  verification: Verification
+  timeline: TimelinePoint[]
+  counters: Counters
+}
+
+const fmt = (n: number, digits = 0) =>
+  n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+
+export function summaryText(r: SwarmReport): string {
+  const o = r.options
+  const c = r.connections
+  const l = r.latency
+  const v = r.verification
+  const lines = [
+    `pulsegate swarm: ${fmt(o.devices)} devices (${fmt(o.users)} users) × ${o.durationS} s, ${o.scenario}, QoS ${o.qos}, ` +
+      `${o.format}, ${o.batch} samples/batch at ${o.rateHz} Hz, ${o.workers} worker${o.workers === 1 ? '' : 's'}` +
+      `${o.inProcess ? ' (in process)' : ''}`,
+    `target: ${r.target.mqtts} · ${r.target.ws} (${r.target.broker} broker, ${r.target.store} store)`,
+    `provisioning: ${fmt(r.provisioning.certsIssued)} certs issued, ${fmt(r.provisioning.certsCached)} cached ` +
+      `(${fmt(r.provisioning.certMs / 1000, 1)} s), registration ${fmt(r.provisioning.registerMs / 1000, 1)} s`,
+    `connections: devices ${fmt(c.devices.connected)}/${fmt(c.devices.attempts)} ok, ${fmt(c.devices.failed)} failed, ` +
+      `${fmt(c.devices.refused)} refused, ${fmt(c.devices.lost)} lost, ${fmt(c.devices.reconnects)} reconnects; ` +
+      `bridges ${fmt(c.bridges.connected)}/${fmt(c.bridges.attempts)}; apps ${fmt(c.apps.connected)}/${fmt(c.apps.attempts)}; ` +
+      `medics ${c.medics.connected}` +
+      (Object.keys(c.errors).length > 0
+        ? `\n  connection errors: ${Object.entries(c.errors)
+            .map(([k, n]) => `${k} ×${n}`)
+            .join(', ')}`
+        : ''),
+    `samples: ${fmt(r.samples.generated)} generated, ${fmt(r.samples.acked)} acked, ${fmt(r.samples.dropped)} dropped, ` +
+      `${fmt(r.samples.bufferedAtEnd)} still buffered (peak ${fmt(r.samples.bufferedPeak)})`,
+    `readings: ${fmt(r.readings.generated)} generated, ${fmt(r.readings.acked)} acked, ${fmt(r.readings.dropped)} dropped, ` +
+      `${fmt(r.readings.rejected)} rejected`,
+    `messages: ${fmt(r.messages.published)} published (${fmt(r.messages.republished)} resent), ${fmt(r.messages.acked)} acked, ` +
+      `${fmt(r.messages.priority)} priority`,
+    `throughput ${r.throughput.allConnectedAtS === null ? '(links never all up; second half)' : '(all connected)'} ` +
+      `${fmt(r.throughput.windowS[0], 1)}–${fmt(r.throughput.windowS[1], 1)} s: ` +
+      `${fmt(r.throughput.msgsPerS)} msgs/s, ${fmt(r.throughput.readingsPerS)} readings/s; ` +
+      `whole run ${fmt(r.throughput.overallMsgsPerS)} / ${fmt(r.throughput.overallReadingsPerS)}; ` +
+      `peak ${fmt(r.throughput.peakMsgsPerS)} / ${fmt(r.throughput.peakReadingsPerS)}`,
+    `ack latency ms: p50 ${fmt(l.ackMs.p50, 1)}  p90 ${fmt(l.ackMs.p90, 1)}  p99 ${fmt(l.ackMs.p99, 1)}  ` +
+      `p99.9 ${fmt(l.ackMs.p999, 1)}  max ${fmt(l.ackMs.max, 1)}  (n=${fmt(l.ackMs.count)})`,
+    `alerts: ${
+      Object.entries(r.alerts.anomalies)
+        .map(([k, n]) => `${n} ${k}`)
+        .join(', ') || 'no anomalies'
+    } injected, ${r.alerts.anomaliesAlerted}/${r.alerts.anomaliesWatched} watched ones alerted; ` +
+      `${r.alerts.opened} opened, ${r.alerts.unexpected} unexpected, medic ${r.alerts.medicReceived}` +
+      (r.alerts.engine === false ? ' (no alert engine in the broker)' : '') +
+      (l.alertMs.count > 0 ? `; latency ms p50 ${fmt(l.alertMs.p50, 1)} p99 ${fmt(l.alertMs.p99, 1)}` : ''),
+    `outputs: ${fmt(r.outputs.liveReceived)} live, ${fmt(r.outputs.leaderboardReceived)} leaderboard messages` +
+      (l.liveLagMs.count > 0 ? `; live lag ms p50 ${fmt(l.liveLagMs.p50)} p99 ${fmt(l.liveLagMs.p99)}` : ''),
+  ]
+  if (r.offline.cuts > 0) {
+    lines.push(
+      `offline: ${r.offline.cuts} links cut, ${fmt(r.offline.samplesBufferedWhileOffline)} samples buffered meanwhile`,
+    )
+  }
+  lines.push(
+    v.status === 'unavailable' || v.status === 'skipped'
+      ? `verification: ${v.status} (${v.reason})`
+      : `verification (${v.via}): ${v.status.toUpperCase()}: ${fmt(v.expected)} expected, ${fmt(v.found)} found, ` +
+          `${fmt(v.lost)} lost, ${fmt(v.duplicates)} duplicates; ${fmt(v.storedRows)} rows stored ` +
+          `(${fmt(v.storedUnconfirmed)} never confirmed to the device)${v.reason ? ` — ${v.reason}` : ''}`,
+  )
+  return lines.join('\n')
+}
+
+export function writeReport(file: string, r: SwarmReport): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true })
+  fs.writeFileSync(file, `${JSON.stringify(r, null, 2)}\n`)
+}
+
+/** Two panels over time: messages and readings per second; ack latency p50/p99. */
+export function svgChart(r: SwarmReport): string {
+  const W = 900
+  const H = 520
+  const pad = { l: 70, r: 70, t: 40, b: 40 }
+  const panelH = (H - pad.t - pad.b - 40) / 2
+  const pts = r.timeline
+  const tMax = Math.max(1, ...pts.map((p) => p.tS))
+  const x = (t: number) => pad.l + ((W - pad.l - pad.r) * t) / tMax
+  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
+  const line = (vals: number[], top: number, max: number, color: string) => {
+    const d = pts
+      .map(
+        (p, i) =>
+          `${i === 0 ? 'M' : 'L'}${x(p.tS).toFixed(1)},${(top + panelH - (panelH * (vals[i] ?? 0)) / max).toFixed(1)}`,
+      )
+      .join(' ')
+    return `<path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"/>`
+  }
+  const axis = (top: number, max: number, label: string, right = false) => {
+    const ticks = [0, 0.25, 0.5, 0.75, 1]
+    const xPos = right ? W - pad.r : pad.l
+    const anchor = right ? 'start' : 'end'
+    const dx = right ? 6 : -6
+    return [
+      `<line x1="${pad.l}" y1="${top + panelH}" x2="${W - pad.r}" y2="${top + panelH}" stroke="#999"/>`,
+      ...ticks.map((f) => {
+        const y = top + panelH - panelH * f
+        return (
+          `<line x1="${pad.l}" y1="${y}" x2="${W - pad.r}" y2="${y}" stroke="#eee"/>` +
+          `<text x="${xPos + dx}" y="${y + 4}" font-size="11" text-anchor="${anchor}">${fmt(max * f, max < 10 ? 1 : 0)}</text>`
+        )
+      }),
+      `<text x="${xPos + dx}" y="${top - 8}" font-size="12" text-anchor="${anchor}">${esc(label)}</text>`,
+    ].join('')
+  }
+  const top1 = pad.t
+  const top2 = pad.t + panelH + 40
+  const rateMax = Math.max(1, ...pts.map((p) => p.readingsPerS))
+  const msgMax = Math.max(1, ...pts.map((p) => p.publishesPerS))
+  const latMax = Math.max(1, ...pts.map((p) => p.ackP99Ms))
+  const xTicks = Array.from({ length: 7 }, (_, i) => (tMax * i) / 6)
+  const o = r.options
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="${pad.l}" y="20" font-size="14">${esc(`pulsegate swarm: ${o.devices} devices, ${o.scenario}, QoS ${o.qos}, ${o.format}, batch ${o.batch}`)}</text>
+${axis(top1, rateMax, 'readings acked/s (blue)')}${axis(top1, msgMax, 'msgs published/s (orange)', true)}
+${line(
+  pts.map((p) => p.readingsPerS),
+  top1,
+  rateMax,
+  '#1f77b4',
+)}${line(
+  pts.map((p) => p.publishesPerS),
+  top1,
+  msgMax,
+  '#ff7f0e',
+)}
+${axis(top2, latMax, 'ack latency ms: p50 (green), p99 (red)')}
+${line(
+  pts.map((p) => p.ackP50Ms),
+  top2,
+  latMax,
+  '#2ca02c',
+)}${line(
+  pts.map((p) => p.ackP99Ms),
+  top2,
+  latMax,
+  '#d62728',
+)}
+<line x1="${x(o.durationS)}" y1="${pad.t}" x2="${x(o.durationS)}" y2="${H - pad.b}" stroke="#888" stroke-dasharray="4 4"/>
+<text x="${x(o.durationS) + 4}" y="${pad.t + 12}" font-size="11">sampling ends</text>
+${xTicks.map((t) => `<text x="${x(t)}" y="${H - pad.b + 16}" font-size="11" text-anchor="middle">${fmt(t)} s</text>`).join('')}
+</svg>
+`
+}

@@ -1,0 +1,1048 @@
+// The swarm: plans users and devices, provisions certificates (cached) and registrations, starts workers (forked
+// processes when running compiled JS, in process when running the TypeScript sources under vitest), aggregates their
+// stats into a timeline, then verifies every acked reading against the database and writes the report.
+import { type ChildProcess, fork } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import cliProgress from 'cli-progress'
+import type { Histogram } from 'hdr-histogram-js'
+import pg from 'pg'
+import { type BrokerConfig, loadConfig } from '../broker.config.js'
+import { type Pulsegate, startPulsegate } from '../src/broker.js'
+import { withOps } from '../src/cli/ops.js'
+import { fingerprint256, initPki, issueCertWithCa, pkiPaths } from '../src/identity/pki.js'
+import { Tokens } from '../src/identity/tokens.js'
+import { createLogger } from '../src/log.js'
+import type { Queryable } from '../src/store/db.js'
+import { type RpcRequest, runRpc } from '../src/transport/http-routes.js'
+import { MARATHON_M } from './course.js'
+import { ANOMALY_KINDS, type AnomalyKind, hashSeed, Rng, randomProfile } from './physiology.js'
+import {
+  addCounters,
+  type Counters,
+  decodeHistogram,
+  type FinalMessage,
+  type Format,
+  type HistogramSet,
+  newHistogram,
+  type ParentToWorker,
+  type RunsWire,
+  type Scenario,
+  type StatsMessage,
+  type Target,
+  type UserSpec,
+  type WorkerInit,
+  type WorkerToParent,
+  zeroCounters,
+} from './protocol.js'
+import {
+  type SwarmReport,
+  summarize,
+  summaryText,
+  svgChart,
+  type TimelinePoint,
+  type Verification,
+  writeReport,
+} from './report.js'
+import { WorkerDriver } from './worker.js'
+
+export type { SwarmReport } from './report.js'
+
+export type SwarmPhase = 'provisioning' | 'connecting' | 'running' | 'draining' | 'verifying' | 'done'
+
+export interface SwarmOptions {
+  devices: number
+  durationS: number
+  /** connections opened per second across the swarm (default 200) */
+  rampPerS?: number
+  scenario?: Scenario
+  qos?: 0 | 1
+  /** samples per batch (default 5) */
+  batch?: number
+  /** samples per second per device (default 1) */
+  rateHz?: number
+  format?: Format
+  /** worker processes (default: one per core, minus one for an embedded broker) */
+  workers?: number
+  /** share of users with an app connected over WebSocket (default 0.2; users with an anomaly always get one) */
+  appShare?: number
+  /** share of users suffering an anomaly mid-run (default 0.01, at least one when > 0) */
+  anomalyShare?: number
+  /** only these anomaly kinds (default: all of the scenario's, in turn) */
+  anomalyKinds?: AnomalyKind[]
+  /** anomaly onset, seconds into the run (default: random between 15 % and 40 % of the duration) */
+  anomalyAtS?: number
+  /** share of users whose phone relays their devices (watch + chest strap) over one bridge connection (default 0.05) */
+  bridgeShare?: number
+  /** marathon: share of runners who give up during the run (default 0.02) */
+  dropOutShare?: number
+  /** marathon: share of runners consenting to the public leaderboard (default 0.8) */
+  consentShare?: number
+  /** QoS 1 batches in flight per connection (default 4) */
+  inflight?: number
+  /** samples a device keeps while offline or unacked before dropping its oldest batches (default 3600) */
+  bufferSamples?: number
+  /** after the run, how long devices get to upload what they hold (default 30 s) */
+  drainS?: number
+  /** marathon: race clock at the start of the run, seconds (default 1800: runners spread over the first 10 km) */
+  raceClockS?: number
+  seed?: number
+  /** cut the links of a share of users at atS for forS seconds (a tunnel): their devices buffer and re-upload */
+  offline?: { share: number; atS: number; forS: number } | null
+  /** mqtts://host:port of the device listener (default: 127.0.0.1 and the configured port) */
+  url?: string
+  /** ws://host:port/mqtt for apps and medics (default: 127.0.0.1 and the configured HTTP port) */
+  wsUrl?: string
+  /** start pulsegate in this process on ephemeral ports (self-contained runs, CI) */
+  embeddedBroker?: boolean
+  /** drive an already running in-process broker (tests via the harness) */
+  broker?: Pulsegate
+  /** settings (data dir, database, JWT): default loadConfig(), i.e. PULSEGATE_* */
+  config?: BrokerConfig
+  report?: string
+  svg?: string
+  /** progress on stderr: a bar on a TTY, else a line every 5 s when true (default: the bar on a TTY only) */
+  progress?: boolean
+  /** drive devices in this process even when compiled (default: only when running TypeScript sources) */
+  inProcess?: boolean
+  /** verify acked readings against the database after the run (default true) */
+  verify?: boolean
+  /** device/user id prefix (default "sim") */
+  idPrefix?: string
+  onPhase?: (phase: SwarmPhase, ctx: { instance: Pulsegate | null }) => void
+  log?: (line: string) => void
+}
+
+const EVENT_ID = 'sim-marathon'
+const PROVISION_CONCURRENCY = 8
+const REGISTER_CONCURRENCY = 16
+/** Ephemeral ports per (source address, destination); beyond that, more 127.0.0.x source addresses. */
+const CONNS_PER_SOURCE = 25_000
+
+async function pool<T>(items: readonly T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let i = 0
+  const next = async (): Promise<void> => {
+    while (i < items.length) await fn(items[i++] as T)
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, next))
+}
+
+const pad = (n: number) => String(n).padStart(6, '0')
+
+interface Plan {
+  users: UserSpec[]
+  birthYears: Map<string, number>
+  consent: Set<string>
+  anomalies: Partial<Record<AnomalyKind, number>>
+  devices: number
+}
+
+function plan(o: Required<Omit<SwarmOptions, OptionalKeys>> & SwarmOptions, certDir: string): Plan {
+  const rng = new Rng(hashSeed(o.seed, 'plan'))
+  const users: UserSpec[] = []
+  const birthYears = new Map<string, number>()
+  const consent = new Set<string>()
+  const year = new Date().getUTCFullYear()
+  let devices = 0
+  for (let i = 0; devices < o.devices; i++) {
+    const userId = `${o.idPrefix}-u${pad(i + 1)}`
+    const bridge = o.devices - devices >= 2 && rng.chance(o.bridgeShare)
+    const kinds: ('watch' | 'strap')[] = bridge ? ['watch', 'strap'] : ['watch']
+    const seed = hashSeed(o.seed, userId)
+    const deviceSpecs = kinds.map((kind) => {
+      const deviceId = `${userId}-${kind === 'watch' ? 'w' : 's'}`
+      return {
+        deviceId,
+        kind,
+        certPath: path.join(certDir, `${deviceId}.crt`),
+        keyPath: path.join(certDir, `${deviceId}.key`),
+      }
+    })
+    devices += deviceSpecs.length
+    birthYears.set(userId, year - randomProfile(new Rng(seed)).age)
+    if (o.scenario === 'marathon' && rng.chance(o.consentShare)) consent.add(userId)
+    users.push({
+      userId,
+      index: i,
+      seed,
+      via: bridge ? 'bridge' : 'direct',
+      devices: deviceSpecs,
+      app: rng.chance(o.appShare) ? { token: '', leaderboard: rng.chance(0.1) } : null,
+      bridgeToken: null,
+      anomaly: null,
+      startS: i / o.rampPerS,
+      offline: o.offline ? rng.chance(o.offline.share) : false,
+      dropOut: o.scenario === 'marathon' && rng.chance(o.dropOutShare),
+    })
+  }
+  // Anomalies: evenly over the users, onset between 15 % and 40 % of the run (after the user's devices are on).
+  const anomalies: Partial<Record<AnomalyKind, number>> = {}
+  if (o.anomalyShare > 0) {
+    const n = Math.max(1, Math.round(users.length * o.anomalyShare))
+    const stride = users.length / n
+    for (let k = 0; k < n; k++) {
+      const u = users[Math.floor(k * stride + rng.range(0, stride))] as UserSpec
+      const kinds = o.anomalyKinds && o.anomalyKinds.length > 0 ? o.anomalyKinds : ANOMALY_KINDS[o.scenario]
+      let kind = kinds[k % kinds.length] as AnomalyKind
+      // A chest strap still reports HR when the watch's sensor fails.
+      if (kind === 'sensor_loss' && u.via === 'bridge') kind = 'spo2_low'
+      const atS = Math.max(u.startS + 1, o.anomalyAtS ?? o.durationS * rng.range(0.15, 0.4))
+      u.anomaly = { kind, atS }
+      u.dropOut = false
+      u.app ??= { token: '', leaderboard: false }
+      anomalies[kind] = (anomalies[kind] ?? 0) + 1
+    }
+  }
+  return { users, birthYears, consent, anomalies, devices }
+}
+
+type OptionalKeys =
+  | 'offline'
+  | 'anomalyKinds'
+  | 'anomalyAtS'
+  | 'url'
+  | 'wsUrl'
+  | 'broker'
+  | 'config'
+  | 'report'
+  | 'svg'
+  | 'onPhase'
+  | 'log'
+  | 'workers'
+  | 'progress'
+
+function withDefaults(o: SwarmOptions) {
+  if (!(Number.isInteger(o.devices) && o.devices > 0)) throw new Error('devices must be a positive whole number')
+  if (!(o.durationS > 0)) throw new Error('duration must be positive')
+  return {
+    ...o,
+    rampPerS: o.rampPerS ?? 200,
+    scenario: o.scenario ?? 'marathon',
+    qos: o.qos ?? 1,
+    batch: o.batch ?? 5,
+    rateHz: o.rateHz ?? 1,
+    format: o.format ?? 'cbor',
+    appShare: o.appShare ?? 0.2,
+    anomalyShare: o.anomalyShare ?? 0.01,
+    bridgeShare: o.bridgeShare ?? 0.05,
+    dropOutShare: o.dropOutShare ?? 0.02,
+    consentShare: o.consentShare ?? 0.8,
+    inflight: o.inflight ?? 4,
+    bufferSamples: o.bufferSamples ?? 3600,
+    drainS: o.drainS ?? 30,
+    raceClockS: o.raceClockS ?? 1800,
+    seed: o.seed ?? 1,
+    embeddedBroker: o.embeddedBroker ?? false,
+    inProcess: o.inProcess ?? false,
+    verify: o.verify ?? true,
+    idPrefix: o.idPrefix ?? 'sim',
+  } satisfies Required<Omit<SwarmOptions, OptionalKeys>> & SwarmOptions
+}
+
+/** Device certificates under <dataDir>/sim/certs, reused across runs while the CA stays the same. */
+async function provisionCerts(
+  pkiDir: string,
+  certDir: string,
+  devices: { deviceId: string; certPath: string; keyPath: string }[],
+  onProgress: (done: number) => void,
+): Promise<{ issued: number; cached: number; fingerprints: Map<string, string> }> {
+  const p = pkiPaths(pkiDir)
+  const caCert = fs.readFileSync(p.caCert, 'utf8')
+  const caKey = fs.readFileSync(p.caKey, 'utf8')
+  const caFp = fingerprint256(caCert)
+  const stamp = path.join(certDir, 'ca.fingerprint')
+  fs.mkdirSync(certDir, { recursive: true, mode: 0o700 })
+  if (!fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8').trim() !== caFp) {
+    for (const f of fs.readdirSync(certDir)) fs.rmSync(path.join(certDir, f), { force: true })
+    fs.writeFileSync(stamp, caFp)
+  }
+  const fingerprints = new Map<string, string>()
+  let issued = 0
+  let cached = 0
+  let done = 0
+  await pool(devices, PROVISION_CONCURRENCY, async (d) => {
+    if (fs.existsSync(d.certPath) && fs.existsSync(d.keyPath)) {
+      fingerprints.set(d.deviceId, fingerprint256(fs.readFileSync(d.certPath, 'utf8')))
+      cached++
+    } else {
+      const c = await issueCertWithCa(caCert, caKey, d.deviceId)
+      fs.writeFileSync(d.keyPath, c.keyPem, { mode: 0o600 })
+      fs.writeFileSync(d.certPath, c.certPem)
+      fingerprints.set(d.deviceId, c.fingerprint256)
+      issued++
+    }
+    onProgress(++done)
+  })
+  return { issued, cached, fingerprints }
+}
+
+interface VerifyDb {
+  via: 'instance' | 'postgres'
+  transaction<T>(fn: (q: Queryable) => Promise<T>): Promise<T>
+  close(): Promise<void>
+}
+
+function pgVerifyDb(url: string): VerifyDb {
+  const client = new pg.Client({ connectionString: url })
+  const connected = client.connect()
+  const q: Queryable = {
+    async query<R>(sql: string, params?: unknown[]) {
+      const r = await client.query(sql, params)
+      return { rows: r.rows as R[], rowCount: r.rowCount ?? 0 }
+    },
+  }
+  return {
+    via: 'postgres',
+    async transaction(fn) {
+      await connected
+      await client.query('BEGIN')
+      try {
+        const out = await fn(q)
+        await client.query('COMMIT')
+        return out
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined)
+        throw err
+      }
+    },
+    close: () => client.end(),
+  }
+}
+
+const RUN_CHUNK = 20_000
+
+/**
+ * Every acked reading (device, metric, t) must be in the database exactly once. The acked set travels as arithmetic
+ * runs and is expanded in SQL; rejected readings are taken out; then expected rows are matched against samples
+ * (metric 1–6) and positions (metric 0) with the same to_timestamp(t / 1000.0) the writer uses.
+ */
+async function verify(
+  db: VerifyDb,
+  runs: RunsWire[],
+  deviceIds: string[],
+  tMin: number,
+  tMax: number,
+): Promise<Verification> {
+  const started = Date.now()
+  const r = await db.transaction(async (q) => {
+    await q.query(
+      `CREATE TEMP TABLE sim_runs (device_id text, metric smallint, rejected boolean, t0 float8, step float8, n int4)
+       ON COMMIT DROP`,
+    )
+    for (let i = 0; i < runs.length; i += RUN_CHUNK) {
+      const cols: [string[], number[], boolean[], number[], number[], number[]] = [[], [], [], [], [], []]
+      for (const run of runs.slice(i, i + RUN_CHUNK)) {
+        for (let k = 0; k < run.n.length; k++) {
+          cols[0].push(run.deviceId)
+          cols[1].push(run.metric)
+          cols[2].push(run.rejected)
+          cols[3].push(run.t0[k] as number)
+          cols[4].push(run.step[k] as number)
+          cols[5].push(run.n[k] as number)
+        }
+      }
+      await q.query(
+        `INSERT INTO sim_runs SELECT * FROM unnest($1::text[], $2::int2[], $3::bool[], $4::float8[], $5::float8[], $6::int4[])`,
+        cols,
+      )
+    }
+    await q.query(
+      `CREATE TEMP TABLE sim_expected ON COMMIT DROP AS
+         SELECT d.device_key, r.metric, r.t0 + r.step * g AS t
+           FROM sim_runs r JOIN devices d USING (device_id) CROSS JOIN LATERAL generate_series(0, r.n - 1) g
+          WHERE NOT r.rejected
+         EXCEPT
+         SELECT d.device_key, r.metric, r.t0 + r.step * g
+           FROM sim_runs r JOIN devices d USING (device_id) CROSS JOIN LATERAL generate_series(0, r.n - 1) g
+          WHERE r.rejected`,
+    )
+    const unknown = await q.query<{ n: number }>(
+      'SELECT count(DISTINCT device_id)::int AS n FROM sim_runs r WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.device_id = r.device_id)',
+    )
+    const m = await q.query<{ expected: number; found: number; matched: number }>(
+      `SELECT
+         (SELECT count(*) FROM sim_expected)::int AS expected,
+         ((SELECT count(DISTINCT (e.device_key, e.metric, e.t)) FROM sim_expected e JOIN samples s
+             ON s.device_key = e.device_key AND s.metric = e.metric AND s.time = to_timestamp(e.t / 1000.0) WHERE e.metric > 0)
+          + (SELECT count(DISTINCT (e.device_key, e.t)) FROM sim_expected e JOIN positions p
+             ON p.device_key = e.device_key AND p.time = to_timestamp(e.t / 1000.0) WHERE e.metric = 0))::int AS found,
+         ((SELECT count(*) FROM sim_expected e JOIN samples s
+             ON s.device_key = e.device_key AND s.metric = e.metric AND s.time = to_timestamp(e.t / 1000.0) WHERE e.metric > 0)
+          + (SELECT count(*) FROM sim_expected e JOIN positions p
+             ON p.device_key = e.device_key AND p.time = to_timestamp(e.t / 1000.0) WHERE e.metric = 0))::int AS matched`,
+    )
+    const w = await q.query<{ rows: number; distinct_rows: number }>(
+      `WITH k AS (SELECT device_key FROM devices WHERE device_id = ANY($1::text[]))
+       SELECT
+         ((SELECT count(*) FROM samples WHERE device_key IN (SELECT device_key FROM k) AND metric BETWEEN 1 AND 6
+             AND time BETWEEN to_timestamp($2 / 1000.0) AND to_timestamp($3 / 1000.0))
+          + (SELECT count(*) FROM positions WHERE device_key IN (SELECT device_key FROM k)
+             AND time BETWEEN to_timestamp($2 / 1000.0) AND to_timestamp($3 / 1000.0)))::int AS rows,
+         ((SELECT count(DISTINCT (device_key, metric, time)) FROM samples WHERE device_key IN (SELECT device_key FROM k)
+             AND metric BETWEEN 1 AND 6 AND time BETWEEN to_timestamp($2 / 1000.0) AND to_timestamp($3 / 1000.0))
+          + (SELECT count(DISTINCT (device_key, time)) FROM positions WHERE device_key IN (SELECT device_key FROM k)
+             AND time BETWEEN to_timestamp($2 / 1000.0) AND to_timestamp($3 / 1000.0)))::int AS distinct_rows`,
+      [deviceIds, tMin, tMax],
+    )
+    return { unknown: unknown.rows[0]?.n ?? 0, m: m.rows[0], w: w.rows[0] }
+  })
+  const expected = Number(r.m?.expected ?? 0)
+  const found = Number(r.m?.found ?? 0)
+  const matched = Number(r.m?.matched ?? 0)
+  const rows = Number(r.w?.rows ?? 0)
+  const distinct = Number(r.w?.distinct_rows ?? 0)
+  const lost = expected - found
+  const duplicates = matched - found + (rows - distinct)
+  const ok = lost === 0 && duplicates === 0 && r.unknown === 0
+  return {
+    status: ok ? 'ok' : 'failed',
+    reason: r.unknown > 0 ? `${r.unknown} devices not registered` : null,
+    via: db.via,
+    expected,
+    found,
+    lost,
+    duplicates,
+    storedRows: rows,
+    storedUnconfirmed: Math.max(0, rows - found),
+    unknownDevices: r.unknown,
+    queryMs: Date.now() - started,
+  }
+}
+
+/** The broker's own ingest counters, when it runs in this process. */
+async function brokerCounters(instance: Pulsegate): Promise<Record<string, number>> {
+  const names: Record<string, string> = {
+    batchesReceived: 'pulsegate_ingest_batches_total',
+    samplesReceived: 'pulsegate_ingest_samples_received_total',
+    samplesAccepted: 'pulsegate_ingest_samples_accepted_total',
+    samplesRejected: 'pulsegate_ingest_samples_rejected_total',
+    duplicates: 'pulsegate_ingest_duplicates_total',
+    rowsCommitted: 'pulsegate_ingest_rows_committed_total',
+    refused: 'pulsegate_ingest_refused_total',
+    dropped: 'pulsegate_ingest_dropped_total',
+    authRefusals: 'pulsegate_auth_refusals_total',
+    aclRefusals: 'pulsegate_acl_refusals_total',
+    alertsOpened: 'pulsegate_alerts_opened_total',
+  }
+  const out: Record<string, number> = {}
+  for (const [key, name] of Object.entries(names)) {
+    const metric = instance.metrics.registry.getSingleMetric(name)
+    if (!metric) continue
+    const v = await metric.get()
+    out[key] = v.values.reduce((s, x) => s + x.value, 0)
+  }
+  return out
+}
+
+/** The compiled worker next to this file; null when running TypeScript sources (then devices run in process). */
+function workerScript(): string | null {
+  const here = fileURLToPath(import.meta.url)
+  if (here.endsWith('.ts')) return null
+  const script = path.join(path.dirname(here), 'worker.js')
+  return fs.existsSync(script) ? script : null
+}
+
+interface WorkerHandle {
+  send(m: ParentToWorker): void
+  kill(): void
+  exited: Promise<void>
+}
+
+function spawnWorker(script: string | null, onMessage: (m: WorkerToParent) => void): WorkerHandle {
+  if (!script) {
+    let driver: WorkerDriver | null = null
+    let resolveExit: () => void = () => undefined
+    const exited = new Promise<void>((r) => {
+      resolveExit = r
+    })
+    // Deliver asynchronously, as IPC would, so the parent's handlers never run inside the driver's call stack.
+    const deliver = (m: WorkerToParent) =>
+      setImmediate(() => {
+        onMessage(m)
+        if (m.type === 'final' || m.type === 'error') resolveExit()
+      })
+    return {
+      send(m) {
+        if (m.type === 'init') {
+          driver = new WorkerDriver(m.init, deliver)
+          driver
+            .prepare()
+            .catch((err: Error) => deliver({ type: 'error', workerIndex: m.init.workerIndex, message: err.message }))
+        } else if (m.type === 'start') driver?.start(m.atMs)
+        else driver?.requestStop()
+      },
+      kill: () => driver?.requestStop(),
+      exited,
+    }
+  }
+  const child: ChildProcess = fork(script, [], {
+    serialization: 'advanced',
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
+  child.on('message', (m: WorkerToParent) => onMessage(m))
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  return {
+    send: (m) => {
+      if (child.connected) child.send(m)
+    },
+    kill: () => child.kill('SIGTERM'),
+    exited,
+  }
+}
+
+export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
+  const o = withDefaults(options)
+  const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`))
+  const startedAt = new Date()
+  const config =
+    o.broker?.config ??
+    o.config ??
+    loadConfig(
+      o.embeddedBroker ? { host: '127.0.0.1', mqttPort: 0, mqttsPort: 0, httpPort: 0, shutdownSignals: false } : {},
+    )
+  const phase = (p: SwarmPhase, instance: Pulsegate | null) => o.onPhase?.(p, { instance })
+
+  // The broker: ours (embedded), the caller's (in process), or one running elsewhere (external).
+  let instance: Pulsegate | null = o.broker ?? null
+  let ownBroker = false
+  // The dev PKI first: the broker would otherwise create it with a warning meant for operators.
+  await initPki(path.join(config.dataDir, 'pki'))
+  if (!instance && o.embeddedBroker) {
+    const cfg = loadConfig(
+      { ...config, host: '127.0.0.1', mqttPort: 0, mqttsPort: 0, httpPort: 0, shutdownSignals: false },
+      {},
+    )
+    // A caller's config says how loud; from the command line the broker keeps to warnings unless told otherwise.
+    const level = o.config ? o.config.logLevel : (process.env.PULSEGATE_LOG_LEVEL ?? 'warn')
+    instance = await startPulsegate(cfg, { log: createLogger(level) })
+    ownBroker = true
+  }
+  try {
+    return await runAgainst(o, config, instance, ownBroker, log, phase, startedAt)
+  } finally {
+    if (ownBroker && instance) await instance.stop()
+  }
+}
+
+async function runAgainst(
+  o: ReturnType<typeof withDefaults>,
+  config: BrokerConfig,
+  instance: Pulsegate | null,
+  ownBroker: boolean,
+  log: (line: string) => void,
+  phase: (p: SwarmPhase, instance: Pulsegate | null) => void,
+  startedAt: Date,
+): Promise<SwarmReport> {
+  const pkiDir = path.join(config.dataDir, 'pki')
+  const caPath = config.tls.caFile ?? pkiPaths(pkiDir).caCert
+  if (
+    config.tls.caFile &&
+    fs.readFileSync(config.tls.caFile, 'utf8') !== fs.readFileSync(pkiPaths(pkiDir).caCert, 'utf8')
+  ) {
+    throw new Error(
+      `the device CA (${config.tls.caFile}) is not the dev PKI in ${pkiDir}: the simulator can only issue device certificates with the dev CA`,
+    )
+  }
+  const host = '127.0.0.1'
+  const target: Target = instance
+    ? {
+        mqtts: `mqtts://${host}:${instance.ports.mqtts ?? 0}`,
+        ws: `${config.tls.wss ? 'wss' : 'ws'}://${host}:${instance.ports.http}/mqtt`,
+        mqtt: instance.ports.mqtt !== null ? `mqtt://${host}:${instance.ports.mqtt}` : null,
+        caPath,
+      }
+    : {
+        mqtts: o.url ?? `mqtts://${host}:${config.mqttsPort}`,
+        ws: o.wsUrl ?? `${config.tls.wss ? 'wss' : 'ws'}://${host}:${config.httpPort}/mqtt`,
+        mqtt: config.mqttEnabled ? `mqtt://${new URL(o.url ?? `mqtts://${host}`).hostname}:${config.mqttPort}` : null,
+        caPath,
+      }
+  if (instance && instance.ports.mqtts === null) throw new Error('the broker has no MQTT/TLS listener for devices')
+
+  // Plan and provision.
+  phase('provisioning', instance)
+  const certDir = path.join(config.dataDir, 'sim', 'certs')
+  const p = plan(o, certDir)
+  const allDevices = p.users.flatMap((u) => u.devices)
+  // A live bar on a terminal; elsewhere (CI logs, files) a line every 5 s.
+  const showProgress = o.progress !== false && process.stderr.isTTY === true
+  const logProgress = o.progress === true && !showProgress
+  const certStart = Date.now()
+  let bar: cliProgress.SingleBar | null = null
+  if (showProgress) {
+    bar = new cliProgress.SingleBar(
+      { format: 'certificates {bar} {value}/{total}', stream: process.stderr, hideCursor: true, clearOnComplete: true },
+      cliProgress.Presets.shades_classic,
+    )
+    bar.start(allDevices.length, 0)
+  }
+  const certs = await provisionCerts(pkiDir, certDir, allDevices, (n) => bar?.update(n))
+  bar?.stop()
+  const certMs = Date.now() - certStart
+
+  const registerStart = Date.now()
+  const raceStartMs = Date.now() - o.raceClockS * 1000
+  const register = async (op: (req: RpcRequest) => Promise<unknown>) => {
+    if (o.scenario === 'marathon') {
+      await op({
+        op: 'createEvent',
+        eventId: EVENT_ID,
+        name: 'pulsegate simulated marathon',
+        distanceM: MARATHON_M,
+        startsAt: new Date(raceStartMs).toISOString(),
+      })
+    }
+    await pool(p.users, REGISTER_CONCURRENCY, async (u) => {
+      const birthYear = p.birthYears.get(u.userId)
+      await op({ op: 'ensureUser', userId: u.userId, ...(birthYear ? { birthYear } : {}) })
+      for (const d of u.devices) {
+        await op({
+          op: 'registerDevice',
+          deviceId: d.deviceId,
+          userId: u.userId,
+          fingerprint: certs.fingerprints.get(d.deviceId) ?? '',
+        })
+      }
+      if (o.scenario === 'marathon') {
+        await op({ op: 'joinEvent', eventId: EVENT_ID, userId: u.userId, consentLeaderboard: p.consent.has(u.userId) })
+      }
+    })
+  }
+  if (instance) {
+    const registry = instance.registry
+    await register((req) => runRpc(registry, req))
+  } else await withOps(config, register)
+  const registerMs = Date.now() - registerStart
+
+  // Tokens for apps, bridges and the medic.
+  const tokens = instance?.tokens ?? new Tokens(config)
+  const ttl = Math.ceil(o.durationS + o.drainS + 3600)
+  const eventId = o.scenario === 'marathon' ? EVENT_ID : null
+  for (const u of p.users) {
+    if (u.app) u.app.token = await tokens.sign({ sub: u.userId, role: 'app', ttl })
+    if (u.via === 'bridge') u.bridgeToken = await tokens.sign({ sub: u.userId, role: 'bridge', ttl })
+  }
+  const medic = eventId
+    ? {
+        userId: `${o.idPrefix}-medic`,
+        token: await tokens.sign({ sub: `${o.idPrefix}-medic`, role: 'medic', ttl, events: [eventId] }),
+      }
+    : null
+
+  // Workers.
+  const script = o.inProcess ? null : workerScript()
+  const inProcess = script === null
+  const cores = os.availableParallelism()
+  const nWorkers = inProcess ? 1 : Math.max(1, Math.min(o.workers ?? cores - (instance ? 1 : 0), p.users.length))
+  const connections = p.users.length + p.users.filter((u) => u.app).length
+  const loopback = /^127\./.test(new URL(target.mqtts).hostname)
+  const sources = loopback && connections > CONNS_PER_SOURCE ? Math.ceil(connections / CONNS_PER_SOURCE) : 0
+  const sourceAddresses = Array.from({ length: sources }, (_, i) => `127.0.0.${i + 1}`)
+  const slices: UserSpec[][] = Array.from({ length: nWorkers }, () => [])
+  p.users.forEach((u, i) => {
+    slices[i % nWorkers]?.push(u)
+  })
+
+  const latest: (StatsMessage | FinalMessage | null)[] = Array.from({ length: nWorkers }, () => null)
+  const finals: (FinalMessage | null)[] = Array.from({ length: nWorkers }, () => null)
+  const totals: Record<keyof HistogramSet, Histogram> = {
+    ackUs: newHistogram(),
+    alertMs: newHistogram(),
+    liveLagMs: newHistogram(),
+  }
+  const intervalAck = newHistogram()
+  let readyCount = 0
+  let failure: Error | null = null
+  let onReady: () => void = () => undefined
+  let onFinal: () => void = () => undefined
+  const allReady = new Promise<void>((r) => {
+    onReady = r
+  })
+  const allFinal = new Promise<void>((r) => {
+    onFinal = r
+  })
+  const absorb = (set: HistogramSet) => {
+    const ack = decodeHistogram(set.ackUs)
+    totals.ackUs.add(ack)
+    intervalAck.add(ack)
+    totals.alertMs.add(decodeHistogram(set.alertMs))
+    totals.liveLagMs.add(decodeHistogram(set.liveLagMs))
+  }
+  const handles = slices.map(() =>
+    spawnWorker(script, (m) => {
+      if (m.type === 'ready') {
+        if (++readyCount === nWorkers) onReady()
+      } else if (m.type === 'stats') {
+        latest[m.workerIndex] = m
+        absorb(m.interval)
+      } else if (m.type === 'final') {
+        latest[m.workerIndex] = m
+        finals[m.workerIndex] = m
+        absorb(m.interval)
+        if (finals.every((f) => f !== null)) onFinal()
+      } else {
+        failure = new Error(`worker ${m.workerIndex}: ${m.message}`)
+        onReady()
+        onFinal()
+      }
+    }),
+  )
+  handles.forEach((h, i) => {
+    // A worker that dies without its final must not hang the run (a final may still be in the IPC pipe at 'exit').
+    void h.exited.then(() =>
+      setTimeout(() => {
+        if (finals[i] !== null) return
+        failure ??= new Error(`worker ${i} exited before reporting its results`)
+        onReady()
+        onFinal()
+      }, 2000),
+    )
+  })
+  const workerOptions = {
+    scenario: o.scenario,
+    qos: o.qos,
+    batchEvery: o.batch,
+    intervalMs: Math.max(1, Math.round(1000 / o.rateHz)),
+    format: o.format,
+    inflight: o.inflight,
+    bufferSamples: o.bufferSamples,
+    durationS: o.durationS,
+    drainS: o.drainS,
+    eventId,
+    raceStartMs,
+    seed: o.seed,
+    offline: o.offline ? { atS: o.offline.atS, forS: o.offline.forS } : null,
+    statsIntervalMs: 1000,
+    sourceAddresses,
+  }
+  phase('connecting', instance)
+  handles.forEach((h, workerIndex) => {
+    const init: WorkerInit = {
+      workerIndex,
+      target,
+      options: workerOptions,
+      users: slices[workerIndex] ?? [],
+      medic: workerIndex === 0 ? medic : null,
+    }
+    h.send({ type: 'init', init })
+  })
+
+  let stopRequested = false
+  const onSigint = () => {
+    if (stopRequested) process.exit(130)
+    stopRequested = true
+    log('stopping: devices upload what they hold, then the report (Ctrl-C again to abort)')
+    for (const h of handles) h.send({ type: 'stop' })
+  }
+  if (!inProcess) process.on('SIGINT', onSigint)
+
+  const timeline: TimelinePoint[] = []
+  let t0 = 0
+  let timer: NodeJS.Timeout | null = null
+  let runBar: cliProgress.SingleBar | null = null
+  try {
+    await allReady
+    if (failure) throw failure
+    t0 = Date.now() + 200
+    for (const h of handles) h.send({ type: 'start', atMs: t0 })
+    phase('running', instance)
+
+    const sum = (): Counters => {
+      const c = zeroCounters()
+      for (const m of latest) if (m) addCounters(c, m.counters)
+      return c
+    }
+    let prev = zeroCounters()
+    let prevAt = t0
+    if (showProgress) {
+      runBar = new cliProgress.SingleBar(
+        {
+          format:
+            '{bar} {elapsed}/{durationS} s | conn {conn}/{total} | {mps} msg/s | {rps} readings/s | ack p99 {p99} ms | buffered {buf} | dropped {drop}',
+          stream: process.stderr,
+          hideCursor: true,
+          barsize: 20,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+      runBar.start(o.durationS, 0, {
+        elapsed: 0,
+        durationS: o.durationS,
+        conn: 0,
+        total: p.users.length,
+        mps: 0,
+        rps: 0,
+        p99: 0,
+        buf: 0,
+        drop: 0,
+      })
+    }
+    let lastLog = 0
+    let drainingSignalled = false
+    timer = setInterval(() => {
+      const c = sum()
+      const now = Date.now()
+      const tS = Math.round((now - t0) / 100) / 10
+      // Per actual second: a busy event loop (an embedded broker) stretches the ticks.
+      const secs = Math.max(0.001, (now - prevAt) / 1000)
+      prevAt = now
+      const rate = (k: 'publishes' | 'batchesAcked' | 'readingsAcked') => Math.round((c[k] - prev[k]) / secs)
+      const point: TimelinePoint = {
+        tS,
+        connected: c.connected,
+        publishesPerS: rate('publishes'),
+        ackedPerS: rate('batchesAcked'),
+        readingsPerS: rate('readingsAcked'),
+        ackP50Ms: intervalAck.totalCount ? intervalAck.getValueAtPercentile(50) / 1000 : 0,
+        ackP99Ms: intervalAck.totalCount ? intervalAck.getValueAtPercentile(99) / 1000 : 0,
+        buffered: c.samplesBuffered,
+        dropped: c.samplesDropped,
+        ackedTotal: c.batchesAcked,
+        readingsTotal: c.readingsAcked,
+      }
+      intervalAck.reset()
+      prev = c
+      timeline.push(point)
+      if (!drainingSignalled && tS >= o.durationS) {
+        drainingSignalled = true
+        phase('draining', instance)
+      }
+      const payload = {
+        elapsed: Math.min(Math.round(tS), o.durationS),
+        durationS: o.durationS,
+        conn: c.connected,
+        total: p.users.length,
+        mps: point.publishesPerS,
+        rps: point.readingsPerS,
+        p99: point.ackP99Ms.toFixed(1),
+        buf: c.samplesBuffered,
+        drop: c.samplesDropped,
+      }
+      if (runBar) runBar.update(Math.min(Math.round(tS), o.durationS), payload)
+      else if (logProgress && Date.now() - lastLog >= 5000) {
+        lastLog = Date.now()
+        log(
+          `t=${tS}s conn ${c.connected}/${p.users.length} ${point.publishesPerS} msg/s ${point.readingsPerS} readings/s ` +
+            `ack p99 ${payload.p99} ms buffered ${c.samplesBuffered} dropped ${c.samplesDropped}`,
+        )
+      }
+    }, 1000)
+    await allFinal
+    if (failure) throw failure
+  } finally {
+    if (timer) clearInterval(timer)
+    runBar?.stop()
+    process.off('SIGINT', onSigint)
+    if (failure) for (const h of handles) h.kill()
+  }
+  await Promise.all(handles.map((h) => h.exited))
+
+  const done = finals.filter((f): f is FinalMessage => f !== null)
+  const counters = zeroCounters()
+  const alertKinds: Record<string, number> = {}
+  const errors: Record<string, number> = {}
+  const runs: RunsWire[] = []
+  let tMin = Number.POSITIVE_INFINITY
+  let tMax = 0
+  for (const f of done) {
+    addCounters(counters, f.counters)
+    for (const [k, n] of Object.entries(f.alertKinds)) alertKinds[k] = (alertKinds[k] ?? 0) + n
+    for (const [k, n] of Object.entries(f.errors)) errors[k] = (errors[k] ?? 0) + n
+    for (const r of f.runs) runs.push(r)
+    tMin = Math.min(tMin, f.tMin)
+    tMax = Math.max(tMax, f.tMax)
+  }
+  const anomalies = done.flatMap((f) => f.anomalies)
+
+  // Verification.
+  phase('verifying', instance)
+  let verification: Verification = {
+    status: 'unavailable',
+    reason: null,
+    via: null,
+    expected: 0,
+    found: 0,
+    lost: 0,
+    duplicates: 0,
+    storedRows: 0,
+    storedUnconfirmed: 0,
+    unknownDevices: 0,
+    queryMs: 0,
+  }
+  if (!o.verify) verification = { ...verification, status: 'skipped', reason: 'verification turned off' }
+  else if (tMax === 0) verification = { ...verification, status: 'skipped', reason: 'no samples were generated' }
+  else {
+    const db: VerifyDb | null = instance
+      ? { via: 'instance', transaction: (fn) => instance.db.transaction(fn), close: async () => undefined }
+      : config.databaseUrl
+        ? pgVerifyDb(config.databaseUrl)
+        : null
+    if (!db) {
+      verification.reason =
+        'the embedded store belongs to the broker process; use --embedded-broker, or a broker with PULSEGATE_DATABASE_URL'
+    } else {
+      try {
+        verification = await verify(
+          db,
+          runs,
+          allDevices.map((d) => d.deviceId),
+          tMin,
+          tMax,
+        )
+      } catch (err) {
+        verification = {
+          ...verification,
+          status: 'failed',
+          reason: `verification query failed: ${(err as Error).message}`,
+        }
+      } finally {
+        await db.close()
+      }
+    }
+  }
+  const broker = instance ? await brokerCounters(instance) : null
+
+  // Rates from cumulative counters: the ticks are irregular when the event loop is busy (an embedded broker).
+  const during = timeline.filter((pt) => pt.tS <= o.durationS + 0.5)
+  const allUp = during.find((pt) => pt.connected >= Math.floor(p.users.length * 0.99))?.tS ?? null
+  const from =
+    (allUp !== null && allUp < o.durationS - 1 ? during.find((pt) => pt.tS >= allUp) : undefined) ??
+    during.find((pt) => pt.tS >= o.durationS / 2)
+  const to = during[during.length - 1]
+  const span = from && to ? to.tS - from.tS : 0
+  const perS = (k: 'ackedTotal' | 'readingsTotal') =>
+    from && to && span > 0 ? Math.round((to[k] - from[k]) / span) : 0
+  const lastAckS = [...timeline].reverse().find((pt) => pt.ackedPerS > 0)?.tS ?? 0
+  const report: SwarmReport = {
+    version: 1,
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    options: {
+      devices: p.devices,
+      users: p.users.length,
+      durationS: o.durationS,
+      rampPerS: o.rampPerS,
+      scenario: o.scenario,
+      qos: o.qos,
+      batch: o.batch,
+      rateHz: o.rateHz,
+      format: o.format,
+      workers: nWorkers,
+      inProcess,
+      appShare: o.appShare,
+      anomalyShare: o.anomalyShare,
+      bridgeShare: o.bridgeShare,
+      inflight: o.inflight,
+      bufferSamples: o.bufferSamples,
+      seed: o.seed,
+      offline: o.offline ?? null,
+    },
+    target: {
+      mqtts: target.mqtts,
+      ws: target.ws,
+      mqtt: target.mqtt,
+      broker: ownBroker ? 'embedded' : instance ? 'in-process' : 'external',
+      store: instance ? instance.db.kind : config.databaseUrl ? 'postgres' : 'embedded (external broker)',
+    },
+    provisioning: { certsIssued: certs.issued, certsCached: certs.cached, certMs, registerMs },
+    connections: {
+      devices: {
+        attempts: counters.devAttempts,
+        connected: counters.devConnects - counters.devReconnects,
+        failed: counters.devFailures,
+        refused: counters.devRefused,
+        lost: counters.devLost,
+        reconnects: counters.devReconnects,
+      },
+      bridges: {
+        attempts: counters.bridgeAttempts,
+        connected: counters.bridgeConnects - counters.bridgeReconnects,
+        failed: counters.bridgeFailures,
+        refused: counters.bridgeRefused,
+        lost: counters.bridgeLost,
+        reconnects: counters.bridgeReconnects,
+      },
+      apps: {
+        attempts: counters.appAttempts,
+        connected: counters.appConnects,
+        failed: counters.appFailures,
+        refused: counters.appRefused,
+        lost: counters.appLost,
+      },
+      medics: { connected: counters.medicConnects, failed: counters.medicFailures },
+      errors,
+    },
+    samples: {
+      generated: counters.samplesGenerated,
+      acked: counters.samplesAcked,
+      dropped: counters.samplesDropped,
+      bufferedAtEnd: counters.samplesBuffered,
+      bufferedPeak: Math.max(counters.bufferedPeak, ...timeline.map((pt) => pt.buffered)),
+    },
+    readings: {
+      generated: counters.readingsGenerated,
+      acked: counters.readingsAcked,
+      dropped: counters.readingsDropped,
+      rejected: counters.readingsRejected,
+    },
+    messages: {
+      sealed: counters.batchesSealed,
+      published: counters.publishes,
+      republished: counters.republishes,
+      acked: counters.batchesAcked,
+      priority: counters.priorityBatches,
+      rejections: counters.rejections,
+      rejectionsUnmapped: counters.rejectionsUnmapped,
+      configReceived: counters.configReceived,
+      configApplied: counters.configApplied,
+    },
+    offline: {
+      cuts: counters.offlineCuts,
+      samplesBufferedWhileOffline: counters.bufferedWhileOffline,
+      cutAtMs: o.offline ? t0 + o.offline.atS * 1000 : null,
+      forS: o.offline?.forS ?? 0,
+      deviceIds: p.users.filter((u) => u.offline).flatMap((u) => u.devices.map((d) => d.deviceId)),
+    },
+    throughput: {
+      allConnectedAtS: allUp,
+      windowS: [from?.tS ?? 0, to?.tS ?? 0],
+      msgsPerS: perS('ackedTotal'),
+      readingsPerS: perS('readingsTotal'),
+      overallMsgsPerS: lastAckS > 0 ? Math.round(counters.batchesAcked / lastAckS) : 0,
+      overallReadingsPerS: lastAckS > 0 ? Math.round(counters.readingsAcked / lastAckS) : 0,
+      peakMsgsPerS: Math.max(0, ...timeline.map((pt) => pt.ackedPerS)),
+      peakReadingsPerS: Math.max(0, ...timeline.map((pt) => pt.readingsPerS)),
+    },
+    latency: {
+      ackMs: summarize(totals.ackUs, 0.001),
+      alertMs: summarize(totals.alertMs),
+      liveLagMs: summarize(totals.liveLagMs),
+    },
+    alerts: {
+      anomalies: p.anomalies,
+      anomaliesWatched: anomalies.filter((a) => a.watched).length,
+      anomaliesAlerted: anomalies.filter((a) => a.alerts.length > 0).length,
+      opened: counters.alertsOpened,
+      resolved: counters.alertsResolved,
+      unexpected: counters.alertsUnexpected,
+      byKind: alertKinds,
+      medicReceived: counters.medicAlerts,
+      engine: instance
+        ? instance.metrics.registry.getSingleMetric('pulsegate_alerts_opened_total') !== undefined
+        : null,
+    },
+    outputs: { liveReceived: counters.liveReceived, leaderboardReceived: counters.leaderboardReceived },
+    broker,
+    verification,
+    timeline,
+    counters,
+  }
+  if (o.report) writeReport(o.report, report)
+  if (o.svg) fs.writeFileSync(o.svg, svgChart(report))
+  phase('done', instance)
+  return report
+}
+
+export { summaryText }

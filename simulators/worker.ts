@@ -1,0 +1,486 @@
+// A worker drives a slice of the swarm: the wearers, their devices and phone bridges, the users' apps (alerts and
+// live over WebSocket) and, in worker 0, the event's medic. It reports cumulative counters and interval histograms
+// every second and, at the end, the acked readings the parent verifies against the database. Run forked
+// (`node dist/simulators/worker.js`, IPC) or in process (tests running the TypeScript sources).
+import fs from 'node:fs'
+import { pathToFileURL } from 'node:url'
+import type { Histogram } from 'hdr-histogram-js'
+import mqtt, { type MqttClient } from 'mqtt'
+import type { AlertMessage, LiveSnapshot } from '../src/outputs/payloads.js'
+import { marathonCourse } from './course.js'
+import { Firmware, Tracker, Uplink, type UplinkAuth } from './device.js'
+import { EXPECTED_ALERTS, hashSeed, randomProfile, randomRunnerPlan, Rng, Wearer } from './physiology.js'
+import {
+  type AnomalyOutcome,
+  type Counters,
+  encodeHistogram,
+  type HistogramSet,
+  newHistogram,
+  type ParentToWorker,
+  type RunsWire,
+  type UserSpec,
+  type WorkerInit,
+  type WorkerToParent,
+  zeroCounters,
+} from './protocol.js'
+
+interface SimUser {
+  spec: UserSpec
+  wearer: Wearer
+  firmwares: Firmware[]
+  uplink: Uplink
+  startAt: number
+  active: boolean
+  cut: boolean
+  outcome: AnomalyOutcome | null
+}
+
+const DRAIN_POLL_MS = 100
+/** after the last device is drained, apps get this long for alerts still on their way */
+const ALERT_GRACE_MS = 2000
+
+export function isAlertMessage(v: unknown): v is AlertMessage {
+  if (typeof v !== 'object' || v === null) return false
+  const a = v as Partial<AlertMessage>
+  return (
+    typeof a.kind === 'string' &&
+    (a.state === 'opened' || a.state === 'resolved') &&
+    typeof a.deviceId === 'string' &&
+    typeof a.evidence === 'object' &&
+    a.evidence !== null &&
+    typeof a.evidence.t === 'number'
+  )
+}
+
+function isLiveSnapshot(v: unknown): v is LiveSnapshot {
+  return typeof v === 'object' && v !== null && typeof (v as Partial<LiveSnapshot>).t === 'number'
+}
+
+function parseJson(payload: Buffer): unknown {
+  try {
+    return JSON.parse(payload.toString('utf8'))
+  } catch {
+    return undefined
+  }
+}
+
+export class WorkerDriver {
+  private readonly counters: Counters = zeroCounters()
+  private readonly alertKinds: Record<string, number> = {}
+  private readonly errors: Record<string, number> = {}
+  private readonly hist: Record<keyof HistogramSet, Histogram> = {
+    ackUs: newHistogram(),
+    alertMs: newHistogram(),
+    liveLagMs: newHistogram(),
+  }
+  private readonly users: SimUser[] = []
+  private readonly byUser = new Map<string, SimUser>()
+  private readonly apps: MqttClient[] = []
+  private medic: MqttClient | null = null
+  private readonly ca: Buffer
+  private startAt = 0
+  private endAt = Number.POSITIVE_INFINITY
+  private stopRequested = false
+  private closingApps = false
+  private loop: NodeJS.Timeout | null = null
+  private statsTimer: NodeJS.Timeout | null = null
+
+  constructor(
+    private readonly init: WorkerInit,
+    private readonly emit: (m: WorkerToParent) => void,
+  ) {
+    this.ca = fs.readFileSync(init.target.caPath)
+  }
+
+  /** Connects the apps and the medic first, so they are listening when devices start. */
+  async prepare(): Promise<void> {
+    const { users, medic } = this.init
+    const queue = users.filter((u) => u.app)
+    const next = async (): Promise<void> => {
+      for (let u = queue.shift(); u; u = queue.shift()) await this.connectApp(u)
+    }
+    await Promise.all(Array.from({ length: Math.min(64, queue.length) }, next))
+    if (medic) await this.connectMedic(medic.userId, medic.token)
+    this.emit({ type: 'ready', workerIndex: this.init.workerIndex })
+  }
+
+  private sourceAddress(i: number): string | undefined {
+    const list = this.init.options.sourceAddresses
+    return list.length > 0 ? list[i % list.length] : undefined
+  }
+
+  private wsOptions(token: string, i: number) {
+    const localAddress = this.sourceAddress(i)
+    return {
+      headers: { Authorization: `Bearer ${token}` },
+      ...(localAddress ? { localAddress } : {}),
+      ...(this.init.target.ws.startsWith('wss:') ? { ca: this.ca } : {}),
+    }
+  }
+
+  private connectApp(u: UserSpec): Promise<void> {
+    const app = u.app
+    if (!app) return Promise.resolve()
+    const c = this.counters
+    c.appAttempts++
+    const client = mqtt.connect(this.init.target.ws, {
+      clientId: `app:${u.userId}`,
+      protocolVersion: 4,
+      clean: true,
+      reconnectPeriod: 2000,
+      connectTimeout: 20_000,
+      wsOptions: this.wsOptions(app.token, u.index),
+    })
+    this.apps.push(client)
+    let first = true
+    let up = false
+    client.on('close', () => {
+      if (up && !this.closingApps) c.appLost++
+      up = false
+    })
+    client.on('message', (topic, payload) => this.onAppMessage(u, topic, payload))
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        if (!first) return
+        first = false
+        c.appFailures++
+        resolve()
+      }, 20_000)
+      client.on('error', (err: Error & { code?: number | string }) => {
+        if (typeof err.code !== 'number') return
+        c.appRefused++
+        this.errors[`app:connack ${err.code}`] = (this.errors[`app:connack ${err.code}`] ?? 0) + 1
+      })
+      client.on('connect', () => {
+        up = true
+        const topics: Record<string, { qos: 0 | 1 }> = {
+          [`users/${u.userId}/alerts`]: { qos: 1 },
+          [`users/${u.userId}/live`]: { qos: 0 },
+        }
+        if (app.leaderboard && this.init.options.eventId)
+          topics[`events/${this.init.options.eventId}/leaderboard`] = { qos: 0 }
+        client.subscribe(topics, () => {
+          if (!first) return
+          first = false
+          clearTimeout(timer)
+          c.appConnects++
+          resolve()
+        })
+      })
+    })
+  }
+
+  private connectMedic(userId: string, token: string): Promise<void> {
+    const eventId = this.init.options.eventId
+    if (!eventId) return Promise.resolve()
+    const client = mqtt.connect(this.init.target.ws, {
+      clientId: `medic:${userId}`,
+      protocolVersion: 4,
+      reconnectPeriod: 2000,
+      connectTimeout: 20_000,
+      wsOptions: this.wsOptions(token, 0),
+    })
+    this.medic = client
+    client.on('error', (err: Error & { code?: number | string }) => {
+      if (typeof err.code === 'number')
+        this.errors[`medic:connack ${err.code}`] = (this.errors[`medic:connack ${err.code}`] ?? 0) + 1
+    })
+    client.on('message', (topic) => {
+      if (topic === `events/${eventId}/alerts`) this.counters.medicAlerts++
+    })
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.counters.medicFailures++
+        resolve()
+      }, 20_000)
+      client.once('connect', () => {
+        client.subscribe({ [`events/${eventId}/alerts`]: { qos: 1 } }, () => {
+          clearTimeout(timer)
+          this.counters.medicConnects++
+          resolve()
+        })
+      })
+    })
+  }
+
+  private onAppMessage(u: UserSpec, topic: string, payload: Buffer): void {
+    const now = Date.now()
+    const leaf = topic.slice(topic.lastIndexOf('/') + 1)
+    const c = this.counters
+    if (topic.startsWith('events/')) {
+      c.leaderboardReceived++
+      return
+    }
+    if (leaf === 'live') {
+      c.liveReceived++
+      const snap = parseJson(payload)
+      // A retained snapshot from before this run says nothing about this run's lag.
+      if (isLiveSnapshot(snap) && this.startAt > 0 && snap.t >= this.startAt && now >= snap.t)
+        this.hist.liveLagMs.recordValue(Math.max(1, now - snap.t))
+      return
+    }
+    if (leaf !== 'alerts') return
+    const alert = parseJson(payload)
+    if (!isAlertMessage(alert)) return
+    if (alert.state === 'resolved') {
+      c.alertsResolved++
+      return
+    }
+    c.alertsOpened++
+    this.alertKinds[alert.kind] = (this.alertKinds[alert.kind] ?? 0) + 1
+    const sim = this.byUser.get(u.userId)
+    const outcome = sim?.outcome
+    if (!sim || !outcome || alert.evidence.t < outcome.atMs || !EXPECTED_ALERTS[outcome.kind].includes(alert.kind)) {
+      c.alertsUnexpected++
+      return
+    }
+    if (outcome.alerts.length === 0) {
+      c.alertsMatched++
+      const fw = sim.firmwares.find((f) => f.deviceId === alert.deviceId)
+      const published = fw?.publishedAt(alert.evidence.t) ?? null
+      if (published !== null && now >= published) this.hist.alertMs.recordValue(Math.max(1, now - published))
+    }
+    outcome.alerts.push(alert.kind)
+  }
+
+  /** Builds the wearers and devices; they power on at their ramp slot after `atMs`. */
+  start(atMs: number): void {
+    const o = this.init.options
+    this.startAt = atMs
+    this.endAt = atMs + o.durationS * 1000
+    const course = o.scenario === 'marathon' ? marathonCourse() : null
+    let conn = 0
+    for (const spec of this.init.users) {
+      const rng = new Rng(spec.seed)
+      const profile = randomProfile(rng)
+      const userStart = atMs + spec.startS * 1000
+      const runner =
+        o.scenario === 'marathon'
+          ? randomRunnerPlan(rng, profile, o.raceStartMs, { fromMs: userStart, toMs: this.endAt }, spec.dropOut ? 1 : 0)
+          : null
+      const anomaly = spec.anomaly ? { kind: spec.anomaly.kind, atMs: atMs + spec.anomaly.atS * 1000 } : null
+      const wearer = new Wearer(profile, o.scenario, spec.seed, userStart, runner, anomaly, course?.lengthM ?? 0)
+      const firmwares: Firmware[] = []
+      let user: SimUser | null = null
+      spec.devices.forEach((d, i) => {
+        const tracker = new Tracker(
+          wearer,
+          d.kind,
+          i === 0,
+          d.kind === 'watch' ? course : null,
+          hashSeed(spec.seed, d.deviceId),
+        )
+        const fw = new Firmware(
+          d.deviceId,
+          tracker,
+          { format: o.format, intervalMs: o.intervalMs, batchEvery: o.batchEvery, bufferSamples: o.bufferSamples },
+          this.counters,
+          // Devices of one user sample a little apart, as real ones do.
+          userStart + Math.floor(rng.range(0, o.intervalMs)),
+          anomaly !== null,
+          () => user?.uplink.pump(),
+        )
+        fw.sampling = false
+        firmwares.push(fw)
+      })
+      const first = spec.devices[0]
+      if (!first) continue
+      const auth: UplinkAuth =
+        spec.via === 'direct'
+          ? {
+              kind: 'device',
+              url: new URL(this.init.target.mqtts),
+              key: fs.readFileSync(first.keyPath, 'utf8'),
+              cert: fs.readFileSync(first.certPath, 'utf8'),
+            }
+          : {
+              kind: 'bridge',
+              url: new URL(this.init.target.mqtt ?? this.init.target.ws),
+              userId: spec.userId,
+              token: spec.bridgeToken ?? '',
+            }
+      const uplink = new Uplink(
+        auth,
+        firmwares,
+        {
+          counters: this.counters,
+          ackUs: this.hist.ackUs,
+          qos: o.qos,
+          inflight: o.inflight,
+          ca: this.ca,
+          sourceAddress: this.sourceAddress(conn++),
+          errors: this.errors,
+        },
+        hashSeed(spec.seed, 'uplink'),
+      )
+      const outcome: AnomalyOutcome | null = anomaly
+        ? { userId: spec.userId, kind: anomaly.kind, atMs: anomaly.atMs, alerts: [], watched: spec.app !== null }
+        : null
+      user = { spec, wearer, firmwares, uplink, startAt: userStart, active: false, cut: false, outcome }
+      this.users.push(user)
+      this.byUser.set(spec.userId, user)
+    }
+    this.loop = setInterval(() => this.tick(), 100)
+    this.statsTimer = setInterval(() => this.sendStats(), o.statsIntervalMs)
+  }
+
+  private tick(): void {
+    const now = Date.now()
+    const o = this.init.options
+    const until = Math.min(now, this.endAt - 1)
+    const cutAt = o.offline ? this.startAt + o.offline.atS * 1000 : Number.POSITIVE_INFINITY
+    for (const u of this.users) {
+      if (!u.active) {
+        if (now < u.startAt || now >= this.endAt) continue
+        u.active = true
+        for (const fw of u.firmwares) fw.sampling = true
+        u.uplink.start()
+      }
+      if (u.spec.offline && !u.cut && o.offline && now >= cutAt) {
+        u.cut = true
+        u.uplink.cut(o.offline.forS * 1000)
+      }
+      const offline = u.uplink.offline
+      for (const fw of u.firmwares) {
+        const taken = fw.tick(until)
+        if (offline) this.counters.bufferedWhileOffline += taken
+      }
+    }
+    if (now >= this.endAt) void this.finish()
+  }
+
+  requestStop(): void {
+    if (this.stopRequested) return
+    this.stopRequested = true
+    this.endAt = Math.min(this.endAt, Date.now())
+  }
+
+  private finishing: Promise<void> | null = null
+
+  private finish(): Promise<void> {
+    this.finishing ??= (async () => {
+      if (this.loop) clearInterval(this.loop)
+      this.loop = null
+      // Stop sampling, seal the partial batches, and let every device upload what it holds.
+      for (const u of this.users) {
+        for (const fw of u.firmwares) {
+          fw.sampling = false
+          fw.seal()
+        }
+        u.uplink.pump()
+      }
+      const deadline = Date.now() + this.init.options.drainS * 1000
+      while (Date.now() < deadline && !this.users.every((u) => !u.active || u.uplink.idle)) {
+        await new Promise((r) => setTimeout(r, DRAIN_POLL_MS))
+      }
+      await new Promise((r) => setTimeout(r, this.init.options.eventId || this.apps.length > 0 ? ALERT_GRACE_MS : 0))
+      await Promise.all(this.users.map((u) => (u.active ? u.uplink.stop() : Promise.resolve())))
+      this.closingApps = true
+      await Promise.all(
+        [...this.apps, ...(this.medic ? [this.medic] : [])].map((c) => c.endAsync(false).catch(() => undefined)),
+      )
+      if (this.statsTimer) clearInterval(this.statsTimer)
+      this.statsTimer = null
+      this.emit(this.finalMessage())
+    })()
+    return this.finishing
+  }
+
+  private gauges(): void {
+    let buffered = 0
+    for (const u of this.users) for (const fw of u.firmwares) buffered += fw.bufferedSamples
+    this.counters.samplesBuffered = buffered
+    this.counters.bufferedPeak = Math.max(this.counters.bufferedPeak, buffered)
+  }
+
+  private takeInterval(): HistogramSet {
+    const out: HistogramSet = {
+      ackUs: encodeHistogram(this.hist.ackUs),
+      alertMs: encodeHistogram(this.hist.alertMs),
+      liveLagMs: encodeHistogram(this.hist.liveLagMs),
+    }
+    for (const h of Object.values(this.hist)) h.reset()
+    return out
+  }
+
+  private sendStats(): void {
+    this.gauges()
+    this.emit({
+      type: 'stats',
+      workerIndex: this.init.workerIndex,
+      at: Date.now(),
+      counters: { ...this.counters },
+      alertKinds: { ...this.alertKinds },
+      interval: this.takeInterval(),
+    })
+  }
+
+  private finalMessage(): WorkerToParent {
+    this.gauges()
+    const runs: RunsWire[] = []
+    let tMin = Number.POSITIVE_INFINITY
+    let tMax = 0
+    for (const u of this.users) {
+      for (const fw of u.firmwares) {
+        tMin = Math.min(tMin, fw.tMin)
+        tMax = Math.max(tMax, fw.tMax)
+        for (const rejected of [false, true]) {
+          const set = rejected ? fw.readings.rejected : fw.readings.acked
+          for (const [metric, r] of Object.entries(set)) {
+            if (r)
+              runs.push({ deviceId: fw.deviceId, metric: Number(metric), rejected, t0: r.t0, step: r.step, n: r.n })
+          }
+        }
+      }
+    }
+    return {
+      type: 'final',
+      workerIndex: this.init.workerIndex,
+      counters: { ...this.counters },
+      alertKinds: { ...this.alertKinds },
+      interval: this.takeInterval(),
+      runs,
+      anomalies: this.users.flatMap((u) => (u.outcome ? [u.outcome] : [])),
+      tMin,
+      tMax,
+      errors: { ...this.errors },
+    }
+  }
+
+  /** Cuts the links of the given users (tests: a tunnel on demand). */
+  cutUsers(userIds: readonly string[], forMs: number): void {
+    for (const id of userIds) this.byUser.get(id)?.uplink.cut(forMs)
+  }
+}
+
+// Forked: the parent sends init, then start (or stop); this process reports over IPC and exits after the final.
+const invokedAs = process.argv[1] ? pathToFileURL(process.argv[1]).href : ''
+if (process.send && invokedAs === import.meta.url) {
+  let driver: WorkerDriver | null = null
+  let workerIndex = -1
+  const send = (m: WorkerToParent) => {
+    process.send?.(m, undefined, {}, (err: Error | null) => {
+      if (err) process.exitCode = 1
+      if (m.type === 'final' || m.type === 'error') process.disconnect?.()
+    })
+  }
+  // The terminal's Ctrl-C reaches the whole process group; the parent decides how to stop.
+  process.on('SIGINT', () => undefined)
+  process.on('uncaughtException', (err) => {
+    send({ type: 'error', workerIndex, message: err.stack ?? err.message })
+  })
+  process.on('message', (m: ParentToWorker) => {
+    if (m.type === 'init') {
+      workerIndex = m.init.workerIndex
+      driver = new WorkerDriver(m.init, send)
+      driver
+        .prepare()
+        .catch((err: Error) => send({ type: 'error', workerIndex: m.init.workerIndex, message: err.message }))
+    } else if (m.type === 'start') driver?.start(m.atMs)
+    else if (m.type === 'stop') driver?.requestStop()
+  })
+  process.on('disconnect', () => {
+    // The parent is gone (or we sent the final): nothing left to report to.
+    setTimeout(() => process.exit(process.exitCode ?? 0), 100).unref()
+  })
+}
