@@ -12,7 +12,7 @@ export const configSchema = z.object({
   dataDir: z.string().min(1),
   /** PostgreSQL/TimescaleDB server; unset → embedded TimescaleDB (PGlite) under dataDir/db */
   databaseUrl: z.string().url().optional(),
-  /** connections in the pg pool used by the group-commit writer and queries */
+  /** connections in the pg pool for registry look-ups and outputs (the writer has its own, ingest.writers) */
   databasePoolSize: z.coerce.number().int().min(1).max(64),
   /** Redis (leaderboards); unset → in-process */
   redisUrl: z.string().url().optional(),
@@ -84,7 +84,7 @@ export function defaults(): BrokerConfig {
   return {
     dataDir: path.resolve('data'),
     databaseUrl: undefined,
-    databasePoolSize: 4,
+    databasePoolSize: 8,
     redisUrl: undefined,
     host: '0.0.0.0',
     mqttPort: 1883,

@@ -24,6 +24,7 @@ import { OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { SyncService } from './outputs/sync.js'
 import { openDb } from './store/open.js'
+import { openPostgres } from './store/postgres.js'
 import { Registry } from './store/registry.js'
 import { connInfo } from './transport/connection.js'
 import { createHttpRoutes } from './transport/http-routes.js'
@@ -102,7 +103,10 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   const registry = new Registry(db)
   const lookups = new CachedLookups(registry)
   const tokens = new Tokens(config)
-  const writer = new GroupCommitWriter(db, config.ingest, metrics, log.child({ stage: 'commit' }))
+  // The group-commit writer gets connections of its own on a server: registry look-ups at a connect storm and output
+  // queries must never queue in front of the commits that PUBACKs wait for. (The embedded store has one session.)
+  const writerDb = config.databaseUrl ? openPostgres(config.databaseUrl, config.ingest.writers, log) : db
+  const writer = new GroupCommitWriter(writerDb, config.ingest, metrics, log.child({ stage: 'commit' }))
   const principals = new WeakMap<Client, Principal>()
 
   // `broker` is assigned right below; the publisher is only called once clients are connected.
@@ -162,9 +166,9 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
           const deviceId = deviceIdFromCert(info.peerCert)
           if (!deviceId) return refuse(listener, 'no_device_id_in_certificate', 5, client.id, done)
           const fp = info.peerCert.fingerprint256
-          const [rec, revokedFp] = await Promise.all([registry.device(deviceId), registry.isRevokedFingerprint(fp)])
+          const rec = await registry.deviceForCertificate(deviceId, fp)
           if (!rec) return refuse(listener, 'unknown_device', 5, client.id, done)
-          if (rec.revoked || revokedFp) return refuse(listener, 'revoked', 5, client.id, done)
+          if (rec.revoked || rec.fingerprintRevoked) return refuse(listener, 'revoked', 5, client.id, done)
           if (rec.fingerprint !== fp) return refuse(listener, 'fingerprint_mismatch', 5, client.id, done)
           p = { role: 'device', userId: rec.userId, deviceId, deviceKey: rec.deviceKey, events: [] }
         } else if (info.upgradePrincipal) {
@@ -340,6 +344,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     for (const s of servers) s.close()
     await new Promise<void>((r) => aedes.close(() => r()))
     await leaderboard.close()
+    if (writerDb !== db) await writerDb.close()
     await db.close()
     throw err
   }
@@ -358,6 +363,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
         log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
       await new Promise<void>((r) => aedes.close(() => r()))
       httpServer.closeAllConnections()
+      if (writerDb !== db) await writerDb.close()
       await db.close()
       log.info('stopped')
     })()

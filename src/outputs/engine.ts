@@ -107,6 +107,9 @@ export class OutputEngine {
   private readonly boardDirty = new Set<string>()
   private timer: NodeJS.Timeout | null = null
   private stopped = false
+  /** state loads in flight: at a race start thousands of users appear at once; their loads must not flood the pool */
+  private loads = 0
+  private readonly loadQueue: (() => void)[] = []
 
   constructor(
     private readonly db: Db,
@@ -141,9 +144,20 @@ export class OutputEngine {
     }
     const pending: UserState = this.blank(batch.userId, batch.deviceId)
     this.users.set(batch.userId, pending)
-    pending.chain = this.load(pending)
+    pending.chain = this.limited(() => this.load(pending))
       .then(() => run(pending))
       .catch((err: Error) => this.log.error({ err: err.message }, 'output processing failed'))
+  }
+
+  private async limited<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.loads >= 4) await new Promise<void>((resolve) => this.loadQueue.push(resolve))
+    this.loads++
+    try {
+      return await fn()
+    } finally {
+      this.loads--
+      this.loadQueue.shift()?.()
+    }
   }
 
   private blank(userId: string, deviceId: string): UserState {

@@ -89,6 +89,35 @@ export class Registry {
     }
   }
 
+  /** The device and whether this certificate was ever revoked, in one round trip (every mTLS connect asks). */
+  async deviceForCertificate(
+    deviceId: string,
+    fingerprint: string,
+  ): Promise<(DeviceRecord & { fingerprintRevoked: boolean }) | null> {
+    const res = await this.db.query<{
+      device_key: number
+      user_id: string
+      cert_fingerprint: string | null
+      revoked: boolean
+      fp_revoked: boolean
+    }>(
+      `SELECT d.device_key, d.user_id, d.cert_fingerprint, d.revoked_at IS NOT NULL AS revoked,
+              EXISTS (SELECT 1 FROM revoked_certs r WHERE r.fingerprint = $2) AS fp_revoked
+       FROM devices d WHERE d.device_id = $1`,
+      [deviceId, fingerprint],
+    )
+    const r = res.rows[0]
+    if (!r) return null
+    return {
+      deviceKey: Number(r.device_key),
+      deviceId,
+      userId: r.user_id,
+      fingerprint: r.cert_fingerprint,
+      revoked: r.revoked,
+      fingerprintRevoked: r.fp_revoked,
+    }
+  }
+
   async isRevokedFingerprint(fingerprint: string): Promise<boolean> {
     const res = await this.db.query('SELECT 1 FROM revoked_certs WHERE fingerprint = $1', [fingerprint])
     return res.rows.length > 0
