@@ -144,7 +144,13 @@ export function simulateCommand(): Command {
         progress: opts.progress !== false,
       })
       console.log(summaryText(report))
-      if (report.verification.status === 'failed') process.exitCode = 1
+      const v = report.verification
+      // Thrown, not process.exitCode: the pulsegate CLI exits with the code its parse returns.
+      if (v.status === 'failed') {
+        throw new Error(
+          `verification failed: ${v.lost} lost, ${v.duplicates} duplicates${v.reason ? ` (${v.reason})` : ''}`,
+        )
+      }
     })
 }
 
@@ -155,7 +161,7 @@ if (invoked === import.meta.url) {
     .name('simulate')
     .parseAsync(process.argv)
     .then(
-      () => process.exit(process.exitCode ?? 0),
+      () => process.exit(0),
       (err: Error) => {
         console.error(`simulate: ${err.message}`)
         process.exit(1)

@@ -4,6 +4,19 @@ import * as hdr from 'hdr-histogram-js'
 import type { AnomalyKind } from './physiology.js'
 
 export type Scenario = 'marathon' | 'wellness'
+
+/** Runs fn over items with at most `limit` in flight. */
+export async function forEachLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let i = 0
+  const next = async (): Promise<void> => {
+    while (i < items.length) await fn(items[i++] as T)
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, next))
+}
 export type Format = 'cbor' | 'json'
 
 export interface DeviceSpec {
@@ -239,6 +252,18 @@ export interface FinalMessage {
   tMin: number
   tMax: number
   errors: Record<string, number>
+  /** the worker's own health: is the load generator the bottleneck? */
+  self: WorkerSelf
+}
+
+export interface WorkerSelf {
+  /** event-loop delay while running, ms */
+  loopLagP50Ms: number
+  loopLagP99Ms: number
+  loopLagMaxMs: number
+  cpuUserS: number
+  cpuSystemS: number
+  rssMb: number
 }
 
 export type WorkerToParent =

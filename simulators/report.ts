@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { Histogram } from 'hdr-histogram-js'
 import type { AnomalyKind } from './physiology.js'
-import type { Counters, Format, Scenario } from './protocol.js'
+import type { Counters, Format, Scenario, WorkerSelf } from './protocol.js'
 
 export interface LatencySummary {
   count: number
@@ -161,6 +161,8 @@ export interface SwarmReport {
   }
   outputs: { liveReceived: number; leaderboardReceived: number }
   broker: Record<string, number> | null
+  /** each worker's event-loop delay and CPU: high lag means the simulator, not the broker, set the pace */
+  workers: WorkerSelf[]
   verification: Verification
   timeline: TimelinePoint[]
   counters: Counters
@@ -214,6 +216,14 @@ export function summaryText(r: SwarmReport): string {
     `outputs: ${fmt(r.outputs.liveReceived)} live, ${fmt(r.outputs.leaderboardReceived)} leaderboard messages` +
       (l.liveLagMs.count > 0 ? `; live lag ms p50 ${fmt(l.liveLagMs.p50)} p99 ${fmt(l.liveLagMs.p99)}` : ''),
   ]
+  if (r.workers.length > 0) {
+    const worst = Math.max(...r.workers.map((w) => w.loopLagP99Ms))
+    const cpu = r.workers.reduce((n, w) => n + w.cpuUserS + w.cpuSystemS, 0)
+    lines.push(
+      `simulator: event-loop delay p99 ${fmt(worst, 1)} ms (worst worker), CPU ${fmt(cpu, 1)} s, ` +
+        `RSS ${r.workers.map((w) => `${w.rssMb}`).join('+')} MB${worst > 200 ? ' — the load generator was saturated' : ''}`,
+    )
+  }
   if (r.offline.cuts > 0) {
     lines.push(
       `offline: ${r.offline.cuts} links cut, ${fmt(r.offline.samplesBufferedWhileOffline)} samples buffered meanwhile`,

@@ -21,6 +21,7 @@ import { MARATHON_M } from './course.js'
 import { ANOMALY_KINDS, type AnomalyKind, hashSeed, Rng, randomProfile } from './physiology.js'
 import {
   addCounters,
+  forEachLimit,
   type Counters,
   decodeHistogram,
   type FinalMessage,
@@ -86,7 +87,7 @@ export interface SwarmOptions {
   bufferSamples?: number
   /** after the run, how long devices get to upload what they hold (default 30 s) */
   drainS?: number
-  /** marathon: race clock at the start of the run, seconds (default 1800: runners spread over the first 10 km) */
+  /** marathon: the race started at least this long before the run, at the top of an hour (default 1800 s) */
   raceClockS?: number
   seed?: number
   /** cut the links of a share of users at atS for forS seconds (a tunnel): their devices buffer and re-upload */
@@ -121,14 +122,6 @@ const REGISTER_CONCURRENCY = 16
 /** Ephemeral ports per (source address, destination); beyond that, more 127.0.0.x source addresses. */
 const CONNS_PER_SOURCE = 25_000
 
-async function pool<T>(items: readonly T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let i = 0
-  const next = async (): Promise<void> => {
-    while (i < items.length) await fn(items[i++] as T)
-  }
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, next))
-}
-
 const pad = (n: number) => String(n).padStart(6, '0')
 
 interface Plan {
@@ -139,7 +132,7 @@ interface Plan {
   devices: number
 }
 
-function plan(o: Required<Omit<SwarmOptions, OptionalKeys>> & SwarmOptions, certDir: string): Plan {
+function plan(o: Resolved, certDir: string): Plan {
   const rng = new Rng(hashSeed(o.seed, 'plan'))
   const users: UserSpec[] = []
   const birthYears = new Map<string, number>()
@@ -213,6 +206,8 @@ type OptionalKeys =
   | 'workers'
   | 'progress'
 
+type Resolved = ReturnType<typeof withDefaults>
+
 function withDefaults(o: SwarmOptions) {
   if (!(Number.isInteger(o.devices) && o.devices > 0)) throw new Error('devices must be a positive whole number')
   if (!(o.durationS > 0)) throw new Error('duration must be positive')
@@ -262,7 +257,7 @@ async function provisionCerts(
   let issued = 0
   let cached = 0
   let done = 0
-  await pool(devices, PROVISION_CONCURRENCY, async (d) => {
+  await forEachLimit(devices, PROVISION_CONCURRENCY, async (d) => {
     if (fs.existsSync(d.certPath) && fs.existsSync(d.keyPath)) {
       fingerprints.set(d.deviceId, fingerprint256(fs.readFileSync(d.certPath, 'utf8')))
       cached++
@@ -527,7 +522,7 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
 }
 
 async function runAgainst(
-  o: ReturnType<typeof withDefaults>,
+  o: Resolved,
   config: BrokerConfig,
   instance: Pulsegate | null,
   ownBroker: boolean,
@@ -583,7 +578,9 @@ async function runAgainst(
   const certMs = Date.now() - certStart
 
   const registerStart = Date.now()
-  const raceStartMs = Date.now() - o.raceClockS * 1000
+  // The gun went off at the top of an hour, at least raceClockS ago: runs within that hour continue one race, so
+  // a device's first fix of a run is never implausibly far from its last fix of the previous run.
+  const raceStartMs = Math.floor((Date.now() - o.raceClockS * 1000) / 3_600_000) * 3_600_000
   const register = async (op: (req: RpcRequest) => Promise<unknown>) => {
     if (o.scenario === 'marathon') {
       await op({
@@ -594,7 +591,7 @@ async function runAgainst(
         startsAt: new Date(raceStartMs).toISOString(),
       })
     }
-    await pool(p.users, REGISTER_CONCURRENCY, async (u) => {
+    await forEachLimit(p.users, REGISTER_CONCURRENCY, async (u) => {
       const birthYear = p.birthYears.get(u.userId)
       await op({ op: 'ensureUser', userId: u.userId, ...(birthYear ? { birthYear } : {}) })
       for (const d of u.devices) {
@@ -1035,6 +1032,7 @@ async function runAgainst(
     },
     outputs: { liveReceived: counters.liveReceived, leaderboardReceived: counters.leaderboardReceived },
     broker,
+    workers: done.map((f) => f.self),
     verification,
     timeline,
     counters,

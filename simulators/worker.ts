@@ -3,6 +3,7 @@
 // every second and, at the end, the acked readings the parent verifies against the database. Run forked
 // (`node dist/simulators/worker.js`, IPC) or in process (tests running the TypeScript sources).
 import fs from 'node:fs'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { pathToFileURL } from 'node:url'
 import type { Histogram } from 'hdr-histogram-js'
 import mqtt, { type MqttClient } from 'mqtt'
@@ -14,12 +15,14 @@ import {
   type AnomalyOutcome,
   type Counters,
   encodeHistogram,
+  forEachLimit,
   type HistogramSet,
   newHistogram,
   type ParentToWorker,
   type RunsWire,
   type UserSpec,
   type WorkerInit,
+  type WorkerSelf,
   type WorkerToParent,
   zeroCounters,
 } from './protocol.js'
@@ -84,6 +87,8 @@ export class WorkerDriver {
   private closingApps = false
   private loop: NodeJS.Timeout | null = null
   private statsTimer: NodeJS.Timeout | null = null
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 20 })
+  private readonly cpuAtStart = process.cpuUsage()
 
   constructor(
     private readonly init: WorkerInit,
@@ -95,11 +100,11 @@ export class WorkerDriver {
   /** Connects the apps and the medic first, so they are listening when devices start. */
   async prepare(): Promise<void> {
     const { users, medic } = this.init
-    const queue = users.filter((u) => u.app)
-    const next = async (): Promise<void> => {
-      for (let u = queue.shift(); u; u = queue.shift()) await this.connectApp(u)
-    }
-    await Promise.all(Array.from({ length: Math.min(64, queue.length) }, next))
+    await forEachLimit(
+      users.filter((u) => u.app),
+      64,
+      (u) => this.connectApp(u),
+    )
     if (medic) await this.connectMedic(medic.userId, medic.token)
     this.emit({ type: 'ready', workerIndex: this.init.workerIndex })
   }
@@ -320,6 +325,7 @@ export class WorkerDriver {
       this.users.push(user)
       this.byUser.set(spec.userId, user)
     }
+    this.loopDelay.enable()
     this.loop = setInterval(() => this.tick(), 100)
     this.statsTimer = setInterval(() => this.sendStats(), o.statsIntervalMs)
   }
@@ -415,6 +421,21 @@ export class WorkerDriver {
     })
   }
 
+  private selfStats(): WorkerSelf {
+    this.loopDelay.disable()
+    const ms = (ns: number) => Math.round(ns / 1e5) / 10
+    const cpu = process.cpuUsage(this.cpuAtStart)
+    return {
+      loopLagP50Ms: ms(this.loopDelay.percentile(50)),
+      loopLagP99Ms: ms(this.loopDelay.percentile(99)),
+      loopLagMaxMs: ms(this.loopDelay.max),
+      // In process (tests) these are the whole process's, broker included.
+      cpuUserS: Math.round(cpu.user / 1e4) / 100,
+      cpuSystemS: Math.round(cpu.system / 1e4) / 100,
+      rssMb: Math.round(process.memoryUsage.rss() / 1048576),
+    }
+  }
+
   private finalMessage(): WorkerToParent {
     this.gauges()
     const runs: RunsWire[] = []
@@ -444,6 +465,7 @@ export class WorkerDriver {
       tMin,
       tMax,
       errors: { ...this.errors },
+      self: this.selfStats(),
     }
   }
 

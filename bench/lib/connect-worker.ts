@@ -55,6 +55,14 @@ async function run(init: ConnectWorkerInit): Promise<void> {
   let inflight = 0
   let next = 0
   let lastDone = 0
+  // Keep-alive from the first CONNACK on: a slow ramp must not let early connections hit the broker's 1.5 × keepalive.
+  const ping = setInterval(
+    () => {
+      for (const c of clients) if (c.connected) c.ping()
+    },
+    (init.keepaliveS * 1000) / 2,
+  )
+  ping.unref()
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   const n = init.devices.length
@@ -131,13 +139,6 @@ async function run(init: ConnectWorkerInit): Promise<void> {
     cpuMs: (cpu.user + cpu.system) / 1000,
     droppedAfterConnect: dropped,
   })
-  const ping = setInterval(
-    () => {
-      for (const c of clients) if (c.connected) c.ping()
-    },
-    (init.keepaliveS * 1000) / 2,
-  )
-  ping.unref()
 }
 
 process.on('message', (m: ToConnectWorker) => {
