@@ -141,9 +141,18 @@ export class GroupCommitWriter {
       this.queued += rows
       this.metrics.queueDepth.set(this.queued)
       if (c.rows >= this.opts.maxBatchRows) this.seal()
-      else if (!this.timer) this.timer = setTimeout(() => this.seal(), this.opts.flushIntervalMs)
+      else if (!this.timer) this.timer = setTimeout(this.onTimer, this.opts.flushIntervalMs)
       this.pump()
     })
+  }
+
+  /**
+   * The flush timer seals only when a writer is free. With every writer busy, rows keep gathering and the writer that
+   * frees up first takes them all (pump's finally): sealing small batches into a queue would make a slowdown permanent.
+   */
+  private readonly onTimer = (): void => {
+    this.timer = null
+    if (this.inflight < this.writers) this.seal()
   }
 
   private seal(): void {
