@@ -3,7 +3,6 @@ import fs from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import type { Format, Scenario } from './protocol.js'
-import { runSwarm, summaryText } from './swarm.js'
 
 function positiveInt(name: string) {
   return (v: string): number => {
@@ -114,6 +113,8 @@ export function simulateCommand(): Command {
     .option('--no-verify', 'skip counting the acked readings in the database afterwards')
     .option('--no-progress', 'no progress display')
     .action(async (opts: SimulateOpts) => {
+      // Loaded on use, so the rest of the pulsegate CLI does not pay for the simulator's imports.
+      const { runSwarm, summaryText } = await import('./swarm.js')
       const report = await runSwarm({
         devices: opts.devices,
         durationS: opts.duration,

@@ -408,8 +408,8 @@ export type UplinkAuth =
   | { kind: 'device'; url: URL; key: string; cert: string }
   | { kind: 'bridge'; url: URL; userId: string; token: string }
 
-const BACKOFF_BASE_MS = 500
-const BACKOFF_CAP_MS = 30_000
+const BACKOFF_BASE_MS = 1000
+const BACKOFF_CAP_MS = 60_000
 
 /** One MQTT connection carrying the batches of one device (mTLS) or of a user's devices (phone bridge, JWT). */
 export class Uplink {

@@ -176,6 +176,8 @@ export function summaryText(r: SwarmReport): string {
   const c = r.connections
   const l = r.latency
   const v = r.verification
+  // QoS 0 has no PUBACK: "acked" counts what left the device.
+  const acked = o.qos === 0 ? 'sent (QoS 0)' : 'acked'
   const lines = [
     `pulsegate swarm: ${fmt(o.devices)} devices (${fmt(o.users)} users) × ${o.durationS} s, ${o.scenario}, QoS ${o.qos}, ` +
       `${o.format}, ${o.batch} samples/batch at ${o.rateHz} Hz, ${o.workers} worker${o.workers === 1 ? '' : 's'}` +
@@ -192,19 +194,21 @@ export function summaryText(r: SwarmReport): string {
             .map(([k, n]) => `${k} ×${n}`)
             .join(', ')}`
         : ''),
-    `samples: ${fmt(r.samples.generated)} generated, ${fmt(r.samples.acked)} acked, ${fmt(r.samples.dropped)} dropped, ` +
+    `samples: ${fmt(r.samples.generated)} generated, ${fmt(r.samples.acked)} ${acked}, ${fmt(r.samples.dropped)} dropped, ` +
       `${fmt(r.samples.bufferedAtEnd)} still buffered (peak ${fmt(r.samples.bufferedPeak)})`,
-    `readings: ${fmt(r.readings.generated)} generated, ${fmt(r.readings.acked)} acked, ${fmt(r.readings.dropped)} dropped, ` +
+    `readings: ${fmt(r.readings.generated)} generated, ${fmt(r.readings.acked)} ${acked}, ${fmt(r.readings.dropped)} dropped, ` +
       `${fmt(r.readings.rejected)} rejected`,
-    `messages: ${fmt(r.messages.published)} published (${fmt(r.messages.republished)} resent), ${fmt(r.messages.acked)} acked, ` +
+    `messages: ${fmt(r.messages.published)} published (${fmt(r.messages.republished)} resent), ${fmt(r.messages.acked)} ${acked}, ` +
       `${fmt(r.messages.priority)} priority`,
     `throughput ${r.throughput.allConnectedAtS === null ? '(links never all up; second half)' : '(all connected)'} ` +
       `${fmt(r.throughput.windowS[0], 1)}–${fmt(r.throughput.windowS[1], 1)} s: ` +
       `${fmt(r.throughput.msgsPerS)} msgs/s, ${fmt(r.throughput.readingsPerS)} readings/s; ` +
       `whole run ${fmt(r.throughput.overallMsgsPerS)} / ${fmt(r.throughput.overallReadingsPerS)}; ` +
       `peak ${fmt(r.throughput.peakMsgsPerS)} / ${fmt(r.throughput.peakReadingsPerS)}`,
-    `ack latency ms: p50 ${fmt(l.ackMs.p50, 1)}  p90 ${fmt(l.ackMs.p90, 1)}  p99 ${fmt(l.ackMs.p99, 1)}  ` +
-      `p99.9 ${fmt(l.ackMs.p999, 1)}  max ${fmt(l.ackMs.max, 1)}  (n=${fmt(l.ackMs.count)})`,
+    o.qos === 0
+      ? 'ack latency: none at QoS 0'
+      : `ack latency ms: p50 ${fmt(l.ackMs.p50, 1)}  p90 ${fmt(l.ackMs.p90, 1)}  p99 ${fmt(l.ackMs.p99, 1)}  ` +
+        `p99.9 ${fmt(l.ackMs.p999, 1)}  max ${fmt(l.ackMs.max, 1)}  (n=${fmt(l.ackMs.count)})`,
     `alerts: ${
       Object.entries(r.alerts.anomalies)
         .map(([k, n]) => `${n} ${k}`)

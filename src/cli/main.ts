@@ -221,7 +221,7 @@ function buildProgram(): Command {
       console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
     })
 
-  program.addCommand(simulateCommand())
+  program.addCommand(simulateCommand().copyInheritedSettings(program))
   return program
 }
 
