@@ -7,6 +7,7 @@ import { Aedes } from 'aedes'
 import mqtt, { type MqttClient } from 'mqtt'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { guardConnection, type PacketGuard } from '../../src/transport/packet-guard.js'
+import { varint } from '../helpers/mqtt-bytes.js'
 
 const LIMIT = 64 * 1024
 const MB = 1024 * 1024
@@ -26,18 +27,6 @@ const guards = new Map<number | undefined, PacketGuard>()
 const serverSockets = new Set<net.Socket>()
 const mqttClients: MqttClient[] = []
 const rawClients: RawClient[] = []
-
-/** MQTT Remaining Length varint. */
-function varint(n: number): Buffer {
-  const out: number[] = []
-  do {
-    let byte = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) byte |= 0x80
-    out.push(byte)
-  } while (n > 0)
-  return Buffer.from(out)
-}
 
 function str(s: string): Buffer {
   const b = Buffer.from(s)

@@ -17,6 +17,7 @@ import {
   startTestBroker,
   token,
 } from '../helpers/harness.js'
+import { varint } from '../helpers/mqtt-bytes.js'
 
 const LIMIT = 64 * 1024
 const MB = 1024 * 1024
@@ -41,18 +42,6 @@ afterAll(async () => {
   for (const w of wsockets) w.terminate()
   await tb?.stop()
 })
-
-/** MQTT Remaining Length varint. */
-function varint(n: number): Buffer {
-  const out: number[] = []
-  do {
-    let byte = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) byte |= 0x80
-    out.push(byte)
-  } while (n > 0)
-  return Buffer.from(out)
-}
 
 /** A PUBLISH fixed header declaring `declared` body bytes, followed by the first 4 KB of "body". */
 const hugePublishStart = () => Buffer.concat([Buffer.from([0x30]), varint(DECLARED), crypto.randomBytes(4096)])
