@@ -24,7 +24,7 @@
 //   node dist/bench/ingest.js --store embedded --rate 0
 // Broker knobs: --flush-ms, --max-batch-rows, --writers, --pool (ingest.flushIntervalMs, ingest.maxBatchRows,
 // ingest.writers, databasePoolSize). `--cpu-profile /tmp/window.cpuprofile` samples the broker's main thread over the
-// measured window only (open it in Chrome DevTools); `node --cpu-prof` profiles the whole run (the workers are forked
+// measured window only (open it in Chrome DevTools); `--heap-snapshot f.heapsnapshot` writes one at the window's end; `node --cpu-prof` profiles the whole run (the workers are forked
 // without it); `--generator-cpu-prof <dir>` profiles the load generators. Prints a human summary, then one line of
 // JSON with every figure (incl. a hash of dist/src: the figures belong to one version of the broker).
 import { fork } from 'node:child_process'
@@ -33,6 +33,7 @@ import fs from 'node:fs'
 import { Session } from 'node:inspector/promises'
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
+import v8 from 'node:v8'
 import type { BrokerConfig, DeepPartial } from '../broker.config.js'
 import { type BenchBroker, provisionDevices, type StoreKind, startBenchBroker } from './lib/broker.js'
 import { ensureBenchCerts } from './lib/certs.js'
@@ -77,6 +78,7 @@ const { values: a } = parseArgs({
     'log-level': { type: 'string', default: 'warn' },
     label: { type: 'string', default: '' },
     'cpu-profile': { type: 'string' },
+    'heap-snapshot': { type: 'string' },
     'generator-cpu-prof': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
@@ -291,8 +293,14 @@ async function run(
   const t0 = performance.now()
   for (const w of workers) w.send({ type: 'measure', on: true })
   let rssPeak = 0
+  // What the RSS is made of at its peak: V8 heap vs Buffers (socket chunks, payloads) — they call for different fixes.
+  let memAtPeak = process.memoryUsage()
   const rssTimer = setInterval(() => {
-    rssPeak = Math.max(rssPeak, process.memoryUsage().rss)
+    const m = process.memoryUsage()
+    if (m.rss > rssPeak) {
+      rssPeak = m.rss
+      memAtPeak = m
+    }
   }, 500)
   await sleep(opts.durationS * 1000)
   for (const w of workers) w.send({ type: 'measure', on: false })
@@ -303,6 +311,10 @@ async function run(
   gcObserver.disconnect()
   clearInterval(rssTimer)
   const rssEnd = process.memoryUsage().rss
+  if (a['heap-snapshot']) {
+    // At the end of the window, before publishing stops: what the broker holds under this load (Chrome DevTools).
+    log(`heap snapshot written to ${v8.writeHeapSnapshot(a['heap-snapshot'] as string)}`)
+  }
   if (profiler) {
     const { profile } = await profiler.post('Profiler.stop')
     fs.writeFileSync(a['cpu-profile'] as string, JSON.stringify(profile))
@@ -386,6 +398,11 @@ async function run(
         max: round(lag.max / 1e6, 2),
       },
       rssMB: { beforeConnect: mb(rssBefore), connected: mb(rssConnected), peak: mb(rssPeak), end: mb(rssEnd) },
+      atPeakMB: {
+        heapUsed: mb(memAtPeak.heapUsed),
+        heapTotal: mb(memAtPeak.heapTotal),
+        arrayBuffers: mb(memAtPeak.arrayBuffers),
+      },
     },
     generators: { workers: nW, cpuPctOfOneCore: round(workersCpuPct) },
     postgres:
@@ -441,7 +458,7 @@ async function run(
     `   broker build ${f.brokerBuild}; load average ${f.loadavg} (at the end of the window); machine busy ${f.machineCoresBusy} of 2 cores, of which other work ${f.otherCoresBusy}`,
     `   durable readings/s ${f.throughput.readingsPerS}   messages/s ${f.throughput.messagesPerS}${o.rate ? `   (sent ${f.throughput.sentMessagesPerS}/s, missed by schedule ${f.throughput.missedBySchedule})` : ''}`,
     `   ack latency ms  p50 ${f.ackLatencyMs.p50}  p90 ${f.ackLatencyMs.p90}  p99 ${f.ackLatencyMs.p99}  p99.9 ${f.ackLatencyMs.p999}  max ${f.ackLatencyMs.max}  (n=${f.ackLatencyMs.count})`,
-    `   broker CPU ${f.broker.cpuPctOfOneCore}% of a core (ELU ${f.broker.eventLoopUtilization}, loop delay p99 ${f.broker.eventLoopDelayMs.p99} ms, GC pauses ${f.broker.gc.pausePct}% of the time), RSS peak ${f.broker.rssMB.peak} MB (before connect ${f.broker.rssMB.beforeConnect} MB)`,
+    `   broker CPU ${f.broker.cpuPctOfOneCore}% of a core (ELU ${f.broker.eventLoopUtilization}, loop delay p99 ${f.broker.eventLoopDelayMs.p99} ms, GC pauses ${f.broker.gc.pausePct}% of the time), RSS peak ${f.broker.rssMB.peak} MB (before connect ${f.broker.rssMB.beforeConnect} MB; at the peak: heap used ${f.broker.atPeakMB.heapUsed} of ${f.broker.atPeakMB.heapTotal} MB, Buffers ${f.broker.atPeakMB.arrayBuffers} MB)`,
     `   CPU per message: broker ${f.cpuCost.brokerUsPerMessage} µs (${f.cpuCost.brokerUsPerReading} µs/reading)${f.cpuCost.postgresUsPerReading !== null ? `, postgres ${f.cpuCost.postgresUsPerReading} µs/reading` : ''}, generators ${f.cpuCost.generatorsUsPerMessage} µs`,
     `   generators CPU ${f.generators.cpuPctOfOneCore}%${f.postgres ? `   postgres backends CPU ${f.postgres.backendsCpuPct}% (all postgres ${f.postgres.allPostgresProcessesCpuPct}%)` : ''}`,
     `   group commit: ${f.pipeline.statementsPerS} stmt/s, ${f.pipeline.rowsPerFlush?.mean} rows/flush, statement mean ${f.pipeline.statementMs?.mean} ms, commit (enqueue→commit) mean ${f.pipeline.commitMs?.mean} ms p99≤${f.pipeline.commitMs?.p99le} ms, writer busy ${f.pipeline.statementBusyShare}`,

@@ -127,6 +127,11 @@ export function createMetrics() {
       labelNames: ['reason'],
       registers: r,
     }),
+    conflictRetries: new Counter({
+      name: 'pulsegate_ingest_conflict_retries_total',
+      help: 'plain INSERTs that met an already stored sample and were re-run with ON CONFLICT DO NOTHING',
+      registers: r,
+    }),
     writeErrors: new Counter({
       name: 'pulsegate_ingest_write_errors_total',
       help: 'failed statements (retried)',

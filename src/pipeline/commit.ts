@@ -80,6 +80,18 @@ export const INSERT_POSITIONS = `INSERT INTO positions (time, device_key, lat, l
   FROM unnest($1::float8[], $2::int4[], $3::float8[], $4::float8[], $5::float4[], $6::float4[]) AS u(t, d, la, lo, al, ac)
   ON CONFLICT DO NOTHING`
 
+// Without ON CONFLICT: PostgreSQL's speculative insertion for ON CONFLICT costs ~45 % more per row (4.5 vs 8 µs/row at
+// 10k-row statements here), and duplicates that reach the database are rare (the seq window answers redeliveries).
+// A plain statement that hits the unique key fails whole and is re-run with ON CONFLICT (see write()).
+const PLAIN_SAMPLES = INSERT_SAMPLES.replace(/\s*ON CONFLICT DO NOTHING$/, '')
+const PLAIN_POSITIONS = INSERT_POSITIONS.replace(/\s*ON CONFLICT DO NOTHING$/, '')
+/** after a unique violation, statements carry ON CONFLICT for this long (a re-upload usually comes in a burst) */
+const CONFLICT_MODE_MS = 30_000
+
+function isUniqueViolation(err: unknown): boolean {
+  return (err as { code?: string } | null)?.code === '23505'
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /**
@@ -99,6 +111,8 @@ export class GroupCommitWriter {
   private queued = 0
   private inflight = 0
   private timer: NodeJS.Timeout | null = null
+  /** until when statements carry ON CONFLICT DO NOTHING (performance.now() ms; 0: plain INSERTs) */
+  private conflictModeUntil = 0
   private closed = false
   private readonly writers: number
   private drainWaiters: (() => void)[] = []
@@ -182,30 +196,52 @@ export class GroupCommitWriter {
     }
   }
 
+  /**
+   * One statement per table. Each statement commits on its own: when the positions statement fails after the samples
+   * one committed, the retry re-inserts the samples, and the unique key makes that a no-op (counted as duplicates).
+   */
   private async write(cols: Columns): Promise<number> {
     const started = performance.now()
     let inserted = 0
     if (cols.sTime.length > 0) {
-      const r = await this.db.query(
+      const n = await this.insert(
         INSERT_SAMPLES,
+        PLAIN_SAMPLES,
         [cols.sTime, cols.sDev, cols.sMetric, cols.sValue].map(numericArrayLiteral),
+        cols.sTime.length,
       )
-      inserted += r.rowCount
-      this.metrics.rowsCommitted.inc({ table: 'samples' }, r.rowCount)
+      inserted += n
+      this.metrics.rowsCommitted.inc({ table: 'samples' }, n)
     }
     if (cols.pTime.length > 0) {
-      const r = await this.db.query(INSERT_POSITIONS, [
-        cols.pTime,
-        cols.pDev,
-        cols.pLat,
-        cols.pLon,
-        cols.pAlt,
-        cols.pAcc,
-      ])
-      inserted += r.rowCount
-      this.metrics.rowsCommitted.inc({ table: 'positions' }, r.rowCount)
+      const n = await this.insert(
+        INSERT_POSITIONS,
+        PLAIN_POSITIONS,
+        [cols.pTime, cols.pDev, cols.pLat, cols.pLon, cols.pAlt, cols.pAcc],
+        cols.pTime.length,
+      )
+      inserted += n
+      this.metrics.rowsCommitted.inc({ table: 'positions' }, n)
     }
     this.metrics.statementLatency.observe((performance.now() - started) / 1000)
+    return inserted
+  }
+
+  /** Plain INSERT while no duplicates are around; after a unique violation, the same rows with ON CONFLICT. */
+  private async insert(upsert: string, plain: string, params: unknown[], rows: number): Promise<number> {
+    if (performance.now() >= this.conflictModeUntil) {
+      try {
+        return (await this.db.query(plain, params)).rowCount
+      } catch (err) {
+        if (!isUniqueViolation(err)) throw err
+        // The failed statement wrote nothing (it is atomic): write the same rows idempotently.
+        this.metrics.conflictRetries.inc()
+        this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
+      }
+    }
+    const inserted = (await this.db.query(upsert, params)).rowCount
+    // Stay in conflict mode while duplicates keep arriving (a re-upload burst); otherwise it lapses.
+    if (inserted < rows) this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
     return inserted
   }
 

@@ -52,3 +52,22 @@ export const topicFor = {
   eventAlerts: (eventId: string) => `events/${eventId}/alerts`,
   stats: (eventId: string) => `events/${eventId}/stats`,
 }
+
+/**
+ * Could this subscription filter receive an inbound device topic (`devices/{id}/readings` or `…/status`)? Those are
+ * consumed by the pipeline and only routed while such a subscriber (an admin, for diagnostics) is connected.
+ * Conservative: any literal in the id level counts, and `$share/{group}/` prefixes are looked through.
+ */
+export function filterMayMatchInbound(filter: string): boolean {
+  let levels = filter.split('/')
+  if (levels[0] === '$share' && levels.length > 2) levels = levels.slice(2)
+  for (let i = 0; i < levels.length; i++) {
+    const l = levels[i] as string
+    if (l === '#') return true
+    if (i >= 3) return false
+    if (l === '+') continue
+    if (i === 0 && l !== 'devices') return false
+    if (i === 2 && l !== 'readings' && l !== 'status') return false
+  }
+  return levels.length === 3
+}

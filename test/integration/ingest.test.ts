@@ -132,6 +132,9 @@ describe.each(stores)('ingest on %s', (store) => {
     const m = await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_ingest_duplicates_total')
     expect(m).toMatch(/where="seq_window"} [1-9]/)
     expect(m).toMatch(/where="database"} [1-9]/)
+    // The re-upload met stored rows: its plain INSERT failed whole and was re-run with ON CONFLICT DO NOTHING.
+    const retries = await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_ingest_conflict_retries_total')
+    expect(retries).toMatch(/_total [1-9]/)
   })
 
   it('tracker and phone bridge uploading the same samples: one row each', async () => {
@@ -182,6 +185,44 @@ describe.each(stores)('ingest on %s', (store) => {
     expect(client.connected).toBe(true)
     const m = await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_ingest_samples_rejected_total')
     expect(m).toMatch(/reason="wrong_type"/)
+  })
+
+  it('readings are consumed, not routed, unless an admin taps them (and then the admin gets them)', async () => {
+    const routed: string[] = []
+    const onPublish = (packet: { topic: string }) => {
+      if (/^devices\/[^/]+\/(readings|status)$/.test(packet.topic)) routed.push(packet.topic)
+    }
+    tb.pg.broker.on('publish', onPublish)
+    try {
+      const t0 = nextRange()
+      const send = (i: number) =>
+        client.publishAsync(
+          'devices/runner-1/readings',
+          JSON.stringify({ seq: ++seq, samples: [{ t: t0 + i * 1000, hr: 100 + i }] }),
+          { qos: 1 },
+        )
+      await send(0)
+      expect(routed).toEqual([])
+      // An admin on an unrelated filter does not turn routing on; one on a matching filter does.
+      const admin = await connectWithToken(tb, await token(tb, 'ops', 'admin'), 'admin:ops:tap')
+      await admin.subscribeAsync('users/#', { qos: 1 })
+      await send(1)
+      expect(routed).toEqual([])
+      await admin.subscribeAsync('devices/+/readings', { qos: 1 })
+      const got = nextMessage(admin, 'devices/runner-1/readings')
+      await send(2)
+      expect(JSON.parse((await got).payload.toString()).samples[0].hr).toBe(102)
+      // Aedes emits 'publish' once delivery is done, which may come after the admin has the message.
+      await waitFor(() => routed.length > 0)
+      expect(routed).toEqual(['devices/runner-1/readings'])
+      await admin.endAsync()
+      await waitFor(() => tb.pg.broker.connectedClients === 1)
+      await send(3)
+      expect(routed).toEqual(['devices/runner-1/readings'])
+      expect(await count('runner-1', 'samples', t0, t0 + 60_000)).toBe(4)
+    } finally {
+      tb.pg.broker.off('publish', onPublish)
+    }
   })
 
   it('status messages are kept per device', async () => {

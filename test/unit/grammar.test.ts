@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest'
+import { filterMayMatchInbound, parseTopic } from '../../src/topics/grammar.js'
+
+describe('filterMayMatchInbound', () => {
+  it.each([
+    ['#', true],
+    ['devices/#', true],
+    ['devices/+/readings', true],
+    ['devices/dev-1/readings', true],
+    ['devices/dev-1/status', true],
+    ['+/+/+', true],
+    ['+/+/#', true],
+    ['$share/ops/devices/+/readings', true],
+    ['devices/+/alerts', false],
+    ['devices/+/rejections', false],
+    ['devices/+', false],
+    ['devices/+/readings/x', false],
+    ['users/#', false],
+    ['users/+/readings', false],
+    ['$SYS/#', false],
+  ])('%s → %s', (filter, expected) => {
+    expect(filterMayMatchInbound(filter)).toBe(expected)
+  })
+})
+
+describe('parseTopic', () => {
+  it('parses SPEC topics and refuses others', () => {
+    expect(parseTopic('devices/d1/readings')).toEqual({ kind: 'device', deviceId: 'd1', leaf: 'readings' })
+    expect(parseTopic('users/u1/sync/request')).toEqual({ kind: 'user', userId: 'u1', leaf: 'sync/request' })
+    expect(parseTopic('devices/d 1/readings')).toBeNull()
+    expect(parseTopic('devices/d1/readings/x')).toBeNull()
+  })
+})
