@@ -139,6 +139,13 @@ export class Ingest {
       done()
       return
     }
+    if (!durable && !this.writer.hasRoom(accepted + Math.floor(this.rules.maxQueuedRows / 2))) {
+      // QoS 0 may use only half of the bounded queue: a QoS 0 burst while the database is slow must never take the
+      // room that QoS 1 readings (which carry a promise) need. Dropped and counted, as QoS 0 allows.
+      this.metrics.dropped.inc({ reason: 'qos0_overload' })
+      done()
+      return
+    }
     let commit: Promise<CommitOutcome>
     try {
       commit = this.writer.submit(src.deviceKey, scalars, v.positions)

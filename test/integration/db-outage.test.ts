@@ -49,6 +49,7 @@ it('no PUBACK while the database is gone; everything acked is stored exactly onc
   const flood = await provisionDevice(tb, 'flood-1', 'u9')
   const clients: MqttClient[] = await Promise.all(devices.map((d) => connectDevice(tb, d)))
   const floodDevice = await connectDevice(tb, flood)
+  const qos0Device = await connectDevice(tb, await provisionDevice(tb, 'qos0-1', 'u8'))
   const sent = new Map<string, Sent[]>()
   let running = true
   let cutAt = Number.POSITIVE_INFINITY
@@ -81,6 +82,20 @@ it('no PUBACK while the database is gone; everything acked is stored exactly onc
   const app = await connectWithToken(tb, await token(tb, 'u1', 'app'), 'app:u1')
   await app.publishAsync('users/u1/sync/request', '{}', { qos: 1 })
   await waitFor(async () => (await fetch(`http://127.0.0.1:${tb.pg.ports.http}/readyz`)).status === 503)
+
+  // A QoS 0 burst may fill only half of the queue (200 of 400 rows): the rest is dropped and counted, and the room
+  // stays for QoS 1.
+  const queuedBefore = tb.pg.writer.queuedRows
+  for (let b = 0; b < 8; b++) {
+    const batch = Array.from({ length: 50 }, (_, k) => ({ t: t0 - 1_000_000 - b * 100_000 + k * 1000, hr: 70 }))
+    await qos0Device.publishAsync('devices/qos0-1/readings', JSON.stringify({ seq: b, samples: batch }), { qos: 0 })
+  }
+  await waitFor(async () =>
+    /reason="qos0_overload"} [1-9]/.test(
+      await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_ingest_dropped_total'),
+    ),
+  )
+  expect(tb.pg.writer.queuedRows).toBeLessThanOrEqual(Math.max(200, queuedBefore) + 50)
 
   // A burst beyond the bounded queue: refused unacked (connection closed), never acked-and-dropped.
   const floodClient = floodDevice
@@ -139,4 +154,5 @@ it('no PUBACK while the database is gone; everything acked is stored exactly onc
   await app.endAsync()
   await Promise.all(clients.map((c) => c.endAsync()))
   floodClient.end(true)
+  await qos0Device.endAsync()
 }, 60_000)
