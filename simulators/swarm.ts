@@ -118,7 +118,8 @@ export interface SwarmOptions {
 
 const EVENT_ID = 'sim-marathon'
 const PROVISION_CONCURRENCY = 8
-const REGISTER_CONCURRENCY = 16
+/** users per bulk registration: with their devices (≤ 2 each) well inside the RPC's bulk limit and body size */
+const REGISTER_CHUNK = 1000
 /** Ephemeral ports per (source address, destination); beyond that, more 127.0.0.x source addresses. */
 const CONNS_PER_SOURCE = 25_000
 
@@ -591,21 +592,32 @@ async function runAgainst(
         startsAt: new Date(raceStartMs).toISOString(),
       })
     }
-    await forEachLimit(p.users, REGISTER_CONCURRENCY, async (u) => {
-      const birthYear = p.birthYears.get(u.userId)
-      await op({ op: 'ensureUser', userId: u.userId, ...(birthYear ? { birthYear } : {}) })
-      for (const d of u.devices) {
+    // Bulk operations, a chunk of users at a time: one round trip and transaction per chunk instead of ~8 per user,
+    // and idempotent, so provisioning the same swarm again rewrites nothing and appends no consent history.
+    for (let i = 0; i < p.users.length; i += REGISTER_CHUNK) {
+      const chunk = p.users.slice(i, i + REGISTER_CHUNK)
+      await op({
+        op: 'registerDevices',
+        users: chunk.map((u) => {
+          const birthYear = p.birthYears.get(u.userId)
+          return { userId: u.userId, ...(birthYear ? { birthYear } : {}) }
+        }),
+        devices: chunk.flatMap((u) =>
+          u.devices.map((d) => ({
+            deviceId: d.deviceId,
+            userId: u.userId,
+            fingerprint: certs.fingerprints.get(d.deviceId) ?? '',
+          })),
+        ),
+      })
+      if (o.scenario === 'marathon') {
         await op({
-          op: 'registerDevice',
-          deviceId: d.deviceId,
-          userId: u.userId,
-          fingerprint: certs.fingerprints.get(d.deviceId) ?? '',
+          op: 'joinEvents',
+          eventId: EVENT_ID,
+          participants: chunk.map((u) => ({ userId: u.userId, consentLeaderboard: p.consent.has(u.userId) })),
         })
       }
-      if (o.scenario === 'marathon') {
-        await op({ op: 'joinEvent', eventId: EVENT_ID, userId: u.userId, consentLeaderboard: p.consent.has(u.userId) })
-      }
-    })
+    }
   }
   if (instance) {
     const registry = instance.registry

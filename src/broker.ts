@@ -172,7 +172,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
           const deviceId = deviceIdFromCert(info.peerCert)
           if (!deviceId) return refuse(listener, 'no_device_id_in_certificate', 5, client.id, done)
           const fp = info.peerCert.fingerprint256
-          const rec = await registry.deviceForCertificate(deviceId, fp)
+          // Batched with the other connects in flight and cached briefly (revocation bound: CertificateLookups).
+          const rec = await lookups.certificates.lookup(deviceId, fp)
           if (!rec) return refuse(listener, 'unknown_device', 5, client.id, done)
           if (rec.revoked || rec.fingerprintRevoked) return refuse(listener, 'revoked', 5, client.id, done)
           if (rec.fingerprint !== fp) return refuse(listener, 'fingerprint_mismatch', 5, client.id, done)

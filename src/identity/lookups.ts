@@ -1,6 +1,6 @@
 // Registry look-ups for the ACL, cached briefly: a bridge publishing 10 batches/s must not cost 10 queries/s.
 // Short TTLs keep ownership and participation changes visible within seconds.
-import type { Registry } from '../store/registry.js'
+import { type CertificateRecord, certificateKey, type Registry } from '../store/registry.js'
 import type { AclLookups } from './acl.js'
 
 class TtlCache<V> {
@@ -20,15 +20,99 @@ class TtlCache<V> {
   }
 }
 
+/** Largest batch of certificate look-ups sent in one query. */
+const CERT_BATCH_MAX = 1000
+
+/**
+ * The certificate check of every mTLS connect, batched and briefly cached. At a race start thousands of trackers
+ * connect within seconds; a query each queued behind the pool, timed out and cost the device a CONNACK 3 and a
+ * backoff. Here the connects that arrive while a query is out wait for the next one, which asks for all of them at
+ * once, so one pool connection serves any connect rate.
+ *
+ * Revocation: only known devices are cached, for `ttlMs` (10 s by default), keyed by device and fingerprint.
+ * forget() (a revocation through this broker) drops the device at once, and a query that was already out when it
+ * happened is not cached. A revocation written to the database by another process (or another broker node) is
+ * honoured at connects once the entry expires, so within ttlMs; so is a device's re-registration with a new
+ * certificate, for connects still presenting the old one.
+ */
+export class CertificateLookups {
+  private readonly cache = new Map<string, { rec: CertificateRecord; exp: number }>()
+  private queued = new Map<string, { deviceId: string; fingerprint: string; waiters: Waiter[] }>()
+  private busy = false
+  /** bumped by forget(): results of a query started before are not cached */
+  private epoch = 0
+
+  constructor(
+    private readonly registry: Registry,
+    private readonly ttlMs = 10_000,
+    private readonly max = 200_000,
+  ) {}
+
+  /** The registry's record for this device and certificate; null when the device is unknown. */
+  lookup(deviceId: string, fingerprint: string): Promise<CertificateRecord | null> {
+    const key = certificateKey(deviceId, fingerprint)
+    const hit = this.cache.get(key)
+    if (hit && hit.exp > Date.now()) return Promise.resolve(hit.rec)
+    return new Promise((resolve, reject) => {
+      const q = this.queued.get(key)
+      if (q) q.waiters.push({ resolve, reject })
+      else this.queued.set(key, { deviceId, fingerprint, waiters: [{ resolve, reject }] })
+      // Connects arriving in the same turn of the event loop share the query.
+      if (!this.busy) {
+        this.busy = true
+        setImmediate(() => void this.drain())
+      }
+    })
+  }
+
+  forget(deviceId: string): void {
+    this.epoch++
+    const prefix = certificateKey(deviceId, '')
+    for (const key of this.cache.keys()) if (key.startsWith(prefix)) this.cache.delete(key)
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queued.size > 0) {
+      const batch = [...this.queued.entries()].slice(0, CERT_BATCH_MAX)
+      for (const [key] of batch) this.queued.delete(key)
+      const epoch = this.epoch
+      try {
+        const found = await this.registry.devicesForCertificates(batch.map(([, q]) => q))
+        const exp = Date.now() + this.ttlMs
+        const cache = epoch === this.epoch
+        if (cache && this.cache.size + found.size > this.max) this.cache.clear()
+        for (const [key, q] of batch) {
+          const rec = found.get(key) ?? null
+          if (rec && cache) this.cache.set(key, { rec, exp })
+          for (const w of q.waiters) w.resolve(rec)
+        }
+      } catch (err) {
+        for (const [, q] of batch) for (const w of q.waiters) w.reject(err as Error)
+      }
+    }
+    this.busy = false
+  }
+}
+
+interface Waiter {
+  resolve(rec: CertificateRecord | null): void
+  reject(err: Error): void
+}
+
 export class CachedLookups implements AclLookups {
   private readonly owners = new TtlCache<{ userId: string; deviceKey: number } | null>()
   private readonly participants = new TtlCache<boolean>()
   private readonly publicEvents = new TtlCache<boolean>()
+  /** the certificate check at mTLS connect */
+  readonly certificates: CertificateLookups
 
   constructor(
     private readonly registry: Registry,
     private readonly ttlMs = 30_000,
-  ) {}
+    certificateTtlMs = 10_000,
+  ) {
+    this.certificates = new CertificateLookups(registry, certificateTtlMs)
+  }
 
   deviceOwner(deviceId: string) {
     return this.owners.get(deviceId, this.ttlMs, async () => {
@@ -51,7 +135,9 @@ export class CachedLookups implements AclLookups {
     )
   }
 
+  /** A device was revoked through this broker: its cached ownership and certificate verdicts go at once. */
   forgetDevice(deviceId: string): void {
     this.owners.delete(deviceId)
+    this.certificates.forget(deviceId)
   }
 }

@@ -75,10 +75,36 @@ interface UserState {
   lastUse: number
 }
 
+/** Users whose states load together, and batches of them loading at once (see OutputEngine.loadQueue). */
+const LOAD_BATCH = 200
+const LOADS_IN_FLIGHT = 2
+
 function trim<T extends { t: number }>(xs: T[], from: number): void {
   let i = 0
   while (i < xs.length && (xs[i] as T).t < from) i++
   if (i > 0) xs.splice(0, i)
+}
+
+/**
+ * Windows keep at most one point per series per second: a device sampling faster (or a load generator) would otherwise
+ * fill them with hundreds of thousands of objects per user and the heap with garbage the GC must keep promoting. A newer
+ * sample in the same second replaces the last point (steps add up instead); out-of-order samples are inserted.
+ */
+const WINDOW_RESOLUTION_MS = 1000
+
+export function pushCompact<T extends { t: number }>(xs: T[], x: T, merge?: (last: T, x: T) => void): void {
+  const last = xs[xs.length - 1]
+  if (last && x.t > last.t && Math.floor(x.t / WINDOW_RESOLUTION_MS) === Math.floor(last.t / WINDOW_RESOLUTION_MS)) {
+    if (merge) merge(last, x)
+    else xs[xs.length - 1] = x
+    return
+  }
+  pushSorted(xs, x)
+}
+
+export const addSteps = (last: { t: number; v: number }, x: { t: number; v: number }) => {
+  last.v += x.v
+  last.t = x.t
 }
 
 /** Inserts in time order; a second point with the same time is the same sample (reloaded or redelivered): skipped. */
@@ -107,9 +133,13 @@ export class OutputEngine {
   private readonly boardDirty = new Set<string>()
   private timer: NodeJS.Timeout | null = null
   private stopped = false
-  /** state loads in flight: at a race start thousands of users appear at once; their loads must not flood the pool */
-  private loads = 0
-  private readonly loadQueue: (() => void)[] = []
+  /**
+   * Users whose state awaits loading. At a race start thousands of users appear within seconds: their states load
+   * together, LOAD_BATCH at a time, each batch in a handful of statements, with at most LOADS_IN_FLIGHT batches out
+   * so the loads never flood the pool that connects and subscriptions also use.
+   */
+  private readonly loadQueue: { u: UserState; resolve(): void; reject(err: Error): void }[] = []
+  private loadsInFlight = 0
 
   constructor(
     private readonly db: Db,
@@ -144,19 +174,36 @@ export class OutputEngine {
     }
     const pending: UserState = this.blank(batch.userId, batch.deviceId)
     this.users.set(batch.userId, pending)
-    pending.chain = this.limited(() => this.load(pending))
+    pending.chain = this.queueLoad(pending)
       .then(() => run(pending))
       .catch((err: Error) => this.log.error({ err: err.message }, 'output processing failed'))
   }
 
-  private async limited<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.loads >= 4) await new Promise<void>((resolve) => this.loadQueue.push(resolve))
-    this.loads++
-    try {
-      return await fn()
-    } finally {
-      this.loads--
-      this.loadQueue.shift()?.()
+  private queueLoad(u: UserState): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.loadQueue.push({ u, resolve, reject })
+      // Users first seen in the same turn of the event loop (one commit carries many users) share a batch.
+      if (this.loadQueue.length === 1 && this.loadsInFlight < LOADS_IN_FLIGHT) setImmediate(() => this.nextLoads())
+    })
+  }
+
+  private nextLoads(): void {
+    while (this.loadQueue.length > 0 && this.loadsInFlight < LOADS_IN_FLIGHT) {
+      const batch = this.loadQueue.splice(0, LOAD_BATCH)
+      this.loadsInFlight++
+      this.load(batch.map((b) => b.u))
+        .then(
+          () => {
+            for (const b of batch) b.resolve()
+          },
+          (err: Error) => {
+            for (const b of batch) b.reject(err)
+          },
+        )
+        .finally(() => {
+          this.loadsInFlight--
+          this.nextLoads()
+        })
     }
   }
 
@@ -177,47 +224,66 @@ export class OutputEngine {
     }
   }
 
-  /** Seeds a user's state from the database: profile, active event, open episodes, recent window, event distance. */
-  private async load(u: UserState): Promise<void> {
+  /**
+   * Seeds users' states from the database: profile, active event, open episodes, recent window, event distance. The
+   * telemetry queries take device keys as an array parameter, which always gets the (device_key, …) indexes: joined
+   * to `devices` by user, the planner sized the users' devices from the devices table's statistics, which right after
+   * a swarm is registered still describe an empty table, and chose parallel sequential scans (~100 ms per user).
+   */
+  private async load(us: UserState[]): Promise<void> {
     const now = Date.now()
-    const [profile, events, open] = await Promise.all([
-      this.db.query<{ birth_year: number | null; hr_high: number | null; hr_low: number | null }>(
-        'SELECT birth_year, hr_high, hr_low FROM users WHERE user_id = $1',
-        [u.userId],
-      ),
-      this.db.query<{
-        event_id: string
-        consent_leaderboard: boolean
-        starts_at: Date | null
-        distance_m: number | null
-      }>(
-        `SELECT p.event_id, p.consent_leaderboard, e.starts_at, e.distance_m FROM participants p JOIN events e USING (event_id)
-         WHERE p.user_id = $1 AND (e.starts_at IS NULL OR e.starts_at BETWEEN now() - interval '12 hours' AND now() + interval '1 hour')
-         ORDER BY e.starts_at DESC NULLS LAST LIMIT 1`,
-        [u.userId],
-      ),
-      this.db.query<{
-        id: string
-        kind: AlertKind
-        severity: Severity
-        opened_at: Date
-        device_id: string
-        event_id: string | null
-      }>(
-        'SELECT id, kind, severity, opened_at, device_id, event_id FROM alerts WHERE user_id = $1 AND resolved_at IS NULL',
-        [u.userId],
-      ),
-    ])
-    const p = profile.rows[0]
-    if (p) {
+    const byId = new Map(us.map((u) => [u.userId, u]))
+    const ids = [...byId.keys()]
+    // One statement after another: a batch holds one pool connection, whatever its size.
+    const profiles = await this.db.query<{
+      user_id: string
+      birth_year: number | null
+      hr_high: number | null
+      hr_low: number | null
+    }>('SELECT user_id, birth_year, hr_high, hr_low FROM users WHERE user_id = ANY($1::text[])', [ids])
+    const events = await this.db.query<{
+      user_id: string
+      event_id: string
+      consent_leaderboard: boolean
+      starts_at: Date | null
+      distance_m: number | null
+    }>(
+      `SELECT DISTINCT ON (p.user_id) p.user_id, p.event_id, p.consent_leaderboard, e.starts_at, e.distance_m
+         FROM participants p JOIN events e USING (event_id)
+         WHERE p.user_id = ANY($1::text[])
+           AND (e.starts_at IS NULL OR e.starts_at BETWEEN now() - interval '12 hours' AND now() + interval '1 hour')
+         ORDER BY p.user_id, e.starts_at DESC NULLS LAST`,
+      [ids],
+    )
+    const open = await this.db.query<{
+      user_id: string
+      id: string
+      kind: AlertKind
+      severity: Severity
+      opened_at: Date
+      device_id: string
+      event_id: string | null
+    }>(
+      `SELECT user_id, id, kind, severity, opened_at, device_id, event_id FROM alerts
+         WHERE user_id = ANY($1::text[]) AND resolved_at IS NULL`,
+      [ids],
+    )
+    const devices = await this.db.query<{ device_key: number; user_id: string }>(
+      'SELECT device_key, user_id FROM devices WHERE user_id = ANY($1::text[])',
+      [ids],
+    )
+    for (const p of profiles.rows) {
+      const u = byId.get(p.user_id)
+      if (!u) continue
       u.profile = {
         age: p.birth_year ? new Date().getUTCFullYear() - p.birth_year : null,
         hrHigh: p.hr_high,
         hrLow: p.hr_low,
       }
     }
-    const ev = events.rows[0]
-    if (ev) {
+    for (const ev of events.rows) {
+      const u = byId.get(ev.user_id)
+      if (!u) continue
       u.event = {
         eventId: ev.event_id,
         consent: ev.consent_leaderboard,
@@ -226,7 +292,7 @@ export class OutputEngine {
       }
     }
     for (const o of open.rows) {
-      u.open.set(o.kind, {
+      byId.get(o.user_id)?.open.set(o.kind, {
         id: o.id,
         kind: o.kind,
         severity: o.severity,
@@ -235,43 +301,69 @@ export class OutputEngine {
         eventId: o.event_id,
       })
     }
+    const owner = new Map<number, UserState>()
+    for (const d of devices.rows) {
+      const u = byId.get(d.user_id)
+      if (u) owner.set(Number(d.device_key), u)
+    }
+    const keys = [...owner.keys()]
+    if (keys.length === 0) return
     const from = now - this.settings.windowMs
-    const recent = await this.db.query<{ t: number; metric: number; value: number }>(
-      `SELECT (extract(epoch FROM s.time) * 1000)::float8 AS t, s.metric::int AS metric, s.value
-       FROM samples s JOIN devices d USING (device_key)
-       WHERE d.user_id = $1 AND s.time >= to_timestamp($2 / 1000.0) AND s.metric IN (1, 2, 3) ORDER BY s.time`,
-      [u.userId, from],
+    const recent = await this.db.query<{ device_key: number; t: number; metric: number; value: number }>(
+      `SELECT s.device_key, (extract(epoch FROM s.time) * 1000)::float8 AS t, s.metric::int AS metric, s.value
+         FROM samples s WHERE s.device_key = ANY($1::int[]) AND s.metric IN (1, 2, 3) AND s.time >= to_timestamp($2 / 1000.0)
+         ORDER BY s.time`,
+      [keys, from],
     )
-    for (const r of recent.rows) this.addScalar(u, Number(r.metric), Number(r.t), Number(r.value))
-    const pos = await this.db.query<{ t: number; lat: number; lon: number }>(
-      `SELECT (extract(epoch FROM p.time) * 1000)::float8 AS t, p.lat, p.lon FROM positions p JOIN devices d USING (device_key)
-       WHERE d.user_id = $1 AND p.time >= to_timestamp($2 / 1000.0) ORDER BY p.time`,
-      [u.userId, from],
+    const pos = await this.db.query<{ device_key: number; t: number; lat: number; lon: number }>(
+      `SELECT p.device_key, (extract(epoch FROM p.time) * 1000)::float8 AS t, p.lat, p.lon FROM positions p
+         WHERE p.device_key = ANY($1::int[]) AND p.time >= to_timestamp($2 / 1000.0) ORDER BY p.time`,
+      [keys, from],
     )
-    for (const r of pos.rows) u.window.pos.push({ t: Number(r.t), lat: r.lat, lon: r.lon })
-    if (u.event) {
-      const since = u.event.startsAt ?? now - 12 * 3600_000
-      const d = await this.db.query<{ d: number | null; first: number | null; last: number | null }>(
-        `SELECT sum(s.value)::float8 AS d, (extract(epoch FROM min(s.time)) * 1000)::float8 AS first,
-                (extract(epoch FROM max(s.time)) * 1000)::float8 AS last
-         FROM samples s JOIN devices dv USING (device_key)
-         WHERE dv.user_id = $1 AND s.metric = $2 AND s.time >= to_timestamp($3 / 1000.0)`,
-        [u.userId, DERIVED_METRICS.distance, since],
-      )
-      u.distanceM = Number(d.rows[0]?.d ?? 0)
-      u.firstT = d.rows[0]?.first ? Number(d.rows[0].first) : null
-      u.distanceT = d.rows[0]?.last ? Number(d.rows[0].last) : 0
-      if (u.distanceM > 0) {
-        await this.leaderboard.update(u.event.eventId, u.userId, u.distanceM, u.event.consent)
-        this.boardDirty.add(u.event.eventId)
-      }
+    for (const r of recent.rows) {
+      const u = owner.get(Number(r.device_key))
+      if (u) this.addScalar(u, Number(r.metric), Number(r.t), Number(r.value))
+    }
+    for (const r of pos.rows) {
+      const u = owner.get(Number(r.device_key))
+      if (u) pushCompact(u.window.pos, { t: Number(r.t), lat: r.lat, lon: r.lon })
+    }
+
+    // Distance covered in each user's event so far, counted from the event's start (or the last 12 hours).
+    const racing = keys.filter((k) => owner.get(k)?.event)
+    if (racing.length === 0) return
+    const since = racing.map((k) => {
+      const ev = owner.get(k)?.event
+      return ev?.startsAt ?? now - 12 * 3600_000
+    })
+    const d = await this.db.query<{ device_key: number; d: number | null; first: number | null; last: number | null }>(
+      `SELECT k.device_key, sum(s.value)::float8 AS d, (extract(epoch FROM min(s.time)) * 1000)::float8 AS first,
+              (extract(epoch FROM max(s.time)) * 1000)::float8 AS last
+       FROM unnest($1::int[], $2::float8[]) AS k(device_key, since)
+       JOIN samples s ON s.device_key = k.device_key AND s.metric = $3 AND s.time >= to_timestamp(k.since / 1000.0)
+       GROUP BY k.device_key`,
+      [racing, since, DERIVED_METRICS.distance],
+    )
+    const moved = new Set<UserState>()
+    for (const r of d.rows) {
+      const u = owner.get(Number(r.device_key))
+      if (!u || r.d === null) continue
+      u.distanceM += Number(r.d)
+      if (r.first !== null) u.firstT = u.firstT === null ? Number(r.first) : Math.min(u.firstT, Number(r.first))
+      if (r.last !== null) u.distanceT = Math.max(u.distanceT, Number(r.last))
+      moved.add(u)
+    }
+    for (const u of moved) {
+      if (!u.event || u.distanceM <= 0) continue
+      await this.leaderboard.update(u.event.eventId, u.userId, u.distanceM, u.event.consent)
+      this.boardDirty.add(u.event.eventId)
     }
   }
 
   private addScalar(u: UserState, metric: number, t: number, value: number): void {
-    if (metric === METRICS.hr) pushSorted(u.window.hr, { t, hr: value })
-    else if (metric === METRICS.spo2) pushSorted(u.window.spo2, { t, v: value })
-    else if (metric === METRICS.steps) pushSorted(u.window.steps, { t, v: value })
+    if (metric === METRICS.hr) pushCompact(u.window.hr, { t, hr: value })
+    else if (metric === METRICS.spo2) pushCompact(u.window.spo2, { t, v: value })
+    else if (metric === METRICS.steps) pushCompact(u.window.steps, { t, v: value }, addSteps)
   }
 
   private async apply(u: UserState, b: CommittedBatch): Promise<void> {
@@ -290,15 +382,17 @@ export class OutputEngine {
       if (s.t > newest) newest = s.t
     }
     for (const p of b.positions) {
-      pushSorted(u.window.pos, { t: p.t, lat: p.lat, lon: p.lon })
+      pushCompact(u.window.pos, { t: p.t, lat: p.lat, lon: p.lon })
       if (p.t > newest) newest = p.t
     }
-    const keepFrom =
-      Math.max(...[u.window.hr, u.window.pos].map((xs) => xs[xs.length - 1]?.t ?? 0)) - this.settings.windowMs
-    trim(u.window.hr, keepFrom)
-    trim(u.window.spo2, keepFrom)
-    trim(u.window.steps, keepFrom)
-    trim(u.window.pos, keepFrom)
+    // Each series keeps what the rules look at: HR the whole window (10-minute sustained rules), the others less.
+    const latest = Math.max(u.window.hr[u.window.hr.length - 1]?.t ?? 0, u.window.pos[u.window.pos.length - 1]?.t ?? 0)
+    const r = this.settings.rules
+    const shortFrom = latest - Math.min(this.settings.windowMs, 2 * Math.max(r.stoppedMs, r.spo2SustainedMs, 60_000))
+    trim(u.window.hr, latest - this.settings.windowMs)
+    trim(u.window.spo2, shortFrom)
+    trim(u.window.steps, shortFrom)
+    trim(u.window.pos, shortFrom)
 
     if (u.event) {
       if (u.firstT === null) u.firstT = newest

@@ -1,5 +1,5 @@
 // The device registry: users (pseudonymous), devices and their certificates, events and participants.
-import type { Queryable } from './db.js'
+import type { Db, Queryable } from './db.js'
 
 export interface DeviceRecord {
   deviceKey: number
@@ -11,6 +11,13 @@ export interface DeviceRecord {
 
 export class RegistryError extends Error {}
 
+/** A device as seen through a certificate presented at connect: fingerprintRevoked = that certificate was revoked. */
+export type CertificateRecord = DeviceRecord & { fingerprintRevoked: boolean }
+
+export function certificateKey(deviceId: string, fingerprint: string): string {
+  return `${deviceId}\u0000${fingerprint}`
+}
+
 export interface EventRecord {
   eventId: string
   name: string | null
@@ -19,8 +26,35 @@ export interface EventRecord {
   startsAt: Date | null
 }
 
+export interface DeviceRegistration {
+  deviceId: string
+  userId: string
+  fingerprint: string
+  serial?: string
+  notAfter?: Date
+}
+
+export interface EventJoin {
+  userId: string
+  consentLeaderboard?: boolean
+  bib?: string
+}
+
+/** Last entry wins for a repeated key: one statement may not upsert the same row twice. */
+function lastByKey<T>(xs: readonly T[], key: (x: T) => string): T[] {
+  return [...new Map(xs.map((x) => [key(x), x])).values()]
+}
+
+/** Bulk registrations at least this large refresh the planner statistics of the tables they grew (see below). */
+const ANALYZE_AFTER_ROWS = 500
+
 export class Registry {
-  constructor(private readonly db: Queryable) {}
+  constructor(private readonly db: Db | Queryable) {}
+
+  /** The statements of fn on one connection in one transaction where the store offers it. */
+  private atomically<T>(fn: (q: Queryable) => Promise<T>): Promise<T> {
+    return 'transaction' in this.db ? this.db.transaction(fn) : fn(this.db)
+  }
 
   async ensureUser(userId: string, profile: { birthYear?: number } = {}): Promise<void> {
     await this.db.query(
@@ -31,27 +65,72 @@ export class Registry {
   }
 
   /** Registers (or re-registers with a new certificate) a device for its owner; a device never changes owner here. */
-  async registerDevice(d: {
-    deviceId: string
-    userId: string
-    fingerprint: string
-    serial?: string
-    notAfter?: Date
-  }): Promise<number> {
-    await this.ensureUser(d.userId)
-    const existing = await this.device(d.deviceId)
-    if (existing && existing.userId !== d.userId) {
-      throw new RegistryError(`device ${d.deviceId} is registered to another user`)
-    }
-    const res = await this.db.query<{ device_key: number }>(
-      `INSERT INTO devices (device_id, user_id, cert_fingerprint, cert_serial, cert_not_after)
-       VALUES ($1, $2, $3, $4, $5)
-       ON CONFLICT (device_id) DO UPDATE SET cert_fingerprint = EXCLUDED.cert_fingerprint,
-         cert_serial = EXCLUDED.cert_serial, cert_not_after = EXCLUDED.cert_not_after, revoked_at = NULL
-       RETURNING device_key`,
-      [d.deviceId, d.userId, d.fingerprint, d.serial ?? null, d.notAfter ?? null],
-    )
-    return Number(res.rows[0]?.device_key)
+  async registerDevice(d: DeviceRegistration): Promise<number> {
+    const keys = await this.registerDevices([d])
+    return keys.get(d.deviceId) as number
+  }
+
+  /**
+   * Registers many devices and their owners in a few statements (fleet provisioning, the simulator's swarms), all or
+   * nothing, with registerDevice's rules: a device never changes owner; re-registering sets its certificate and lifts
+   * a device revocation (a revoked certificate stays refused by revoked_certs). Rows that would not change are not
+   * rewritten, so provisioning the same fleet again is a no-op. `users` sets owners' profiles; owners not listed are
+   * created bare. Returns each device's key.
+   */
+  async registerDevices(
+    devices: readonly DeviceRegistration[],
+    users: readonly { userId: string; birthYear?: number }[] = [],
+  ): Promise<Map<string, number>> {
+    const ds = lastByKey(devices, (d) => d.deviceId)
+    const owners = new Map<string, number | null>(ds.map((d) => [d.userId, null]))
+    for (const u of users) owners.set(u.userId, u.birthYear ?? null)
+    const ids = ds.map((d) => d.deviceId)
+    const { keys, created } = await this.atomically(async (q) => {
+      await q.query(
+        `INSERT INTO users (user_id, birth_year) SELECT * FROM unnest($1::text[], $2::smallint[])
+         ON CONFLICT (user_id) DO UPDATE SET birth_year = EXCLUDED.birth_year
+           WHERE EXCLUDED.birth_year IS NOT NULL AND users.birth_year IS DISTINCT FROM EXCLUDED.birth_year`,
+        [[...owners.keys()], [...owners.values()]],
+      )
+      const ins = await q.query<{ inserted: boolean }>(
+        `INSERT INTO devices (device_id, user_id, cert_fingerprint, cert_serial, cert_not_after)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+         ON CONFLICT (device_id) DO UPDATE SET cert_fingerprint = EXCLUDED.cert_fingerprint,
+           cert_serial = EXCLUDED.cert_serial, cert_not_after = EXCLUDED.cert_not_after, revoked_at = NULL
+         WHERE devices.user_id = EXCLUDED.user_id
+           AND (devices.revoked_at IS NOT NULL
+             OR (devices.cert_fingerprint, devices.cert_serial, devices.cert_not_after)
+                IS DISTINCT FROM (EXCLUDED.cert_fingerprint, EXCLUDED.cert_serial, EXCLUDED.cert_not_after))
+         RETURNING (xmax = 0) AS inserted`,
+        [
+          ids,
+          ds.map((d) => d.userId),
+          ds.map((d) => d.fingerprint),
+          ds.map((d) => d.serial ?? null),
+          ds.map((d) => d.notAfter ?? null),
+        ],
+      )
+      // Checked after the upsert, in its transaction: a device another user registered concurrently is seen here
+      // (the upsert skipped it) and the whole registration rolls back.
+      const rows = await q.query<{ device_id: string; device_key: number; user_id: string }>(
+        'SELECT device_id, device_key, user_id FROM devices WHERE device_id = ANY($1::text[])',
+        [ids],
+      )
+      const want = new Map(ds.map((d) => [d.deviceId, d.userId]))
+      const keys = new Map<string, number>()
+      for (const r of rows.rows) {
+        if (want.get(r.device_id) !== r.user_id) {
+          throw new RegistryError(`device ${r.device_id} is registered to another user`)
+        }
+        keys.set(r.device_id, Number(r.device_key))
+      }
+      return { keys, created: ins.rows.filter((r) => r.inserted).length }
+    })
+    // A swarm registered at once leaves the planner's statistics describing the nearly empty tables of before until
+    // autovacuum's next round (up to a minute); per-user queries planned in that gap chose sequential scans of the
+    // telemetry tables. ANALYZE of these small tables takes milliseconds.
+    if (created >= ANALYZE_AFTER_ROWS) await this.db.query('ANALYZE users, devices')
+    return keys
   }
 
   /** Revokes the device's current certificate; returns false when the device is unknown. */
@@ -90,32 +169,46 @@ export class Registry {
   }
 
   /** The device and whether this certificate was ever revoked, in one round trip (every mTLS connect asks). */
-  async deviceForCertificate(
-    deviceId: string,
-    fingerprint: string,
-  ): Promise<(DeviceRecord & { fingerprintRevoked: boolean }) | null> {
+  async deviceForCertificate(deviceId: string, fingerprint: string): Promise<CertificateRecord | null> {
+    return (
+      (await this.devicesForCertificates([{ deviceId, fingerprint }])).get(certificateKey(deviceId, fingerprint)) ??
+      null
+    )
+  }
+
+  /**
+   * deviceForCertificate for many connecting devices in one round trip, keyed by certificateKey; unknown devices are
+   * absent. A connect storm of thousands of devices costs a few of these instead of a query per device.
+   */
+  async devicesForCertificates(
+    certs: readonly { deviceId: string; fingerprint: string }[],
+  ): Promise<Map<string, CertificateRecord>> {
     const res = await this.db.query<{
+      device_id: string
+      fp: string
       device_key: number
       user_id: string
       cert_fingerprint: string | null
       revoked: boolean
       fp_revoked: boolean
     }>(
-      `SELECT d.device_key, d.user_id, d.cert_fingerprint, d.revoked_at IS NOT NULL AS revoked,
-              EXISTS (SELECT 1 FROM revoked_certs r WHERE r.fingerprint = $2) AS fp_revoked
-       FROM devices d WHERE d.device_id = $1`,
-      [deviceId, fingerprint],
+      `SELECT i.device_id, i.fp, d.device_key, d.user_id, d.cert_fingerprint, d.revoked_at IS NOT NULL AS revoked,
+              EXISTS (SELECT 1 FROM revoked_certs r WHERE r.fingerprint = i.fp) AS fp_revoked
+       FROM unnest($1::text[], $2::text[]) AS i(device_id, fp) JOIN devices d USING (device_id)`,
+      [certs.map((c) => c.deviceId), certs.map((c) => c.fingerprint)],
     )
-    const r = res.rows[0]
-    if (!r) return null
-    return {
-      deviceKey: Number(r.device_key),
-      deviceId,
-      userId: r.user_id,
-      fingerprint: r.cert_fingerprint,
-      revoked: r.revoked,
-      fingerprintRevoked: r.fp_revoked,
+    const out = new Map<string, CertificateRecord>()
+    for (const r of res.rows) {
+      out.set(certificateKey(r.device_id, r.fp), {
+        deviceKey: Number(r.device_key),
+        deviceId: r.device_id,
+        userId: r.user_id,
+        fingerprint: r.cert_fingerprint,
+        revoked: r.revoked,
+        fingerprintRevoked: r.fp_revoked,
+      })
     }
+    return out
   }
 
   async isRevokedFingerprint(fingerprint: string): Promise<boolean> {
@@ -147,21 +240,39 @@ export class Registry {
   }
 
   async joinEvent(eventId: string, userId: string, opts: { consentLeaderboard?: boolean; bib?: string } = {}) {
+    await this.joinEvents(eventId, [{ userId, ...opts }])
+  }
+
+  /**
+   * Joins users to an event (creating bare users as needed) in a few statements. The consent history gets a row when
+   * a participant's leaderboard consent is first given or refused and whenever it changes, not when a join repeats
+   * it: provisioning the same runners again appends nothing. Returns the consent rows appended.
+   */
+  async joinEvents(eventId: string, joins: readonly EventJoin[]): Promise<number> {
     if (!(await this.event(eventId))) throw new RegistryError(`event ${eventId} does not exist`)
-    await this.ensureUser(userId)
-    const consent = opts.consentLeaderboard ?? false
-    await this.db.query(
-      `INSERT INTO participants (event_id, user_id, bib, consent_leaderboard) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (event_id, user_id) DO UPDATE SET bib = coalesce(EXCLUDED.bib, participants.bib),
-         consent_leaderboard = EXCLUDED.consent_leaderboard`,
-      [eventId, userId, opts.bib ?? null, consent],
-    )
-    await this.db.query('INSERT INTO consents (user_id, purpose, granted, source) VALUES ($1, $2, $3, $4)', [
-      userId,
-      `leaderboard:${eventId}`,
-      consent,
-      'event join',
-    ])
+    const js = lastByKey(joins, (j) => j.userId)
+    const userIds = js.map((j) => j.userId)
+    const appended = await this.atomically(async (q) => {
+      await q.query('INSERT INTO users (user_id) SELECT unnest($1::text[]) ON CONFLICT (user_id) DO NOTHING', [userIds])
+      // One statement: every part sees the participants as they were before it, so `prev` is the consent replaced.
+      const res = await q.query(
+        `WITH i AS (SELECT * FROM unnest($2::text[], $3::boolean[], $4::text[]) AS i(user_id, consent, bib)),
+         prev AS (SELECT p.user_id, p.consent_leaderboard FROM participants p JOIN i USING (user_id) WHERE p.event_id = $1),
+         up AS (
+           INSERT INTO participants (event_id, user_id, bib, consent_leaderboard) SELECT $1, user_id, bib, consent FROM i
+           ON CONFLICT (event_id, user_id) DO UPDATE SET bib = coalesce(EXCLUDED.bib, participants.bib),
+             consent_leaderboard = EXCLUDED.consent_leaderboard
+           WHERE participants.consent_leaderboard IS DISTINCT FROM EXCLUDED.consent_leaderboard
+              OR (EXCLUDED.bib IS NOT NULL AND participants.bib IS DISTINCT FROM EXCLUDED.bib))
+         INSERT INTO consents (user_id, purpose, granted, source)
+         SELECT i.user_id, 'leaderboard:' || $1, i.consent, 'event join' FROM i LEFT JOIN prev USING (user_id)
+         WHERE prev.consent_leaderboard IS DISTINCT FROM i.consent`,
+        [eventId, userIds, js.map((j) => j.consentLeaderboard ?? false), js.map((j) => j.bib ?? null)],
+      )
+      return res.rowCount
+    })
+    if (appended >= ANALYZE_AFTER_ROWS) await this.db.query('ANALYZE participants')
+    return appended
   }
 
   async isParticipant(eventId: string, userId: string): Promise<boolean> {

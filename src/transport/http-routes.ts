@@ -27,6 +27,8 @@ export interface RouteDeps {
 }
 
 const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)
+/** Entries per bulk operation: a few hundred kB of JSON, one transaction of a few statements. */
+export const RPC_BULK_MAX = 5000
 export const rpcSchema = z.discriminatedUnion('op', [
   z.object({
     op: z.literal('registerDevice'),
@@ -52,6 +54,32 @@ export const rpcSchema = z.discriminatedUnion('op', [
     userId: id,
     consentLeaderboard: z.boolean().optional(),
     bib: z.string().optional(),
+  }),
+  // Bulk forms for provisioning fleets and swarms: a round trip and a transaction per few thousand entries.
+  z.object({
+    op: z.literal('registerDevices'),
+    users: z
+      .array(z.object({ userId: id, birthYear: z.number().int().optional() }))
+      .max(RPC_BULK_MAX)
+      .optional(),
+    devices: z
+      .array(
+        z.object({
+          deviceId: id,
+          userId: id,
+          fingerprint: z.string().min(1),
+          serial: z.string().optional(),
+          notAfter: z.string().optional(),
+        }),
+      )
+      .max(RPC_BULK_MAX),
+  }),
+  z.object({
+    op: z.literal('joinEvents'),
+    eventId: id,
+    participants: z
+      .array(z.object({ userId: id, consentLeaderboard: z.boolean().optional(), bib: z.string().optional() }))
+      .max(RPC_BULK_MAX),
   }),
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
@@ -89,6 +117,33 @@ export async function runRpc(registry: Registry, req: RpcRequest): Promise<unkno
         ...(req.bib ? { bib: req.bib } : {}),
       })
       return { ok: true }
+    case 'registerDevices': {
+      const keys = await registry.registerDevices(
+        req.devices.map((d) => ({
+          deviceId: d.deviceId,
+          userId: d.userId,
+          fingerprint: d.fingerprint,
+          ...(d.serial ? { serial: d.serial } : {}),
+          ...(d.notAfter ? { notAfter: new Date(d.notAfter) } : {}),
+        })),
+        (req.users ?? []).map((u) => ({
+          userId: u.userId,
+          ...(u.birthYear !== undefined ? { birthYear: u.birthYear } : {}),
+        })),
+      )
+      return { devices: keys.size }
+    }
+    case 'joinEvents':
+      return {
+        consentsRecorded: await registry.joinEvents(
+          req.eventId,
+          req.participants.map((j) => ({
+            userId: j.userId,
+            ...(j.consentLeaderboard !== undefined ? { consentLeaderboard: j.consentLeaderboard } : {}),
+            ...(j.bib ? { bib: j.bib } : {}),
+          })),
+        ),
+      }
   }
 }
 
@@ -173,7 +228,8 @@ export function createHttpRoutes(deps: RouteDeps) {
         }
         let body: unknown
         try {
-          body = JSON.parse(await readBody(req))
+          // The caller is an authenticated admin: room for a bulk registration (RPC_BULK_MAX devices).
+          body = JSON.parse(await readBody(req, 2 * 1024 * 1024))
         } catch (err) {
           return send(res, 400, { error: `invalid JSON: ${(err as Error).message}` })
         }

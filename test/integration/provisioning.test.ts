@@ -1,0 +1,267 @@
+// Provisioning at fleet scale and what a race start then asks of the broker: bulk registration (admin RPC and
+// registry) and its idempotency (no rewritten rows, no repeated consent history); the batched, cached certificate
+// check at mTLS connect, honouring revocation; the alert engine loading thousands of runners' state at first sight.
+// Real PostgreSQL, real TLS.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { CertificateLookups } from '../../src/identity/lookups.js'
+import { createLogger } from '../../src/log.js'
+import { createMetrics } from '../../src/metrics.js'
+import { OutputEngine } from '../../src/outputs/engine.js'
+import { MemoryLeaderboard } from '../../src/outputs/leaderboard.js'
+import { DERIVED_METRICS } from '../../src/pipeline/derive.js'
+import { METRICS } from '../../src/pipeline/types.js'
+import type { Db } from '../../src/store/db.js'
+import { openPostgres } from '../../src/store/postgres.js'
+import { certificateKey, Registry } from '../../src/store/registry.js'
+import {
+  connackCode,
+  connectDevice,
+  provisionDevice,
+  type TestBroker,
+  startTestBroker,
+  token,
+} from '../helpers/harness.js'
+
+let tb: TestBroker
+/** A second connection to the broker's database, as another process (the CLI, another broker node) would have. */
+let other: Db
+
+beforeAll(async () => {
+  tb = await startTestBroker('postgres')
+  other = openPostgres(tb.dbUrl as string, 2, createLogger('silent'))
+})
+afterAll(async () => {
+  await other?.close()
+  await tb?.stop()
+})
+
+async function rpc(body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(`http://127.0.0.1:${tb.pg.ports.http}/admin/rpc`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${await token(tb, 'ops', 'admin')}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  })
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> }
+}
+
+const fp = (i: number) => `FP:${String(i).padStart(6, '0')}`
+const fleet = (prefix: string, users: number) => ({
+  users: Array.from({ length: users }, (_, i) => ({ userId: `${prefix}-u${i}`, birthYear: 1970 + (i % 40) })),
+  devices: Array.from({ length: users * 2 }, (_, i) => ({
+    deviceId: `${prefix}-d${i}`,
+    userId: `${prefix}-u${i >> 1}`,
+    fingerprint: fp(i),
+  })),
+})
+
+async function count(sql: string, params: unknown[] = []): Promise<number> {
+  const r = await other.query<{ n: string }>(sql, params)
+  return Number(r.rows[0]?.n)
+}
+
+describe('bulk registration', () => {
+  it('registers thousands of devices and runners in a few round trips, and again without a change', async () => {
+    const f = fleet('bulk', 2000)
+    const started = Date.now()
+    const reg = await rpc({ op: 'registerDevices', ...f })
+    expect(reg).toEqual({ status: 200, body: { devices: 4000 } })
+    expect((await rpc({ op: 'createEvent', eventId: 'bulk-race' })).status).toBe(200)
+    const participants = f.users.map((u, i) => ({ userId: u.userId, consentLeaderboard: i % 5 !== 0 }))
+    const joined = await rpc({ op: 'joinEvents', eventId: 'bulk-race', participants })
+    expect(joined).toEqual({ status: 200, body: { consentsRecorded: 2000 } })
+    // Seconds for a 10,000-device swarm, where a round trip per statement took minutes.
+    expect(Date.now() - started).toBeLessThan(5000)
+
+    expect(await count("SELECT count(*) AS n FROM devices WHERE device_id LIKE 'bulk-%'")).toBe(4000)
+    expect(await count("SELECT count(*) AS n FROM users WHERE user_id LIKE 'bulk-%' AND birth_year IS NOT NULL")).toBe(
+      2000,
+    )
+    expect(
+      await count("SELECT count(*) AS n FROM participants WHERE event_id = 'bulk-race' AND consent_leaderboard", []),
+    ).toBe(1600)
+    // The planner's statistics were refreshed after the bulk insert (not left to autovacuum's next round).
+    expect(await count("SELECT reltuples::int8 AS n FROM pg_class WHERE relname = 'devices'")).toBeGreaterThanOrEqual(
+      4000,
+    )
+
+    // Provisioning the same swarm again writes nothing: rows keep their versions, consent history gets no rows.
+    const versions =
+      "SELECT md5(string_agg(xmin::text, ',' ORDER BY device_id)) AS n FROM devices WHERE device_id LIKE 'bulk-%'"
+    const before = (await other.query<{ n: string }>(versions)).rows[0]?.n
+    const consentsBefore = await count('SELECT count(*) AS n FROM consents')
+    expect((await rpc({ op: 'registerDevices', ...f })).status).toBe(200)
+    expect(await rpc({ op: 'joinEvents', eventId: 'bulk-race', participants })).toEqual({
+      status: 200,
+      body: { consentsRecorded: 0 },
+    })
+    expect((await other.query<{ n: string }>(versions)).rows[0]?.n).toBe(before)
+    expect(await count('SELECT count(*) AS n FROM consents')).toBe(consentsBefore)
+
+    // A changed consent is history: one row for each runner who changed their mind.
+    const changed = participants.map((p, i) => (i < 3 ? { ...p, consentLeaderboard: !p.consentLeaderboard } : p))
+    expect(await rpc({ op: 'joinEvents', eventId: 'bulk-race', participants: changed })).toEqual({
+      status: 200,
+      body: { consentsRecorded: 3 },
+    })
+    // The single-runner form follows the same rule.
+    await tb.pg.registry.joinEvent('bulk-race', 'bulk-u0', { consentLeaderboard: changed[0]?.consentLeaderboard })
+    expect(await count('SELECT count(*) AS n FROM consents')).toBe(consentsBefore + 3)
+  })
+
+  it('is all or nothing: a device of another user refuses the whole registration (409)', async () => {
+    await tb.pg.registry.registerDevices([{ deviceId: 'taken-d0', userId: 'owner-a', fingerprint: fp(1) }])
+    const res = await rpc({
+      op: 'registerDevices',
+      devices: [
+        { deviceId: 'fresh-d0', userId: 'owner-b', fingerprint: fp(2) },
+        { deviceId: 'taken-d0', userId: 'owner-b', fingerprint: fp(3) },
+      ],
+    })
+    expect(res.status).toBe(409)
+    expect(res.body.error).toMatch(/taken-d0 is registered to another user/)
+    expect(await count("SELECT count(*) AS n FROM devices WHERE device_id = 'fresh-d0'")).toBe(0)
+    expect((await tb.pg.registry.device('taken-d0'))?.fingerprint).toBe(fp(1))
+  })
+
+  it('joining an event that does not exist is refused', async () => {
+    const res = await rpc({ op: 'joinEvents', eventId: 'no-such-race', participants: [{ userId: 'x' }] })
+    expect(res.status).toBe(409)
+  })
+})
+
+/** The broker's database through another connection, counting the statements sent. */
+function counting(db: Db): Db & { statements: number } {
+  const q = {
+    ...db,
+    statements: 0,
+    query<R>(sql: string, params?: unknown[]) {
+      q.statements++
+      return db.query<R>(sql, params)
+    },
+  }
+  return q
+}
+
+describe('certificate check at mTLS connect (batched, cached)', () => {
+  it('a connect storm costs a query per batch, not per device', async () => {
+    const f = fleet('storm', 500)
+    await tb.pg.registry.registerDevices(f.devices)
+    const db = counting(other)
+    const lookups = new CertificateLookups(new Registry(db))
+    const recs = await Promise.all(f.devices.map((d) => lookups.lookup(d.deviceId, d.fingerprint)))
+    expect(recs.map((r) => r?.deviceId)).toEqual(f.devices.map((d) => d.deviceId))
+    expect(recs.every((r, i) => r?.fingerprint === fp(i) && !r.revoked && !r.fingerprintRevoked)).toBe(true)
+    expect(db.statements).toBeLessThanOrEqual(2)
+    // Within the TTL a reconnect asks nothing; an unknown device is never cached.
+    expect(await lookups.lookup('storm-d7', fp(7))).toMatchObject({ userId: 'storm-u3' })
+    expect(await lookups.lookup('nobody', fp(1))).toBeNull()
+    expect(db.statements).toBeLessThanOrEqual(3)
+  })
+
+  it('a revocation through the broker takes effect at the next connect, cached verdict or not', async () => {
+    const d = await provisionDevice(tb, 'cached-1', 'carol')
+    // Connect twice: the second is served from the cache.
+    expect(await connackCode(connectDevice(tb, d))).toBe(0)
+    expect(await connackCode(connectDevice(tb, d))).toBe(0)
+    expect((await rpc({ op: 'revokeDevice', deviceId: 'cached-1' })).status).toBe(200)
+    expect(await connackCode(connectDevice(tb, d))).toBe(5)
+  })
+
+  it('a revocation written by another process is honoured once the entry expires (the TTL bound)', async () => {
+    const registry = new Registry(other)
+    const d = { deviceId: 'cached-2', fingerprint: fp(42) }
+    await registry.registerDevices([{ ...d, userId: 'dave' }])
+    const lookups = new CertificateLookups(registry, 300)
+    expect(await lookups.lookup(d.deviceId, d.fingerprint)).toMatchObject({ revoked: false })
+    await registry.revokeDevice(d.deviceId)
+    // Within the TTL the cached verdict may still answer; after it, the revocation holds.
+    await new Promise((r) => setTimeout(r, 350))
+    expect(await lookups.lookup(d.deviceId, d.fingerprint)).toMatchObject({ revoked: true, fingerprintRevoked: true })
+  })
+
+  it('a verdict read while the device was being forgotten is not cached', async () => {
+    const db = counting(other)
+    const registry = new Registry(db)
+    await registry.registerDevices([{ deviceId: 'cached-3', userId: 'erin', fingerprint: fp(43) }])
+    const lookups = new CertificateLookups(registry, 60_000)
+    const before = db.statements
+    const inFlight = lookups.lookup('cached-3', fp(43))
+    await new Promise((r) => setImmediate(r)) // the batch is sent
+    expect(db.statements).toBe(before + 1)
+    // A revocation through the broker lands while the query is out: what it read may predate the revocation.
+    lookups.forget('cached-3')
+    await inFlight
+    await lookups.lookup('cached-3', fp(43))
+    expect(db.statements).toBe(before + 2)
+    await lookups.lookup('cached-3', fp(43))
+    expect(db.statements).toBe(before + 2)
+  })
+
+  it('keys by device and certificate: a new certificate of the same device is looked up afresh', async () => {
+    const registry = new Registry(other)
+    await registry.registerDevices([{ deviceId: 'cached-4', userId: 'fred', fingerprint: fp(44) }])
+    const lookups = new CertificateLookups(registry, 60_000)
+    expect((await lookups.lookup('cached-4', fp(44)))?.fingerprint).toBe(fp(44))
+    await registry.registerDevices([{ deviceId: 'cached-4', userId: 'fred', fingerprint: fp(45) }])
+    const rec = await lookups.lookup('cached-4', fp(45))
+    expect(rec?.fingerprint).toBe(fp(45))
+    expect(certificateKey('cached-4', fp(45))).not.toBe(certificateKey('cached-4', fp(44)))
+  })
+})
+
+describe('alert engine at a race start', () => {
+  it("loads hundreds of runners' state at first sight in batches, each with its distance so far", async () => {
+    const n = 450
+    const now = Date.now()
+    const registry = new Registry(other)
+    await registry.createEvent({ eventId: 'reload-race', distanceM: 42_195, startsAt: new Date(now - 3600_000) })
+    const keys = await registry.registerDevices(
+      Array.from({ length: n }, (_, i) => ({ deviceId: `reload-d${i}`, userId: `reload-u${i}`, fingerprint: fp(i) })),
+    )
+    await registry.joinEvents(
+      'reload-race',
+      Array.from({ length: n }, (_, i) => ({ userId: `reload-u${i}`, consentLeaderboard: true })),
+    )
+    // What a previous broker process committed: 3 × (i + 1) m in the race so far, and heart rate in the window.
+    await other.query(
+      `INSERT INTO samples (time, device_key, metric, value)
+       SELECT to_timestamp(($3::float8 - m * 60000) / 1000.0), k.key, $4::smallint, k.i + 1
+       FROM unnest($1::int[], $2::int[]) AS k(key, i), generate_series(1, 3) AS m
+       UNION ALL
+       SELECT to_timestamp(($3::float8 - m * 1000) / 1000.0), k.key, $5::smallint, 150 FROM unnest($1::int[], $2::int[]) AS k(key, i), generate_series(1, 5) AS m`,
+      [
+        [...keys.values()],
+        [...keys.keys()].map((id) => Number(id.slice('reload-d'.length))),
+        now,
+        DERIVED_METRICS.distance,
+        METRICS.hr,
+      ],
+    )
+    const db = counting(other)
+    const published: string[] = []
+    const engine = new OutputEngine(
+      db,
+      new MemoryLeaderboard(),
+      { publish: (topic) => published.push(topic) },
+      createMetrics(),
+      createLogger('silent'),
+    )
+    for (const [deviceId, deviceKey] of keys) {
+      const userId = deviceId.replace('-d', '-u')
+      engine.onCommitted({
+        deviceId,
+        deviceKey,
+        userId,
+        scalars: [{ metric: DERIVED_METRICS.distance, t: now, value: 10 }],
+        positions: [],
+      })
+    }
+    await engine.stop()
+    for (const [deviceId] of keys) {
+      const i = Number(deviceId.slice('reload-d'.length))
+      expect(engine.distanceOf(`reload-u${i}`)).toBe(3 * (i + 1) + 10)
+    }
+    // A statement per user per query before; now a few per batch of users.
+    expect(db.statements).toBeLessThanOrEqual(3 * 7)
+  })
+})
