@@ -22,6 +22,7 @@ import { updateEmbeddedLock } from './store/embedded.js'
 import { migrate } from './store/migrate.js'
 import { OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
+import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
 import { SyncService } from './outputs/sync.js'
 import { filterMayMatchInbound } from './topics/grammar.js'
 import { openDb } from './store/open.js'
@@ -305,6 +306,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   ;(broker as unknown as EventEmitter).on('error', (err: Error) => log.error({ err: err.message }, 'broker error'))
 
   const aedes = broker
+  // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic.
+  indexRetained((aedes as unknown as { persistence: RetainedPersistence }).persistence)
   type RoutePublish = (packet: object, client: Client | null, done?: (err?: Error | null) => void) => void
   const internals = aedes as unknown as { publish: RoutePublish }
   const route: RoutePublish = internals.publish.bind(aedes)
