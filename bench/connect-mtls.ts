@@ -19,6 +19,12 @@
 //   ulimit -n 20000
 //   node --expose-gc dist/bench/connect-mtls.js --connections 5000 --ramp 500
 //   node --expose-gc dist/bench/connect-mtls.js --connections 5000 --ramp 0       # max sustained rate
+//   node --expose-gc dist/bench/connect-mtls.js --store postgres --connections 19500 --ramp 500 --until-fail
+// `--until-fail` searches the ceiling: connections open until `--max-failures` (20) have failed, then the count held
+// is the figure (`--connections` is the upper bound; the summary says what stopped it). The broker and the client
+// worker are separate processes, so each holds one fd per connection: the fd limit (`ulimit -n`, 20,000 hard on the
+// development machines) caps a run at ~19,900 connections; in a 2-core VM both stay CPU-bound at ~300 handshakes/s.
+// Progress (connected/failed/in flight) is logged every 5 s during the ramp.
 // First run with a new count issues the missing certificates (~12–18 ms each, once). Prints a human summary, then
 // one line of JSON with every figure.
 import { fork } from 'node:child_process'
@@ -52,6 +58,8 @@ const { values: a } = parseArgs({
     idle: { type: 'string', default: '5' },
     store: { type: 'string', default: 'embedded' },
     keepalive: { type: 'string', default: '60' },
+    'until-fail': { type: 'boolean', default: false },
+    'max-failures': { type: 'string', default: '20' },
     'log-level': { type: 'string', default: 'warn' },
     label: { type: 'string', default: '' },
     help: { type: 'boolean', default: false },
@@ -88,8 +96,11 @@ const opts = {
   concurrency: num('concurrency', a.concurrency, 1),
   idleS: num('idle', a.idle, 0),
   keepaliveS: num('keepalive', a.keepalive, 0),
+  untilFail: a['until-fail'] === true,
+  maxFailures: num('max-failures', a['max-failures'], 1),
 }
 const log = (s: string) => process.stderr.write(`[connect-bench] ${s}\n`)
+const FD_RESERVE = 32
 
 function fdLimit(): number | null {
   try {
@@ -109,6 +120,12 @@ class Worker {
   constructor(readonly index: number) {
     this.child = fork(new URL('./lib/connect-worker.js', import.meta.url), [], { execArgv: [], stdio: 'inherit' })
     this.child.on('message', (m: FromConnectWorker) => {
+      if (m.type === 'progress') {
+        log(
+          `worker ${index}: ${m.ok} connected, ${m.failed} failed, ${m.inflight} in flight after ${round(m.elapsedMs / 1000)} s`,
+        )
+        return
+      }
       const w = this.waiters.get(m.type)
       if (w) {
         this.waiters.delete(m.type)
@@ -156,6 +173,10 @@ async function main() {
     await sleep(500)
     const before = memory()
 
+    // --until-fail may take this process (the broker's) to its fd limit: a few descriptors held back now and given
+    // up when the ramp ends let the measuring that follows (/proc reads, the report) still open files. The ceiling
+    // found is lower by as many.
+    const reserve = opts.untilFail ? Array.from({ length: FD_RESERVE }, () => fs.openSync('/dev/null', 'r')) : []
     const nW = opts.workers
     workers = Array.from({ length: nW }, (_, i) => new Worker(i))
     await sleep(300) // let the children start before the clock does
@@ -179,9 +200,24 @@ async function main() {
         concurrency: opts.concurrency,
         keepaliveS: opts.keepaliveS,
         timeoutMs: 30_000,
+        // each worker stops on its share of the failures
+        stopAfterFailures: opts.untilFail ? Math.max(1, Math.ceil(opts.maxFailures / nW)) : 0,
       })
     })
-    const reps = await Promise.all(connected)
+    // A worker that dies (it should not) must end the run with its reason, not leave it waiting for its report.
+    const died = workers.map(
+      (w) =>
+        new Promise<never>((_, reject) =>
+          w.child.once('exit', (code, signal) =>
+            reject(new Error(`client worker ${w.index} exited (${signal ?? code}) before reporting its connections`)),
+          ),
+        ),
+    )
+    const reps = await Promise.race([Promise.all(connected), ...died])
+    for (const fd of reserve) fs.closeSync(fd)
+    // descriptors of the broker's process at the ramp's end, counting the reserve it held until now (− 1: the listing
+    // of /proc/self/fd holds the descriptor of that very listing)
+    const brokerFds = fs.readdirSync('/proc/self/fd').length - 1 + reserve.length
     const wallS = (performance.now() - t0) / 1000
     const cpu = process.cpuUsage(cpu0)
     const elu = performance.eventLoopUtilization(elu0)
@@ -251,7 +287,20 @@ async function main() {
         /** machine CPU used by neither the broker, the clients nor PostgreSQL (other work on the machine), in cores */
         otherCoresBusy: round(machineCores(mc0, mc1) - (brokerCpuMs / 1000 + clientCpuMs / 1000 + pgCpuS) / wallS, 2),
       },
+      /** --until-fail: the most connections held, and what stopped the ramp */
+      ceiling: opts.untilFail
+        ? {
+            reached: ok,
+            brokerFds,
+            fdLimit: limit,
+            stoppedBy:
+              failed >= opts.maxFailures
+                ? `${failed} failures (${[...new Set(reps.flatMap((r) => r.errors).map((e) => e.replace(/^[^:]*: /, '')))].join('; ')}); broker process at ${brokerFds} of ${limit} file descriptors${limit !== null && brokerFds >= limit - 8 ? ': its fd limit' : ''}`
+                : `the upper bound --connections ${opts.connections} (no failures: raise it)`,
+          }
+        : null,
       memoryMB: {
+        rssKBPerConnection: ok > 0 ? round((after.rss - before.rss) / 1024 / ok, 1) : null,
         before: { rss: mb(before.rss), heapUsed: mb(before.heapUsed), external: mb(before.external) },
         idle: { rss: mb(after.rss), heapUsed: mb(after.heapUsed), external: mb(after.external) },
         per1000: {
@@ -272,7 +321,10 @@ async function main() {
         `   connections/s ${f.rate.connectionsPerS} over ${f.rate.rampS} s (best 1 s window ${f.rate.best1sWindow}/s)`,
         `   connect latency ms  p50 ${f.connectLatencyMs.p50}  p90 ${f.connectLatencyMs.p90}  p99 ${f.connectLatencyMs.p99}  max ${f.connectLatencyMs.max}`,
         `   CPU during ramp: broker ${f.cpu.brokerPctOfOneCore}% of a core (${f.cpu.brokerMsPerConnection} ms/connection, ELU ${f.cpu.brokerEventLoopUtilization}), clients ${f.cpu.clientsPctOfOneCore}% (${f.cpu.clientMsPerConnection} ms/connection)${f.cpu.postgresPctOfOneCore !== null ? `, postgres ${f.cpu.postgresPctOfOneCore}%` : ''}`,
-        `   broker RSS ${f.memoryMB.before.rss} MB → ${f.memoryMB.idle.rss} MB idle: ${f.memoryMB.per1000.rss} MB per 1,000 idle mTLS connections (heap ${f.memoryMB.per1000.heapUsed}, external ${f.memoryMB.per1000.external} MB per 1,000)${f.gcForced ? '' : ' [no --expose-gc: figures include garbage]'}`,
+        ...(f.ceiling
+          ? [`   ceiling: ${f.ceiling.reached} idle mTLS connections held; stopped by ${f.ceiling.stoppedBy}`]
+          : []),
+        `   broker RSS ${f.memoryMB.before.rss} MB → ${f.memoryMB.idle.rss} MB idle: ${f.memoryMB.per1000.rss} MB per 1,000 idle mTLS connections, ${f.memoryMB.rssKBPerConnection} KB each (heap ${f.memoryMB.per1000.heapUsed}, external ${f.memoryMB.per1000.external} MB per 1,000)${f.gcForced ? '' : ' [no --expose-gc: figures include garbage]'}`,
         '',
       ].join('\n'),
     )

@@ -19,6 +19,8 @@ export interface ConnectWorkerInit {
   concurrency: number
   keepaliveS: number
   timeoutMs: number
+  /** stop opening connections once this many have failed (the `--until-fail` ceiling search); 0 = open them all */
+  stopAfterFailures: number
 }
 
 export type ToConnectWorker = ConnectWorkerInit | { type: 'close' }
@@ -39,6 +41,8 @@ export type FromConnectWorker =
       droppedAfterConnect: number
     }
   | { type: 'closed'; droppedWhileIdle: number }
+  /** every 5 s during the ramp, so a slow or stuck ramp is visible while it happens */
+  | { type: 'progress'; ok: number; failed: number; inflight: number; elapsedMs: number }
 
 const send = (m: FromConnectWorker) => process.send?.(m)
 const clients: LiteClient[] = []
@@ -65,23 +69,43 @@ async function run(init: ConnectWorkerInit): Promise<void> {
   ping.unref()
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
-  const n = init.devices.length
+  let n = init.devices.length
+  const progress = setInterval(
+    () => send({ type: 'progress', ok, failed, inflight, elapsedMs: performance.now() - t0 }),
+    5000,
+  )
 
   await new Promise<void>((resolveAll) => {
     const finishOne = () => {
       inflight--
       lastDone = performance.now() - t0
-      if (ok + failed === n) resolveAll()
+      // Ceiling search: after enough failures, open no more; the count reached is what the broker (or the machine)
+      // could hold.
+      if (init.stopAfterFailures > 0 && failed >= init.stopAfterFailures && n > next) n = next
+      if (ok + failed === n && inflight === 0) resolveAll()
       else pump()
     }
     const startOne = () => {
       const dev = init.devices[next++] as WorkerDevice
       inflight++
-      const secureContext = tls.createSecureContext({
-        key: fs.readFileSync(dev.keyPath),
-        cert: fs.readFileSync(dev.certPath),
-        ca,
-      })
+      let secureContext: tls.SecureContext
+      try {
+        secureContext = tls.createSecureContext({
+          key: fs.readFileSync(dev.keyPath),
+          cert: fs.readFileSync(dev.certPath),
+          ca,
+        })
+      } catch (err) {
+        // This process is out of file descriptors (EMFILE: at ~20,000 connections the client side runs out before
+        // reading the next key) or a certificate is unreadable: a failure of the client, not of the broker, said so.
+        // Counted on the next turn, not here, so that a run of such failures does not recurse through pump().
+        setImmediate(() => {
+          failed++
+          if (errors.length < 10) errors.push(`${dev.deviceId}: client side: ${(err as Error).message}`)
+          finishOne()
+        })
+        return
+      }
       const client = new LiteClient({
         host: init.host,
         port: init.port,
@@ -127,6 +151,7 @@ async function run(init: ConnectWorkerInit): Promise<void> {
     }
     pump()
   })
+  clearInterval(progress)
   const cpu = process.cpuUsage(cpu0)
   send({
     type: 'connected',

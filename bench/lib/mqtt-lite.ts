@@ -2,6 +2,8 @@
 // in-flight window, PUBACK/CONNACK/PINGRESP parsing, nothing else. MQTT.js does far more per message (stores,
 // timers, outgoing queues, topic aliasing), and on a 2-core machine every microsecond the generator spends is
 // taken from the broker it measures; this client keeps the generator's cost per message at a few microseconds.
+// Without a secure context it speaks plain TCP (bench/compare.ts: bare Aedes and Mosquitto on mqtt://).
+import net from 'node:net'
 import tls from 'node:tls'
 
 const CONNECT = 0x10
@@ -62,8 +64,11 @@ export interface LiteOptions {
   host: string
   port: number
   clientId: string
-  /** a secure context made from the device's key, certificate and the CA (one per device: each has its own cert) */
-  secureContext: tls.SecureContext
+  /**
+   * a secure context made from the device's key, certificate and the CA (one per device: each has its own cert);
+   * null = plain TCP, no TLS at all
+   */
+  secureContext: tls.SecureContext | null
   servername: string
   keepaliveS: number
   onPuback(packetId: number): void
@@ -75,7 +80,7 @@ export interface LiteOptions {
  * Outgoing packets written in the same tick are coalesced into one socket write (one TLS record).
  */
 export class LiteClient {
-  socket: tls.TLSSocket | null = null
+  socket: net.Socket | null = null
   connected = false
   closed = false
   private buf: Buffer | null = null
@@ -100,15 +105,13 @@ export class LiteClient {
           reject(e)
         },
       }
-      const s = tls.connect({
-        host: this.o.host,
-        port: this.o.port,
-        secureContext: this.o.secureContext,
-        servername: this.o.servername,
-      })
+      const sc = this.o.secureContext
+      const s = sc
+        ? tls.connect({ host: this.o.host, port: this.o.port, secureContext: sc, servername: this.o.servername })
+        : net.connect({ host: this.o.host, port: this.o.port })
       this.socket = s
       s.setNoDelay(true)
-      s.on('secureConnect', () => {
+      s.on(sc ? 'secureConnect' : 'connect', () => {
         s.write(connectPacket(this.o.clientId, this.o.keepaliveS))
       })
       s.on('data', (d: Buffer) => this.onData(d))

@@ -75,6 +75,9 @@ interface UserState {
   lastUse: number
 }
 
+/** live snapshots published between two yields to the event loop */
+const LIVE_SLICE = 250
+
 /** Users whose states load together, and batches of them loading at once (see OutputEngine.loadQueue). */
 const LOAD_BATCH = 200
 const LOADS_IN_FLIGHT = 2
@@ -132,6 +135,7 @@ export class OutputEngine {
   private readonly liveDirty = new Set<string>()
   private readonly boardDirty = new Set<string>()
   private timer: NodeJS.Timeout | null = null
+  private ticking = false
   private stopped = false
   /**
    * Users whose state awaits loading. At a race start thousands of users appear within seconds: their states load
@@ -477,12 +481,17 @@ export class OutputEngine {
   }
 
   private async tick(): Promise<void> {
+    // A tick that outlasts the interval (a slow Redis) is not overlapped by the next one.
+    if (this.ticking) return
+    this.ticking = true
     try {
       await this.publishBoards()
       await this.publishLive()
       this.evictIdle()
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'output tick failed')
+    } finally {
+      this.ticking = false
     }
   }
 
@@ -534,7 +543,11 @@ export class OutputEngine {
     for (const [eventId, ids] of byEvent) {
       for (const [u, r] of await this.leaderboard.ranks(eventId, ids)) ranks.set(u, r)
     }
-    for (const id of userIds) {
+    for (let i = 0; i < userIds.length; i++) {
+      // Yield between slices: at 50,000 runners one tick publishes 50,000 snapshots, and doing them in one go would
+      // hold every PUBACK waiting behind it for hundreds of milliseconds.
+      if (i > 0 && i % LIVE_SLICE === 0) await new Promise<void>((resolve) => setImmediate(resolve))
+      const id = userIds[i] as string
       const u = this.users.get(id)
       if (!u) continue
       const lastHr = u.window.hr[u.window.hr.length - 1] ?? null
