@@ -86,8 +86,8 @@ export function recentSpeed(pos: readonly PosPoint[], now: number, spanMs: numbe
   let first: PosPoint | null = null
   let last: PosPoint | null = null
   let meters = 0
-  for (const p of pos) {
-    if (p.t < now - spanMs) continue
+  for (let i = firstAt(pos, now - spanMs); i < pos.length; i++) {
+    const p = pos[i] as PosPoint
     if (last) meters += dist(last, p)
     else first = p
     last = p
@@ -96,21 +96,37 @@ export function recentSpeed(pos: readonly PosPoint[], now: number, spanMs: numbe
   return meters / ((last.t - first.t) / 1000)
 }
 
+/**
+ * Index of the first point at or after `from`. Windows are kept in time order, so a binary search: the rules run on
+ * every committed batch, and at race-day rates copying 10-minute windows to filter them was measurable.
+ */
+function firstAt<T extends { t: number }>(xs: readonly T[], from: number): number {
+  let lo = 0
+  let hi = xs.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((xs[mid] as T).t < from) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
 function since<T extends { t: number }>(xs: readonly T[], from: number): T[] {
-  const out: T[] = []
-  for (const x of xs) if (x.t >= from) out.push(x)
-  return out
+  return xs.slice(firstAt(xs, from))
 }
 
 /** Sustained-threshold test: enough readings, spanning most of the window, mostly past the threshold. */
 function sustained(points: readonly HrPoint[], now: number, spanMs: number, past: (hr: number) => boolean) {
-  const win = since(points, now - spanMs)
-  if (win.length < 2) return null
-  const span = (win[win.length - 1] as HrPoint).t - (win[0] as HrPoint).t
+  const i0 = firstAt(points, now - spanMs)
+  const count = points.length - i0
+  if (count < 2) return null
+  const last = points[points.length - 1] as HrPoint
+  const span = last.t - (points[i0] as HrPoint).t
   if (span < spanMs * 0.8) return null
-  const n = win.filter((p) => past(p.hr)).length
-  const lastTwo = win.slice(-2)
-  return { ratio: n / win.length, confirmed: lastTwo.every((p) => past(p.hr)), count: win.length }
+  let n = 0
+  for (let i = i0; i < points.length; i++) if (past((points[i] as HrPoint).hr)) n++
+  const confirmed = past((points[points.length - 2] as HrPoint).hr) && past(last.hr)
+  return { ratio: n / count, confirmed, count }
 }
 
 export interface EvalContext {
@@ -126,7 +142,8 @@ export function evaluate(w: Window, ctx: EvalContext): Finding[] {
   const out: Finding[] = []
   const lastHr = w.hr[w.hr.length - 1]
   const speed = recentSpeed(w.pos, now, 60_000)
-  const stepsLastMin = since(w.steps, now - 60_000).reduce((a, x) => a + x.v, 0)
+  let stepsLastMin = 0
+  for (let i = firstAt(w.steps, now - 60_000); i < w.steps.length; i++) stepsLastMin += (w.steps[i] as { v: number }).v
   const inactive = (speed === null || speed < 0.5) && stepsLastMin < s.inactiveStepsPerMin
 
   // Sustained high HR while inactive — never in a race, where high HR is the point.
