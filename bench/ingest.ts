@@ -272,11 +272,12 @@ async function run(
   const lag = monitorEventLoopDelay({ resolution: 10 })
   lag.enable()
   // GC pauses on the broker's thread during the window (scavenges and mark-compacts)
-  const gc = { ms: 0, count: 0, majorMs: 0 }
+  const gc = { ms: 0, count: 0, majorMs: 0, maxMs: 0 }
   const gcObserver = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       gc.ms += e.duration
       gc.count++
+      gc.maxMs = Math.max(gc.maxMs, e.duration)
       // detail.kind: 1 = minor (scavenge), 2 = major (mark-sweep-compact), 4 = incremental, 8 = weak callbacks
       if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === 2) gc.majorMs += e.duration
     }
@@ -391,6 +392,7 @@ async function run(
         pausePct: round((gc.ms / 1000 / brokerWindowS) * 100),
         majorPausePct: round((gc.majorMs / 1000 / brokerWindowS) * 100),
         pauses: gc.count,
+        maxPauseMs: round(gc.maxMs),
       },
       eventLoopDelayMs: {
         p50: round(lag.percentile(50) / 1e6, 2),
@@ -458,7 +460,7 @@ async function run(
     `   broker build ${f.brokerBuild}; load average ${f.loadavg} (at the end of the window); machine busy ${f.machineCoresBusy} of 2 cores, of which other work ${f.otherCoresBusy}`,
     `   durable readings/s ${f.throughput.readingsPerS}   messages/s ${f.throughput.messagesPerS}${o.rate ? `   (sent ${f.throughput.sentMessagesPerS}/s, missed by schedule ${f.throughput.missedBySchedule})` : ''}`,
     `   ack latency ms  p50 ${f.ackLatencyMs.p50}  p90 ${f.ackLatencyMs.p90}  p99 ${f.ackLatencyMs.p99}  p99.9 ${f.ackLatencyMs.p999}  max ${f.ackLatencyMs.max}  (n=${f.ackLatencyMs.count})`,
-    `   broker CPU ${f.broker.cpuPctOfOneCore}% of a core (ELU ${f.broker.eventLoopUtilization}, loop delay p99 ${f.broker.eventLoopDelayMs.p99} ms, GC pauses ${f.broker.gc.pausePct}% of the time), RSS peak ${f.broker.rssMB.peak} MB (before connect ${f.broker.rssMB.beforeConnect} MB; at the peak: heap used ${f.broker.atPeakMB.heapUsed} of ${f.broker.atPeakMB.heapTotal} MB, Buffers ${f.broker.atPeakMB.arrayBuffers} MB)`,
+    `   broker CPU ${f.broker.cpuPctOfOneCore}% of a core (ELU ${f.broker.eventLoopUtilization}, loop delay p99 ${f.broker.eventLoopDelayMs.p99} ms, GC pauses ${f.broker.gc.pausePct}% of the time, longest ${f.broker.gc.maxPauseMs} ms), RSS peak ${f.broker.rssMB.peak} MB (before connect ${f.broker.rssMB.beforeConnect} MB; at the peak: heap used ${f.broker.atPeakMB.heapUsed} of ${f.broker.atPeakMB.heapTotal} MB, Buffers ${f.broker.atPeakMB.arrayBuffers} MB)`,
     `   CPU per message: broker ${f.cpuCost.brokerUsPerMessage} µs (${f.cpuCost.brokerUsPerReading} µs/reading)${f.cpuCost.postgresUsPerReading !== null ? `, postgres ${f.cpuCost.postgresUsPerReading} µs/reading` : ''}, generators ${f.cpuCost.generatorsUsPerMessage} µs`,
     `   generators CPU ${f.generators.cpuPctOfOneCore}%${f.postgres ? `   postgres backends CPU ${f.postgres.backendsCpuPct}% (all postgres ${f.postgres.allPostgresProcessesCpuPct}%)` : ''}`,
     `   group commit: ${f.pipeline.statementsPerS} stmt/s, ${f.pipeline.rowsPerFlush?.mean} rows/flush, statement mean ${f.pipeline.statementMs?.mean} ms, commit (enqueue→commit) mean ${f.pipeline.commitMs?.mean} ms p99≤${f.pipeline.commitMs?.p99le} ms, writer busy ${f.pipeline.statementBusyShare}`,

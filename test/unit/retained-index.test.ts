@@ -1,7 +1,10 @@
 // Against Aedes' own in-memory persistence: exact-topic answers from the index equal what the scan would give.
-import memory from 'aedes-persistence'
+import { createRequire } from 'node:module'
 import { describe, expect, it } from 'vitest'
 import { indexRetained, type RetainedPacket, type RetainedPersistence } from '../../src/outputs/retained-index.js'
+
+// The package is CommonJS whose typings declare an ESM default export; require() is what Aedes itself gets.
+const memory = createRequire(import.meta.url)('aedes-persistence') as () => RetainedPersistence
 
 async function collect(p: RetainedPersistence, patterns: string[]): Promise<string[]> {
   const out: string[] = []
@@ -23,7 +26,7 @@ const packet = (topic: string, payload: string) => ({
 
 describe('retained index', () => {
   it('answers exact topics from the index, wildcards from the scan, and honours clearing', async () => {
-    const p = memory() as unknown as RetainedPersistence
+    const p = memory()
     indexRetained(p)
     await p.storeRetained(packet('users/a/live', 'a1'))
     await p.storeRetained(packet('users/b/live', 'b1'))
