@@ -76,7 +76,7 @@ interface UserState {
 }
 
 /** live snapshots published between two yields to the event loop */
-const LIVE_SLICE = 250
+const LIVE_SLICE = 50
 
 /** Users whose states load together, and batches of them loading at once (see OutputEngine.loadQueue). */
 const LOAD_BATCH = 200
