@@ -4,11 +4,10 @@
 // with at most `inflight` unacknowledged per connection, as fast as PUBACKs return (rate 0) or at `rate` messages/s
 // for this worker (open loop, as bench/lib/ingest-worker.ts). Payloads are produced on demand by the device model,
 // identical for every broker; the cost of producing them is in the worker's CPU figure the parent reports.
-import fs from 'node:fs'
-import tls from 'node:tls'
 import type * as hdr from 'hdr-histogram-js'
 import type { Format, Scenario } from '../../simulators/protocol.js'
-import { LiteClient, publishPacket, topicBytes } from './mqtt-lite.js'
+import { connectRamp, OpenLoop } from './load-loop.js'
+import { type LiteClient, publishPacket, topicBytes } from './mqtt-lite.js'
 import { type SimBatch, SimDevice } from './sim-model.js'
 import { encodeHistogram, latencyHistogram } from './stats.js'
 
@@ -195,20 +194,12 @@ function onPuback(c: Conn, pid: number): void {
   }
   if (running && c.client?.connected) {
     if (init.rate === 0) publish(c)
-    else enqueueReady(c)
+    else loop?.enqueue(c)
   }
   if (!running && inflightTotal === 0) drainWaiter?.()
 }
 
 async function connectAll(): Promise<void> {
-  const ca = fs.readFileSync(init.caPath)
-  const h = latencyHistogram()
-  const errors: string[] = []
-  let ok = 0
-  let failed = 0
-  const started = performance.now()
-  const perTick = Math.max(1, Math.round(init.rampPerSec / 10))
-  const pending: Promise<void>[] = []
   const model = {
     scenario: init.scenario,
     format: init.format,
@@ -233,65 +224,31 @@ async function connectAll(): Promise<void> {
     ackedReadings: 0,
     queued: false,
   }))
-  for (let i = 0; i < conns.length; i += perTick) {
-    const tickStart = performance.now()
-    for (const c of conns.slice(i, i + perTick)) {
-      const secureContext =
-        init.transport === 'mtls'
-          ? tls.createSecureContext({ key: fs.readFileSync(c.dev.keyPath), cert: fs.readFileSync(c.dev.certPath), ca })
-          : null
-      const client = new LiteClient({
-        host: init.host,
-        port: init.port,
-        clientId: c.dev.deviceId,
-        secureContext,
-        servername: 'localhost',
-        keepaliveS: init.keepaliveS,
-        onPuback: (pid) => onPuback(c, pid),
-        onClose: (err) => {
-          if (running || drainWaiter) {
-            closedDuringRun++
-            if (closeErrors.length < 10) closeErrors.push(`${c.dev.deviceId}: ${err?.message ?? 'closed'}`)
-          }
-          // Nothing in flight on a closed connection will ever be acked: stop waiting for it.
-          inflightTotal -= c.inflight.size
-          if (!running && inflightTotal === 0) drainWaiter?.()
-        },
-      })
-      const t = performance.now()
-      pending.push(
-        client.connect(20_000).then(
-          () => {
-            h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1000)))
-            c.client = client
-            ok++
-          },
-          (err: Error) => {
-            failed++
-            if (errors.length < 10) errors.push(`${c.dev.deviceId}: ${err.message}`)
-          },
-        ),
-      )
-    }
-    const wait = 100 - (performance.now() - tickStart)
-    if (wait > 0 && i + perTick < conns.length) await new Promise((r) => setTimeout(r, wait))
-  }
-  await Promise.all(pending)
+  const r = await connectRamp(conns, {
+    host: init.host,
+    port: init.port,
+    mtls: init.transport === 'mtls',
+    caPath: init.caPath,
+    rampPerSec: init.rampPerSec,
+    keepaliveS: init.keepaliveS,
+    onPuback,
+    onClose: (c, err) => {
+      if (running || drainWaiter) {
+        closedDuringRun++
+        if (closeErrors.length < 10) closeErrors.push(`${c.dev.deviceId}: ${err?.message ?? 'closed'}`)
+      }
+      // Nothing in flight on a closed connection will ever be acked: stop waiting for it.
+      inflightTotal -= c.inflight.size
+      if (!running && inflightTotal === 0) drainWaiter?.()
+    },
+  })
   // Made now, not during the measured window.
   for (const c of conns) for (let k = 0; k < init.replayBatches; k++) c.pool.push(c.model.next())
-  send({ type: 'connected', ok, failed, errors, hist: encodeHistogram(h), elapsedMs: performance.now() - started })
+  send({ type: 'connected', ...r })
 }
 
-let rateTimer: NodeJS.Timeout | null = null
 let pingTimer: NodeJS.Timeout | null = null
-let ready: Conn[] = []
-let readyHead = 0
-
-function enqueueReady(c: Conn): void {
-  if (c.queued || c.inflight.size >= init.inflight) return
-  c.queued = true
-  ready.push(c)
-}
+let loop: OpenLoop<Conn> | null = null
 
 function start(): void {
   running = true
@@ -306,44 +263,21 @@ function start(): void {
     for (const c of live) for (let k = 0; k < init.inflight; k++) publish(c)
     return
   }
-  // Open loop: by time t, rate·t messages, round-robin over connections with window room; when none has room or the
-  // schedule is more than 50 ms behind, the messages count as missed (no catch-up bursts).
-  if (live.length === 0) return
-  for (const c of live) enqueueReady(c)
-  const t0 = performance.now()
-  let scheduled = 0
-  const slack = Math.max(1, init.rate * 0.05)
-  rateTimer = setInterval(() => {
-    if (!running) return
-    const due = Math.floor((init.rate * (performance.now() - t0)) / 1000)
-    if (due - scheduled > slack) {
-      const skip = due - scheduled - Math.floor(slack)
-      scheduled += skip
-      if (measuring) win.missed += skip
-    }
-    while (scheduled < due) {
-      const c = readyHead < ready.length ? (ready[readyHead++] as Conn) : null
-      if (readyHead > 4096 && readyHead * 2 > ready.length) {
-        ready = ready.slice(readyHead)
-        readyHead = 0
-      }
-      if (!c) {
-        if (measuring) win.missed += due - scheduled
-        scheduled = due
-        break
-      }
-      c.queued = false
-      if (!c.client?.connected) continue
-      publish(c)
-      scheduled++
-      enqueueReady(c)
-    }
-  }, 1)
+  // Open loop at the worker's rate (bench/lib/load-loop.ts).
+  loop = new OpenLoop<Conn>(
+    init.rate,
+    (c) => c.inflight.size < init.inflight,
+    publish,
+    (n) => {
+      if (measuring) win.missed += n
+    },
+  )
+  loop.start(live)
 }
 
 async function stop(drainTimeoutMs: number): Promise<void> {
   running = false
-  if (rateTimer) clearInterval(rateTimer)
+  loop?.stop()
   const started = performance.now()
   if (inflightTotal > 0) {
     await new Promise<void>((resolve) => {

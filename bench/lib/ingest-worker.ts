@@ -3,11 +3,11 @@
 // `inflight` unacknowledged per connection, either as fast as PUBACKs allow (rate 0) or at `rate` messages/s in total
 // for this worker. Timestamps are unique per device: sample k of batch seq has t = tBase + (seq − 1)·batch + k, so
 // every acknowledged batch maps to a known time range that the parent checks in the database.
-import fs from 'node:fs'
-import tls from 'node:tls'
 import { encode as cborEncode } from 'cbor-x'
 import type * as hdr from 'hdr-histogram-js'
-import { LiteClient, publishPacket, topicBytes } from './mqtt-lite.js'
+import { connectRamp, OpenLoop } from './load-loop.js'
+import type { LiteClient } from './mqtt-lite.js'
+import { publishPacket, topicBytes } from './mqtt-lite.js'
 import { encodeHistogram, latencyHistogram } from './stats.js'
 
 export interface WorkerDevice {
@@ -144,20 +144,12 @@ function onPuback(c: Conn, pid: number): void {
   }
   if (running && c.client?.connected) {
     if (init.rate === 0) publish(c)
-    else enqueueReady(c)
+    else loop?.enqueue(c)
   }
   if (!running && inflightTotal === 0) drainWaiter?.()
 }
 
 async function connectAll(): Promise<void> {
-  const ca = fs.readFileSync(init.caPath)
-  const h = latencyHistogram()
-  const errors: string[] = []
-  let ok = 0
-  let failed = 0
-  const started = performance.now()
-  const perTick = Math.max(1, Math.round(init.rampPerSec / 10))
-  const pending: Promise<void>[] = []
   conns = init.devices.map((dev) => ({
     dev,
     client: null,
@@ -167,56 +159,29 @@ async function connectAll(): Promise<void> {
     inflight: new Map(),
     queued: false,
   }))
-  for (let i = 0; i < conns.length; i += perTick) {
-    const tickStart = performance.now()
-    for (const c of conns.slice(i, i + perTick)) {
-      const secureContext = tls.createSecureContext({
-        key: fs.readFileSync(c.dev.keyPath),
-        cert: fs.readFileSync(c.dev.certPath),
-        ca,
-      })
-      const client = new LiteClient({
-        host: init.host,
-        port: init.port,
-        clientId: c.dev.deviceId,
-        secureContext,
-        servername: 'localhost',
-        keepaliveS: init.keepaliveS,
-        onPuback: (pid) => onPuback(c, pid),
-        onClose: (err) => {
-          if (running || drainWaiter) {
-            closedDuringRun++
-            if (closeErrors.length < 10) closeErrors.push(`${c.dev.deviceId}: ${err?.message ?? 'closed'}`)
-          }
-          // Nothing in flight on a closed connection will ever be acked: stop waiting for it.
-          inflightTotal -= c.inflight.size
-          if (!running && inflightTotal === 0) drainWaiter?.()
-        },
-      })
-      const t = performance.now()
-      pending.push(
-        client.connect(20_000).then(
-          () => {
-            h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1000)))
-            c.client = client
-            ok++
-          },
-          (err: Error) => {
-            failed++
-            if (errors.length < 10) errors.push(`${c.dev.deviceId}: ${err.message}`)
-          },
-        ),
-      )
-    }
-    const wait = 100 - (performance.now() - tickStart)
-    if (wait > 0 && i + perTick < conns.length) await new Promise((r) => setTimeout(r, wait))
-  }
-  await Promise.all(pending)
-  send({ type: 'connected', ok, failed, errors, hist: encodeHistogram(h), elapsedMs: performance.now() - started })
+  const r = await connectRamp(conns, {
+    host: init.host,
+    port: init.port,
+    mtls: true,
+    caPath: init.caPath,
+    rampPerSec: init.rampPerSec,
+    keepaliveS: init.keepaliveS,
+    onPuback,
+    onClose: (c, err) => {
+      if (running || drainWaiter) {
+        closedDuringRun++
+        if (closeErrors.length < 10) closeErrors.push(`${c.dev.deviceId}: ${err?.message ?? 'closed'}`)
+      }
+      // Nothing in flight on a closed connection will ever be acked: stop waiting for it.
+      inflightTotal -= c.inflight.size
+      if (!running && inflightTotal === 0) drainWaiter?.()
+    },
+  })
+  send({ type: 'connected', ...r })
 }
 
-let rateTimer: NodeJS.Timeout | null = null
 let pingTimer: NodeJS.Timeout | null = null
+let loop: OpenLoop<Conn> | null = null
 
 function start(): void {
   running = true
@@ -231,54 +196,20 @@ function start(): void {
     for (const c of live) for (let k = 0; k < init.inflight; k++) publish(c)
     return
   }
-  // Open-loop schedule: by time t this worker should have sent rate·t messages, spread round-robin over the
-  // connections that have window room (a FIFO of them: O(1) per message, no scanning of full windows). When no
-  // connection has room, or the schedule is more than 50 ms behind, messages count as missed (no catch-up bursts).
-  if (live.length === 0) return
-  for (const c of live) enqueueReady(c)
-  const t0 = performance.now()
-  let scheduled = 0
-  const slack = Math.max(1, init.rate * 0.05)
-  rateTimer = setInterval(() => {
-    if (!running) return
-    const due = Math.floor((init.rate * (performance.now() - t0)) / 1000)
-    if (due - scheduled > slack) {
-      const skip = due - scheduled - Math.floor(slack)
-      scheduled += skip
-      if (measuring) winMissed += skip
-    }
-    while (scheduled < due) {
-      const c = readyHead < ready.length ? (ready[readyHead++] as Conn) : null
-      if (readyHead > 4096 && readyHead * 2 > ready.length) {
-        ready = ready.slice(readyHead)
-        readyHead = 0
-      }
-      if (!c) {
-        // every window full: the rest of this tick's messages are missed
-        if (measuring) winMissed += due - scheduled
-        scheduled = due
-        break
-      }
-      c.queued = false
-      if (!c.client?.connected) continue
-      publish(c)
-      scheduled++
-      if (c.inflight.size < init.inflight) enqueueReady(c)
-    }
-  }, 1)
-}
-
-let ready: Conn[] = []
-let readyHead = 0
-function enqueueReady(c: Conn): void {
-  if (c.queued) return
-  c.queued = true
-  ready.push(c)
+  loop = new OpenLoop<Conn>(
+    init.rate,
+    (c) => c.inflight.size < init.inflight,
+    publish,
+    (n) => {
+      if (measuring) winMissed += n
+    },
+  )
+  loop.start(live)
 }
 
 async function stop(drainTimeoutMs: number): Promise<void> {
   running = false
-  if (rateTimer) clearInterval(rateTimer)
+  loop?.stop()
   const started = performance.now()
   if (inflightTotal > 0) {
     await new Promise<void>((resolve) => {
