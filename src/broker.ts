@@ -267,7 +267,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       canSubscribe(p, sub.topic, lookups).then(
         (decision) => {
           if (decision.ok) {
-            if (p.role === 'admin' && filterMayMatchInbound(sub.topic)) tapping.add(client)
+            // The decision was async: a client that has gone meanwhile must not keep routing on for good.
+            if (p.role === 'admin' && filterMayMatchInbound(sub.topic) && !client.closed) tapping.add(client)
             done(null, sub)
             return
           }
@@ -342,6 +343,9 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     onDeviceRevoked: (deviceId) => {
       lookups.forgetDevice(deviceId)
       clientsById()[deviceId]?.close()
+    },
+    onDevicesRegistered: (deviceIds) => {
+      for (const d of deviceIds) lookups.forgetDevice(d)
     },
     log,
   })

@@ -30,16 +30,18 @@ const CERT_BATCH_MAX = 1000
  * once, so one pool connection serves any connect rate.
  *
  * Revocation: only known devices are cached, for `ttlMs` (10 s by default), keyed by device and fingerprint.
- * forget() (a revocation through this broker) drops the device at once, and a query that was already out when it
- * happened is not cached. A revocation written to the database by another process (or another broker node) is
+ * forget() (a revocation or re-registration through this broker) drops the device at once, and a query that was
+ * already out when it happened is asked again. A revocation written to the database by another process (or another broker node) is
  * honoured at connects once the entry expires, so within ttlMs; so is a device's re-registration with a new
  * certificate, for connects still presenting the old one.
  */
 export class CertificateLookups {
-  private readonly cache = new Map<string, { rec: CertificateRecord; exp: number }>()
+  /** deviceId → fingerprint → verdict: forget() drops a device in O(1), whatever the cache holds */
+  private readonly cache = new Map<string, Map<string, { rec: CertificateRecord; exp: number }>>()
+  private cached = 0
   private queued = new Map<string, { deviceId: string; fingerprint: string; waiters: Waiter[] }>()
   private busy = false
-  /** bumped by forget(): results of a query started before are not cached */
+  /** bumped by forget(): a query started before is asked again */
   private epoch = 0
 
   constructor(
@@ -51,7 +53,7 @@ export class CertificateLookups {
   /** The registry's record for this device and certificate; null when the device is unknown. */
   lookup(deviceId: string, fingerprint: string): Promise<CertificateRecord | null> {
     const key = certificateKey(deviceId, fingerprint)
-    const hit = this.cache.get(key)
+    const hit = this.cache.get(deviceId)?.get(fingerprint)
     if (hit && hit.exp > Date.now()) return Promise.resolve(hit.rec)
     return new Promise((resolve, reject) => {
       const q = this.queued.get(key)
@@ -67,8 +69,11 @@ export class CertificateLookups {
 
   forget(deviceId: string): void {
     this.epoch++
-    const prefix = certificateKey(deviceId, '')
-    for (const key of this.cache.keys()) if (key.startsWith(prefix)) this.cache.delete(key)
+    const entries = this.cache.get(deviceId)
+    if (entries) {
+      this.cached -= entries.size
+      this.cache.delete(deviceId)
+    }
   }
 
   private async drain(): Promise<void> {
@@ -78,12 +83,32 @@ export class CertificateLookups {
       const epoch = this.epoch
       try {
         const found = await this.registry.devicesForCertificates(batch.map(([, q]) => q))
+        if (epoch !== this.epoch) {
+          // A device was revoked or re-registered while this query was out: its answer may predate that. Ask again
+          // (the revocation is committed by now), rather than let a connect in on a stale verdict.
+          for (const [key, q] of batch) {
+            const again = this.queued.get(key)
+            if (again) again.waiters.push(...q.waiters)
+            else this.queued.set(key, q)
+          }
+          continue
+        }
         const exp = Date.now() + this.ttlMs
-        const cache = epoch === this.epoch
-        if (cache && this.cache.size + found.size > this.max) this.cache.clear()
+        if (this.cached + found.size > this.max) {
+          this.cache.clear()
+          this.cached = 0
+        }
         for (const [key, q] of batch) {
           const rec = found.get(key) ?? null
-          if (rec && cache) this.cache.set(key, { rec, exp })
+          if (rec) {
+            let entries = this.cache.get(q.deviceId)
+            if (!entries) {
+              entries = new Map()
+              this.cache.set(q.deviceId, entries)
+            }
+            if (!entries.has(q.fingerprint)) this.cached++
+            entries.set(q.fingerprint, { rec, exp })
+          }
           for (const w of q.waiters) w.resolve(rec)
         }
       } catch (err) {

@@ -91,23 +91,17 @@ function trim<T extends { t: number }>(xs: T[], from: number): void {
 /**
  * Windows keep at most one point per series per second: a device sampling faster (or a load generator) would otherwise
  * fill them with hundreds of thousands of objects per user and the heap with garbage the GC must keep promoting. A newer
- * sample in the same second replaces the last point (steps add up instead); out-of-order samples are inserted.
+ * sample in the same second replaces the last point; out-of-order samples are inserted. (Steps are kept as they come.)
  */
 const WINDOW_RESOLUTION_MS = 1000
 
-export function pushCompact<T extends { t: number }>(xs: T[], x: T, merge?: (last: T, x: T) => void): void {
+export function pushCompact<T extends { t: number }>(xs: T[], x: T): void {
   const last = xs[xs.length - 1]
   if (last && x.t > last.t && Math.floor(x.t / WINDOW_RESOLUTION_MS) === Math.floor(last.t / WINDOW_RESOLUTION_MS)) {
-    if (merge) merge(last, x)
-    else xs[xs.length - 1] = x
+    xs[xs.length - 1] = x
     return
   }
   pushSorted(xs, x)
-}
-
-export const addSteps = (last: { t: number; v: number }, x: { t: number; v: number }) => {
-  last.v += x.v
-  last.t = x.t
 }
 
 /** Inserts in time order; a second point with the same time is the same sample (reloaded or redelivered): skipped. */
@@ -201,7 +195,12 @@ export class OutputEngine {
             for (const b of batch) b.resolve()
           },
           (err: Error) => {
-            for (const b of batch) b.reject(err)
+            for (const b of batch) {
+              // Forget the blank state, so the user's next batch loads again instead of running without its profile,
+              // event and open episodes for the rest of the race.
+              if (this.users.get(b.u.userId) === b.u) this.users.delete(b.u.userId)
+              b.reject(err)
+            }
           },
         )
         .finally(() => {
@@ -367,7 +366,9 @@ export class OutputEngine {
   private addScalar(u: UserState, metric: number, t: number, value: number): void {
     if (metric === METRICS.hr) pushCompact(u.window.hr, { t, hr: value })
     else if (metric === METRICS.spo2) pushCompact(u.window.spo2, { t, v: value })
-    else if (metric === METRICS.steps) pushCompact(u.window.steps, { t, v: value }, addSteps)
+    // Steps are counts: merging them would lose the sample times that make a re-applied sample recognisable (the
+    // first batch of a user is in the loaded window and applied again). Their window is only a few minutes long.
+    else if (metric === METRICS.steps) pushSorted(u.window.steps, { t, v: value })
   }
 
   private async apply(u: UserState, b: CommittedBatch): Promise<void> {

@@ -101,6 +101,14 @@ export class Ingest {
       return
     }
     const st = this.state(src.deviceKey)
+    // The tracks move forward in validation; a batch turned away below (queue full, QoS 0 shed) puts them back, or
+    // its retry would derive no distance for the stretch it covers.
+    const lastPos = st.track.lastPos
+    const lastFix = st.distance.last
+    const putBack = () => {
+      st.track.lastPos = lastPos
+      st.distance.last = lastFix
+    }
     const v = validateBatch(
       batch,
       {
@@ -143,6 +151,7 @@ export class Ingest {
       // QoS 0 may use only half of the bounded queue: a QoS 0 burst while the database is slow must never take the
       // room that QoS 1 readings (which carry a promise) need. Dropped and counted, as QoS 0 allows.
       this.metrics.dropped.inc({ reason: 'qos0_overload' })
+      putBack()
       done()
       return
     }
@@ -150,6 +159,7 @@ export class Ingest {
     try {
       commit = this.writer.submit(src.deviceKey, scalars, v.positions)
     } catch (err) {
+      putBack()
       const reason =
         err instanceof QueueFullError ? 'queue_full' : err instanceof WriterClosedError ? 'shutting_down' : 'error'
       if (durable) {

@@ -81,6 +81,14 @@ export class Registry {
     devices: readonly DeviceRegistration[],
     users: readonly { userId: string; birthYear?: number }[] = [],
   ): Promise<Map<string, number>> {
+    const owner = new Map<string, string>()
+    for (const d of devices) {
+      const seen = owner.get(d.deviceId)
+      if (seen !== undefined && seen !== d.userId) {
+        throw new RegistryError(`device ${d.deviceId} is listed twice with different owners (${seen}, ${d.userId})`)
+      }
+      owner.set(d.deviceId, d.userId)
+    }
     const ds = lastByKey(devices, (d) => d.deviceId)
     const owners = new Map<string, number | null>(ds.map((d) => [d.userId, null]))
     for (const u of users) owners.set(u.userId, u.birthYear ?? null)

@@ -23,10 +23,14 @@ export interface RouteDeps {
   writer: GroupCommitWriter
   isReady(): boolean
   onDeviceRevoked(deviceId: string): void
+  /** devices (re-)registered, possibly with a new certificate: cached verdicts about them go */
+  onDevicesRegistered(deviceIds: readonly string[]): void
   log: Logger
 }
 
 const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)
+/** users.birth_year is a smallint; out-of-range years are a 400, not a database error */
+const birthYear = z.number().int().min(1900).max(2100)
 /** Entries per bulk operation: a few hundred kB of JSON, one transaction of a few statements. */
 export const RPC_BULK_MAX = 5000
 export const rpcSchema = z.discriminatedUnion('op', [
@@ -36,10 +40,10 @@ export const rpcSchema = z.discriminatedUnion('op', [
     userId: id,
     fingerprint: z.string().min(1),
     serial: z.string().optional(),
-    notAfter: z.string().optional(),
+    notAfter: z.iso.datetime({ offset: true }).optional(),
   }),
   z.object({ op: z.literal('revokeDevice'), deviceId: id }),
-  z.object({ op: z.literal('ensureUser'), userId: id, birthYear: z.number().int().optional() }),
+  z.object({ op: z.literal('ensureUser'), userId: id, birthYear: birthYear.optional() }),
   z.object({
     op: z.literal('createEvent'),
     eventId: id,
@@ -59,7 +63,7 @@ export const rpcSchema = z.discriminatedUnion('op', [
   z.object({
     op: z.literal('registerDevices'),
     users: z
-      .array(z.object({ userId: id, birthYear: z.number().int().optional() }))
+      .array(z.object({ userId: id, birthYear: birthYear.optional() }))
       .max(RPC_BULK_MAX)
       .optional(),
     devices: z
@@ -69,7 +73,7 @@ export const rpcSchema = z.discriminatedUnion('op', [
           userId: id,
           fingerprint: z.string().min(1),
           serial: z.string().optional(),
-          notAfter: z.string().optional(),
+          notAfter: z.iso.datetime({ offset: true }).optional(),
         }),
       )
       .max(RPC_BULK_MAX),
@@ -240,7 +244,10 @@ export function createHttpRoutes(deps: RouteDeps) {
           })
         try {
           const result = await runRpc(deps.registry, parsed.data)
-          if (parsed.data.op === 'revokeDevice') deps.onDeviceRevoked(parsed.data.deviceId)
+          const op = parsed.data
+          if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
+          else if (op.op === 'registerDevice') deps.onDevicesRegistered([op.deviceId])
+          else if (op.op === 'registerDevices') deps.onDevicesRegistered(op.devices.map((d) => d.deviceId))
           return send(res, 200, result)
         } catch (err) {
           if (err instanceof RegistryError) return send(res, 409, { error: err.message })

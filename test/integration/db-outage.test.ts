@@ -14,6 +14,8 @@ import {
   token,
   waitFor,
 } from '../helpers/harness.js'
+import { DERIVED_METRICS } from '../../src/pipeline/derive.js'
+import { haversineMeters } from '../../src/pipeline/validate.js'
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js'
 
 let tb: TestBroker
@@ -86,8 +88,15 @@ it('no PUBACK while the database is gone; everything acked is stored exactly onc
   // A QoS 0 burst may fill only half of the queue (200 of 400 rows): the rest is dropped and counted, and the room
   // stays for QoS 1.
   const queuedBefore = tb.pg.writer.queuedRows
+  // Each batch ends with a GPS fix 111 m further north: a shed batch must not move the device's track, or the
+  // distance between the fixes around it would be lost.
+  const fixAt = (b: number) => ({ t: t0 - 2_000_000 + b * 100_000 + 49_500, lat: 52.5 + b * 0.001, lon: 13.4 })
   for (let b = 0; b < 8; b++) {
-    const batch = Array.from({ length: 50 }, (_, k) => ({ t: t0 - 1_000_000 - b * 100_000 + k * 1000, hr: 70 }))
+    const batch: Record<string, number>[] = Array.from({ length: 50 }, (_, k) => ({
+      t: t0 - 2_000_000 + b * 100_000 + k * 1000,
+      hr: 70,
+    }))
+    batch.push(fixAt(b))
     await qos0Device.publishAsync('devices/qos0-1/readings', JSON.stringify({ seq: b, samples: batch }), { qos: 0 })
   }
   await waitFor(async () =>
@@ -149,6 +158,25 @@ it('no PUBACK while the database is gone; everything acked is stored exactly onc
   expect(after).toBeGreaterThan(0)
   expect(acked).toBeGreaterThan(25)
   for (const t of floodAcked) expect(stored.get('flood-1')?.has(t)).toBe(true)
+
+  // After the outage one more fix of the QoS 0 device: the distance stored for it spans the stored fixes exactly
+  // (they lie on a line), the shed ones in between included in no segment.
+  await qos0Device.publishAsync('devices/qos0-1/readings', JSON.stringify({ seq: 100, samples: [fixAt(9)] }), {
+    qos: 1,
+  })
+  const fixes = await tb.pg.db.query<{ lat: number; lon: number }>(
+    `SELECT p.lat, p.lon FROM positions p JOIN devices d USING (device_key) WHERE d.device_id = 'qos0-1' ORDER BY p.time`,
+  )
+  expect(fixes.rows.length).toBeGreaterThanOrEqual(2)
+  expect(fixes.rows.length).toBeLessThan(10) // some were shed
+  const first = fixes.rows[0]!
+  const last = fixes.rows[fixes.rows.length - 1]!
+  const dist = await tb.pg.db.query<{ m: number }>(
+    `SELECT coalesce(sum(s.value), 0)::float8 AS m FROM samples s JOIN devices d USING (device_key)
+     WHERE d.device_id = 'qos0-1' AND s.metric = $1`,
+    [DERIVED_METRICS.distance],
+  )
+  expect(Number(dist.rows[0]?.m)).toBeCloseTo(haversineMeters(first.lat, first.lon, last.lat, last.lon), 0)
   const refused = await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_ingest_refused_total')
   expect(refused).toMatch(/reason="queue_full"/)
   await app.endAsync()

@@ -20,6 +20,7 @@ import {
   type TestBroker,
   startTestBroker,
   token,
+  waitFor,
 } from '../helpers/harness.js'
 
 let tb: TestBroker
@@ -123,6 +124,33 @@ describe('bulk registration', () => {
     expect((await tb.pg.registry.device('taken-d0'))?.fingerprint).toBe(fp(1))
   })
 
+  it('refuses a device listed twice with different owners (409), and bad years or dates (400)', async () => {
+    const twice = await rpc({
+      op: 'registerDevices',
+      devices: [
+        { deviceId: 'dup-d0', userId: 'owner-c', fingerprint: fp(4) },
+        { deviceId: 'dup-d0', userId: 'owner-d', fingerprint: fp(5) },
+      ],
+    })
+    expect(twice.status).toBe(409)
+    expect(twice.body.error).toMatch(/dup-d0 is listed twice/)
+    expect(await tb.pg.registry.device('dup-d0')).toBeNull()
+    const year = await rpc({
+      op: 'registerDevices',
+      devices: [{ deviceId: 'yr-d0', userId: 'owner-e', fingerprint: fp(6) }],
+      users: [{ userId: 'owner-e', birthYear: 40000 }],
+    })
+    expect(year.status).toBe(400)
+    const date = await rpc({
+      op: 'registerDevice',
+      deviceId: 'dt-d0',
+      userId: 'owner-e',
+      fingerprint: fp(7),
+      notAfter: 'next tuesday',
+    })
+    expect(date.status).toBe(400)
+  })
+
   it('joining an event that does not exist is refused', async () => {
     const res = await rpc({ op: 'joinEvents', eventId: 'no-such-race', participants: [{ userId: 'x' }] })
     expect(res.status).toBe(409)
@@ -167,6 +195,14 @@ describe('certificate check at mTLS connect (batched, cached)', () => {
     expect(await connackCode(connectDevice(tb, d))).toBe(5)
   })
 
+  it('re-registering a device through the broker with a new certificate refuses the old one at once', async () => {
+    const d = await provisionDevice(tb, 'cached-5', 'carol')
+    expect(await connackCode(connectDevice(tb, d))).toBe(0) // the verdict is cached now
+    const res = await rpc({ op: 'registerDevice', deviceId: 'cached-5', userId: 'carol', fingerprint: fp(46) })
+    expect(res.status).toBe(200)
+    expect(await connackCode(connectDevice(tb, d))).toBe(5)
+  })
+
   it('a revocation written by another process is honoured once the entry expires (the TTL bound)', async () => {
     const registry = new Registry(other)
     const d = { deviceId: 'cached-2', fingerprint: fp(42) }
@@ -179,20 +215,39 @@ describe('certificate check at mTLS connect (batched, cached)', () => {
     expect(await lookups.lookup(d.deviceId, d.fingerprint)).toMatchObject({ revoked: true, fingerprintRevoked: true })
   })
 
-  it('a verdict read while the device was being forgotten is not cached', async () => {
+  it('a verdict read while the device was being revoked is not used: the connect is asked again', async () => {
     const db = counting(other)
-    const registry = new Registry(db)
+    // Holds the answer of the first look-up until the revocation has landed, as a slow query would.
+    let release: () => void = () => {}
+    const held = new Promise<void>((r) => {
+      release = r
+    })
+    let hold = true
+    const slow: Db = {
+      ...db,
+      async query<R>(sql: string, params?: unknown[]) {
+        const r = await db.query<R>(sql, params)
+        if (hold) {
+          hold = false
+          await held
+        }
+        return r
+      },
+    }
+    const registry = new Registry(slow)
     await registry.registerDevices([{ deviceId: 'cached-3', userId: 'erin', fingerprint: fp(43) }])
+    hold = true
     const lookups = new CertificateLookups(registry, 60_000)
     const before = db.statements
     const inFlight = lookups.lookup('cached-3', fp(43))
-    await new Promise((r) => setImmediate(r)) // the batch is sent
-    expect(db.statements).toBe(before + 1)
-    // A revocation through the broker lands while the query is out: what it read may predate the revocation.
+    await waitFor(() => db.statements === before + 1) // the batch is out and has read "not revoked"
+    // A revocation through the broker commits and forgets the device while that answer is on its way.
+    await new Registry(other).revokeDevice('cached-3')
     lookups.forget('cached-3')
-    await inFlight
-    await lookups.lookup('cached-3', fp(43))
+    release()
+    expect((await inFlight)?.revoked).toBe(true)
     expect(db.statements).toBe(before + 2)
+    // The fresh verdict is cached.
     await lookups.lookup('cached-3', fp(43))
     expect(db.statements).toBe(before + 2)
   })
@@ -263,5 +318,44 @@ describe('alert engine at a race start', () => {
     }
     // A statement per user per query before; now a few per batch of users.
     expect(db.statements).toBeLessThanOrEqual(3 * 7)
+  })
+
+  it('a state load that fails is tried again with the next batch, not skipped for the rest of the race', async () => {
+    const now = Date.now()
+    const registry = new Registry(other)
+    await registry.createEvent({ eventId: 'flaky-race', distanceM: 42_195, startsAt: new Date(now - 3600_000) })
+    const keys = await registry.registerDevices([{ deviceId: 'flaky-d0', userId: 'flaky-u0', fingerprint: fp(900) }])
+    await registry.joinEvents('flaky-race', [{ userId: 'flaky-u0', consentLeaderboard: true }])
+    let failNext = true
+    const flaky: Db = {
+      ...other,
+      query<R>(sql: string, params?: unknown[]) {
+        if (failNext) {
+          failNext = false
+          return Promise.reject(new Error('connection terminated unexpectedly'))
+        }
+        return other.query<R>(sql, params)
+      },
+    }
+    const engine = new OutputEngine(
+      flaky,
+      new MemoryLeaderboard(),
+      { publish: () => {} },
+      createMetrics(),
+      createLogger('silent'),
+    )
+    const batch = (t: number) => ({
+      deviceId: 'flaky-d0',
+      deviceKey: keys.get('flaky-d0') as number,
+      userId: 'flaky-u0',
+      scalars: [{ metric: DERIVED_METRICS.distance, t, value: 5 }],
+      positions: [],
+    })
+    engine.onCommitted(batch(now - 2000)) // its load fails
+    await waitFor(() => !failNext)
+    await new Promise((r) => setTimeout(r, 50))
+    engine.onCommitted(batch(now - 1000)) // loads again: the user is in the race
+    await engine.stop()
+    expect(engine.distanceOf('flaky-u0')).toBe(5)
   })
 })

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { addSteps, pushCompact } from '../../src/outputs/engine.js'
+import { pushCompact } from '../../src/outputs/engine.js'
 
 describe('output windows keep one point per series per second', () => {
   it('a newer sample in the same second replaces the last point; a new second appends', () => {
@@ -8,18 +8,6 @@ describe('output windows keep one point per series per second', () => {
     expect(xs).toEqual([
       { t: 10_990, hr: 199 },
       { t: 11_990, hr: 299 },
-    ])
-  })
-
-  it('steps in the same second add up; a redelivered sample (same time) is not counted twice', () => {
-    const xs: { t: number; v: number }[] = []
-    pushCompact(xs, { t: 5_000, v: 2 }, addSteps)
-    pushCompact(xs, { t: 5_500, v: 3 }, addSteps)
-    pushCompact(xs, { t: 5_500, v: 3 }, addSteps)
-    pushCompact(xs, { t: 6_100, v: 1 }, addSteps)
-    expect(xs).toEqual([
-      { t: 5_500, v: 5 },
-      { t: 6_100, v: 1 },
     ])
   })
 
