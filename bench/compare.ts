@@ -79,6 +79,7 @@ import {
   snapshotMetrics,
   summarizeMs,
 } from './lib/stats.js'
+import { num, printHeaderAndExit, usage } from './lib/args.js'
 
 const TARGETS = ['pulsegate', 'aedes-mtls', 'aedes', 'external', 'mosquitto-mtls'] as const
 type TargetName = (typeof TARGETS)[number]
@@ -109,26 +110,8 @@ const { values: a } = parseArgs({
   },
 })
 
-if (a.help) {
-  console.log(
-    fs
-      .readFileSync(new URL(import.meta.url), 'utf8')
-      .split('\n')
-      .filter((l) => l.startsWith('//'))
-      .join('\n'),
-  )
-  process.exit(0)
-}
+if (a.help) printHeaderAndExit(import.meta.url)
 
-const usage = (msg: string): never => {
-  console.error(msg)
-  process.exit(2)
-}
-const num = (name: string, v: string | undefined, min: number): number => {
-  const n = Number(v)
-  if (!Number.isFinite(n) || n < min) usage(`--${name} must be a number >= ${min} (got ${v})`)
-  return n
-}
 const targets = (a.targets as string).split(',').map((t) => t.trim()) as TargetName[]
 for (const t of targets) if (!TARGETS.includes(t)) usage(`--targets: unknown ${t} (known: ${TARGETS.join(', ')})`)
 const scenario = a.scenario as Scenario

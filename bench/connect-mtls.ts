@@ -48,6 +48,7 @@ import {
   sleep,
   summarizeMs,
 } from './lib/stats.js'
+import { num, printHeaderAndExit, usage } from './lib/args.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -65,29 +66,9 @@ const { values: a } = parseArgs({
     help: { type: 'boolean', default: false },
   },
 })
-if (a.help) {
-  console.log(
-    fs
-      .readFileSync(new URL(import.meta.url), 'utf8')
-      .split('\n')
-      .filter((l) => l.startsWith('//'))
-      .join('\n'),
-  )
-  process.exit(0)
-}
-const num = (name: string, v: string | undefined, min: number): number => {
-  const n = Number(v)
-  if (!Number.isFinite(n) || n < min) {
-    console.error(`--${name} must be a number >= ${min} (got ${v})`)
-    process.exit(2)
-  }
-  return n
-}
+if (a.help) printHeaderAndExit(import.meta.url)
 const store = a.store as StoreKind
-if (store !== 'postgres' && store !== 'embedded') {
-  console.error('--store must be postgres or embedded')
-  process.exit(2)
-}
+if (store !== 'postgres' && store !== 'embedded') usage('--store must be postgres or embedded')
 const opts = {
   store,
   connections: num('connections', a.connections, 1),

@@ -57,6 +57,7 @@ import {
   snapshotMetrics,
   summarizeMs,
 } from './lib/stats.js'
+import { num, printHeaderAndExit, usage } from './lib/args.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -84,35 +85,12 @@ const { values: a } = parseArgs({
   },
 })
 
-if (a.help) {
-  console.log(
-    fs
-      .readFileSync(new URL(import.meta.url), 'utf8')
-      .split('\n')
-      .filter((l) => l.startsWith('//'))
-      .join('\n'),
-  )
-  process.exit(0)
-}
+if (a.help) printHeaderAndExit(import.meta.url)
 
-const num = (name: string, v: string | undefined, min: number): number => {
-  const n = Number(v)
-  if (!Number.isFinite(n) || n < min) {
-    console.error(`--${name} must be a number >= ${min} (got ${v})`)
-    process.exit(2)
-  }
-  return n
-}
 const store = a.store as StoreKind
-if (store !== 'postgres' && store !== 'embedded') {
-  console.error('--store must be postgres or embedded')
-  process.exit(2)
-}
+if (store !== 'postgres' && store !== 'embedded') usage('--store must be postgres or embedded')
 const format = a.format as 'cbor' | 'json'
-if (format !== 'cbor' && format !== 'json') {
-  console.error('--format must be cbor or json')
-  process.exit(2)
-}
+if (format !== 'cbor' && format !== 'json') usage('--format must be cbor or json')
 const opts = {
   store,
   connections: num('connections', a.connections, 1),
