@@ -81,13 +81,14 @@ export class Registry {
     devices: readonly DeviceRegistration[],
     users: readonly { userId: string; birthYear?: number }[] = [],
   ): Promise<Map<string, number>> {
-    const owner = new Map<string, string>()
+    // deviceId → its owner: refuses a device listed with two owners, then checks the stored rows against it.
+    const ownerOf = new Map<string, string>()
     for (const d of devices) {
-      const seen = owner.get(d.deviceId)
+      const seen = ownerOf.get(d.deviceId)
       if (seen !== undefined && seen !== d.userId) {
         throw new RegistryError(`device ${d.deviceId} is listed twice with different owners (${seen}, ${d.userId})`)
       }
-      owner.set(d.deviceId, d.userId)
+      ownerOf.set(d.deviceId, d.userId)
     }
     const ds = lastByKey(devices, (d) => d.deviceId)
     const owners = new Map<string, number | null>(ds.map((d) => [d.userId, null]))
@@ -124,10 +125,9 @@ export class Registry {
         'SELECT device_id, device_key, user_id FROM devices WHERE device_id = ANY($1::text[])',
         [ids],
       )
-      const want = new Map(ds.map((d) => [d.deviceId, d.userId]))
       const keys = new Map<string, number>()
       for (const r of rows.rows) {
-        if (want.get(r.device_id) !== r.user_id) {
+        if (ownerOf.get(r.device_id) !== r.user_id) {
           throw new RegistryError(`device ${r.device_id} is registered to another user`)
         }
         keys.set(r.device_id, Number(r.device_key))
@@ -176,17 +176,10 @@ export class Registry {
     }
   }
 
-  /** The device and whether this certificate was ever revoked, in one round trip (every mTLS connect asks). */
-  async deviceForCertificate(deviceId: string, fingerprint: string): Promise<CertificateRecord | null> {
-    return (
-      (await this.devicesForCertificates([{ deviceId, fingerprint }])).get(certificateKey(deviceId, fingerprint)) ??
-      null
-    )
-  }
-
   /**
-   * deviceForCertificate for many connecting devices in one round trip, keyed by certificateKey; unknown devices are
-   * absent. A connect storm of thousands of devices costs a few of these instead of a query per device.
+   * The devices behind certificates presented at connect, and whether each certificate was ever revoked, in one round
+   * trip, keyed by certificateKey; unknown devices are absent. A connect storm of thousands of devices costs a few of
+   * these instead of a query per device.
    */
   async devicesForCertificates(
     certs: readonly { deviceId: string; fingerprint: string }[],
@@ -217,11 +210,6 @@ export class Registry {
       })
     }
     return out
-  }
-
-  async isRevokedFingerprint(fingerprint: string): Promise<boolean> {
-    const res = await this.db.query('SELECT 1 FROM revoked_certs WHERE fingerprint = $1', [fingerprint])
-    return res.rows.length > 0
   }
 
   async createEvent(e: { eventId: string; name?: string; isPublic?: boolean; distanceM?: number; startsAt?: Date }) {
