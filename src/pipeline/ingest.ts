@@ -105,10 +105,6 @@ export class Ingest {
     // its retry would derive no distance for the stretch it covers.
     const lastPos = st.track.lastPos
     const lastFix = st.distance.last
-    const putBack = () => {
-      st.track.lastPos = lastPos
-      st.distance.last = lastFix
-    }
     const v = validateBatch(
       batch,
       {
@@ -151,7 +147,8 @@ export class Ingest {
       // QoS 0 may use only half of the bounded queue: a QoS 0 burst while the database is slow must never take the
       // room that QoS 1 readings (which carry a promise) need. Dropped and counted, as QoS 0 allows.
       this.metrics.dropped.inc({ reason: 'qos0_overload' })
-      putBack()
+      st.track.lastPos = lastPos
+      st.distance.last = lastFix
       done()
       return
     }
@@ -159,7 +156,8 @@ export class Ingest {
     try {
       commit = this.writer.submit(src.deviceKey, scalars, v.positions)
     } catch (err) {
-      putBack()
+      st.track.lastPos = lastPos
+      st.distance.last = lastFix
       const reason =
         err instanceof QueueFullError ? 'queue_full' : err instanceof WriterClosedError ? 'shutting_down' : 'error'
       if (durable) {
