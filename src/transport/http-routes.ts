@@ -12,7 +12,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
-import { type Registry, RegistryError } from '../store/registry.js'
+import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
 
 export interface RouteDeps {
   config: BrokerConfig
@@ -33,15 +33,16 @@ const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)
 const birthYear = z.number().int().min(1900).max(2100)
 /** Entries per bulk operation: a few hundred kB of JSON, one transaction of a few statements. */
 export const RPC_BULK_MAX = 5000
+/** A device registration, alone (registerDevice) or in bulk (registerDevices). */
+const deviceRegistration = z.object({
+  deviceId: id,
+  userId: id,
+  fingerprint: z.string().min(1),
+  serial: z.string().optional(),
+  notAfter: z.iso.datetime({ offset: true }).optional(),
+})
 export const rpcSchema = z.discriminatedUnion('op', [
-  z.object({
-    op: z.literal('registerDevice'),
-    deviceId: id,
-    userId: id,
-    fingerprint: z.string().min(1),
-    serial: z.string().optional(),
-    notAfter: z.iso.datetime({ offset: true }).optional(),
-  }),
+  deviceRegistration.extend({ op: z.literal('registerDevice') }),
   z.object({ op: z.literal('revokeDevice'), deviceId: id }),
   z.object({ op: z.literal('ensureUser'), userId: id, birthYear: birthYear.optional() }),
   z.object({
@@ -66,17 +67,7 @@ export const rpcSchema = z.discriminatedUnion('op', [
       .array(z.object({ userId: id, birthYear: birthYear.optional() }))
       .max(RPC_BULK_MAX)
       .optional(),
-    devices: z
-      .array(
-        z.object({
-          deviceId: id,
-          userId: id,
-          fingerprint: z.string().min(1),
-          serial: z.string().optional(),
-          notAfter: z.iso.datetime({ offset: true }).optional(),
-        }),
-      )
-      .max(RPC_BULK_MAX),
+    devices: z.array(deviceRegistration).max(RPC_BULK_MAX),
   }),
   z.object({
     op: z.literal('joinEvents'),
@@ -89,18 +80,20 @@ export const rpcSchema = z.discriminatedUnion('op', [
 export type RpcRequest = z.infer<typeof rpcSchema>
 
 /** The registry operations, shared by the CLI (direct database) and the RPC endpoint (running broker). */
+function toRegistration(d: z.infer<typeof deviceRegistration>): DeviceRegistration {
+  return {
+    deviceId: d.deviceId,
+    userId: d.userId,
+    fingerprint: d.fingerprint,
+    ...(d.serial ? { serial: d.serial } : {}),
+    ...(d.notAfter ? { notAfter: new Date(d.notAfter) } : {}),
+  }
+}
+
 export async function runRpc(registry: Registry, req: RpcRequest): Promise<unknown> {
   switch (req.op) {
     case 'registerDevice':
-      return {
-        deviceKey: await registry.registerDevice({
-          deviceId: req.deviceId,
-          userId: req.userId,
-          fingerprint: req.fingerprint,
-          ...(req.serial ? { serial: req.serial } : {}),
-          ...(req.notAfter ? { notAfter: new Date(req.notAfter) } : {}),
-        }),
-      }
+      return { deviceKey: await registry.registerDevice(toRegistration(req)) }
     case 'revokeDevice':
       return { revoked: await registry.revokeDevice(req.deviceId) }
     case 'ensureUser':
@@ -123,13 +116,7 @@ export async function runRpc(registry: Registry, req: RpcRequest): Promise<unkno
       return { ok: true }
     case 'registerDevices': {
       const keys = await registry.registerDevices(
-        req.devices.map((d) => ({
-          deviceId: d.deviceId,
-          userId: d.userId,
-          fingerprint: d.fingerprint,
-          ...(d.serial ? { serial: d.serial } : {}),
-          ...(d.notAfter ? { notAfter: new Date(d.notAfter) } : {}),
-        })),
+        req.devices.map(toRegistration),
         (req.users ?? []).map((u) => ({
           userId: u.userId,
           ...(u.birthYear !== undefined ? { birthYear: u.birthYear } : {}),
