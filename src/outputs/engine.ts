@@ -138,6 +138,8 @@ export class OutputEngine {
    */
   private readonly loadQueue: { u: UserState; resolve(): void; reject(err: Error): void }[] = []
   private loadsInFlight = 0
+  /** what SpO2, steps and positions keep: the rules look at no more than twice their longest span */
+  private readonly shortHorizonMs: number
 
   constructor(
     private readonly db: Db,
@@ -146,7 +148,10 @@ export class OutputEngine {
     private readonly metrics: Metrics,
     private readonly log: Logger,
     private readonly settings: OutputSettings = DEFAULT_OUTPUT_SETTINGS,
-  ) {}
+  ) {
+    const r = settings.rules
+    this.shortHorizonMs = Math.min(settings.windowMs, 2 * Math.max(r.stoppedMs, r.spo2SustainedMs, 60_000))
+  }
 
   start(): void {
     this.timer = setInterval(() => void this.tick(), this.settings.tickMs)
@@ -392,8 +397,7 @@ export class OutputEngine {
     }
     // Each series keeps what the rules look at: HR the whole window (10-minute sustained rules), the others less.
     const latest = Math.max(u.window.hr[u.window.hr.length - 1]?.t ?? 0, u.window.pos[u.window.pos.length - 1]?.t ?? 0)
-    const r = this.settings.rules
-    const shortFrom = latest - Math.min(this.settings.windowMs, 2 * Math.max(r.stoppedMs, r.spo2SustainedMs, 60_000))
+    const shortFrom = latest - this.shortHorizonMs
     trim(u.window.hr, latest - this.settings.windowMs)
     trim(u.window.spo2, shortFrom)
     trim(u.window.steps, shortFrom)
