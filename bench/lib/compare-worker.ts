@@ -6,7 +6,7 @@
 // identical for every broker; the cost of producing them is in the worker's CPU figure the parent reports.
 import type * as hdr from 'hdr-histogram-js'
 import type { Format, Scenario } from '../../simulators/protocol.js'
-import { connectRamp, OpenLoop } from './load-loop.js'
+import { connectRamp, Drain, keepAlive, OpenLoop } from './load-loop.js'
 import { type LiteClient, publishPacket, topicBytes } from './mqtt-lite.js'
 import { type SimBatch, SimDevice } from './sim-model.js'
 import { encodeHistogram, latencyHistogram } from './stats.js'
@@ -130,7 +130,7 @@ let totalAcked = 0
 let totalSent = 0
 let closedDuringRun = 0
 const closeErrors: string[] = []
-let drainWaiter: (() => void) | null = null
+const drain = new Drain()
 let inflightTotal = 0
 
 function publish(c: Conn): void {
@@ -196,7 +196,7 @@ function onPuback(c: Conn, pid: number): void {
     if (init.rate === 0) publish(c)
     else loop?.enqueue(c)
   }
-  if (!running && inflightTotal === 0) drainWaiter?.()
+  drain.settled(inflightTotal)
 }
 
 async function connectAll(): Promise<void> {
@@ -233,13 +233,13 @@ async function connectAll(): Promise<void> {
     keepaliveS: init.keepaliveS,
     onPuback,
     onClose: (c, err) => {
-      if (running || drainWaiter) {
+      if (running || drain.active) {
         closedDuringRun++
         if (closeErrors.length < 10) closeErrors.push(`${c.dev.deviceId}: ${err?.message ?? 'closed'}`)
       }
       // Nothing in flight on a closed connection will ever be acked: stop waiting for it.
       inflightTotal -= c.inflight.size
-      if (!running && inflightTotal === 0) drainWaiter?.()
+      drain.settled(inflightTotal)
     },
   })
   // Made now, not during the measured window.
@@ -247,18 +247,13 @@ async function connectAll(): Promise<void> {
   send({ type: 'connected', ...r })
 }
 
-let pingTimer: NodeJS.Timeout | null = null
+let stopPings: (() => void) | null = null
 let loop: OpenLoop<Conn> | null = null
 
 function start(): void {
   running = true
   const live = conns.filter((c) => c.client?.connected)
-  pingTimer = setInterval(
-    () => {
-      for (const c of live) if (c.client?.connected) c.client.ping()
-    },
-    (init.keepaliveS * 1000) / 2,
-  )
+  stopPings = keepAlive(live, init.keepaliveS)
   if (init.rate === 0) {
     for (const c of live) for (let k = 0; k < init.inflight; k++) publish(c)
     return
@@ -278,19 +273,8 @@ function start(): void {
 async function stop(drainTimeoutMs: number): Promise<void> {
   running = false
   loop?.stop()
-  const started = performance.now()
-  if (inflightTotal > 0) {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, drainTimeoutMs)
-      drainWaiter = () => {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-  }
-  const drainMs = performance.now() - started
-  drainWaiter = null
-  if (pingTimer) clearInterval(pingTimer)
+  const drainMs = await drain.wait(inflightTotal, drainTimeoutMs)
+  stopPings?.()
   const devices: CompareDeviceResult[] = conns.map((c) => {
     // Acked batches still waiting for an earlier one that never came back: their own ranges.
     const ahead = [...c.ackedAhead.values()].sort((x, y) => x.seq - y.seq).map((e): [number, number] => [e.t0, e.t1])

@@ -5,7 +5,7 @@
 // every acknowledged batch maps to a known time range that the parent checks in the database.
 import { encode as cborEncode } from 'cbor-x'
 import type * as hdr from 'hdr-histogram-js'
-import { connectRamp, OpenLoop } from './load-loop.js'
+import { connectRamp, Drain, keepAlive, OpenLoop } from './load-loop.js'
 import type { LiteClient } from './mqtt-lite.js'
 import { publishPacket, topicBytes } from './mqtt-lite.js'
 import { encodeHistogram, latencyHistogram } from './stats.js'
@@ -102,7 +102,7 @@ let totalAcked = 0
 let totalSent = 0
 let closedDuringRun = 0
 const closeErrors: string[] = []
-let drainWaiter: (() => void) | null = null
+const drain = new Drain()
 let inflightTotal = 0
 
 function payloadFor(seq: number): Uint8Array {
@@ -146,7 +146,7 @@ function onPuback(c: Conn, pid: number): void {
     if (init.rate === 0) publish(c)
     else loop?.enqueue(c)
   }
-  if (!running && inflightTotal === 0) drainWaiter?.()
+  drain.settled(inflightTotal)
 }
 
 async function connectAll(): Promise<void> {
@@ -168,30 +168,25 @@ async function connectAll(): Promise<void> {
     keepaliveS: init.keepaliveS,
     onPuback,
     onClose: (c, err) => {
-      if (running || drainWaiter) {
+      if (running || drain.active) {
         closedDuringRun++
         if (closeErrors.length < 10) closeErrors.push(`${c.dev.deviceId}: ${err?.message ?? 'closed'}`)
       }
       // Nothing in flight on a closed connection will ever be acked: stop waiting for it.
       inflightTotal -= c.inflight.size
-      if (!running && inflightTotal === 0) drainWaiter?.()
+      drain.settled(inflightTotal)
     },
   })
   send({ type: 'connected', ...r })
 }
 
-let pingTimer: NodeJS.Timeout | null = null
+let stopPings: (() => void) | null = null
 let loop: OpenLoop<Conn> | null = null
 
 function start(): void {
   running = true
   const live = conns.filter((c) => c.client?.connected)
-  pingTimer = setInterval(
-    () => {
-      for (const c of live) if (c.client?.connected) c.client.ping()
-    },
-    (init.keepaliveS * 1000) / 2,
-  )
+  stopPings = keepAlive(live, init.keepaliveS)
   if (init.rate === 0) {
     for (const c of live) for (let k = 0; k < init.inflight; k++) publish(c)
     return
@@ -210,19 +205,8 @@ function start(): void {
 async function stop(drainTimeoutMs: number): Promise<void> {
   running = false
   loop?.stop()
-  const started = performance.now()
-  if (inflightTotal > 0) {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, drainTimeoutMs)
-      drainWaiter = () => {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-  }
-  const drainMs = performance.now() - started
-  drainWaiter = null
-  if (pingTimer) clearInterval(pingTimer)
+  const drainMs = await drain.wait(inflightTotal, drainTimeoutMs)
+  stopPings?.()
   const devices: DeviceResult[] = conns.map((c) => ({
     deviceId: c.dev.deviceId,
     sent: c.seq - 1,

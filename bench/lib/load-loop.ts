@@ -148,3 +148,45 @@ export class OpenLoop<C extends ScheduledConn> {
     this.timer = null
   }
 }
+
+/** PINGs every half keep-alive to the connections of a run; returns the function that stops them. */
+export function keepAlive(live: readonly ScheduledConn[], keepaliveS: number): () => void {
+  const timer = setInterval(
+    () => {
+      for (const c of live) if (c.client?.connected) c.client.ping()
+    },
+    (keepaliveS * 1000) / 2,
+  )
+  return () => clearInterval(timer)
+}
+
+/** The end of a run: waits for the PUBACKs still in flight, or for a timeout. */
+export class Drain {
+  private resolve: (() => void) | null = null
+
+  /** a drain is under way */
+  get active(): boolean {
+    return this.resolve !== null
+  }
+
+  /** Call whenever the count in flight may have dropped to zero. */
+  settled(inflight: number): void {
+    if (inflight === 0) this.resolve?.()
+  }
+
+  /** Resolves with the time waited, in ms. */
+  async wait(inflight: number, timeoutMs: number): Promise<number> {
+    const started = performance.now()
+    if (inflight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs)
+        this.resolve = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+    }
+    this.resolve = null
+    return performance.now() - started
+  }
+}
