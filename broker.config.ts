@@ -73,6 +73,17 @@ export const configSchema = z.object({
     /** at most one dead-letter row per device per interval: a device stuck sending garbage is counted, not stored 10×/s */
     deadLetterIntervalMs: ms,
   }),
+  privacy: z.object({
+    /** HMAC-SHA256 key (≥ 32 bytes, hex or base64) deriving pseudonymous user ids from external account ids; unset →
+     *  a key file generated into dataDir/keys/pseudonym.key. Never stored in the database. */
+    pseudonymKey: z.string().min(32).optional(),
+    /** AES-256-GCM key (32 bytes, hex or base64) for names and e-mails in `people`; unset → dataDir/keys/people.key */
+    peopleKey: z.string().min(32).optional(),
+    /** Ed25519 private key (PEM file) signing audit checkpoints; unset → dataDir/keys/audit-ed25519.pem */
+    auditKeyFile: z.string().optional(),
+    /** a signed checkpoint of the audit chain's head every so often (a broker writes them; 0 = only on demand) */
+    auditCheckpointMs: ms,
+  }),
   shutdownSignals: bool,
 })
 
@@ -114,6 +125,12 @@ export function defaults(): BrokerConfig {
       maxFootSpeedMps: 12.5,
       deadLetterIntervalMs: 10_000,
     },
+    privacy: {
+      pseudonymKey: undefined,
+      peopleKey: undefined,
+      auditKeyFile: undefined,
+      auditCheckpointMs: 5 * 60_000,
+    },
     shutdownSignals: true,
   }
 }
@@ -139,6 +156,10 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_JWT_ISSUER: 'jwt.issuer',
   PULSEGATE_JWT_AUDIENCE: 'jwt.audience',
   PULSEGATE_LOG_LEVEL: 'logLevel',
+  PULSEGATE_PSEUDONYM_KEY: 'privacy.pseudonymKey',
+  PULSEGATE_PEOPLE_KEY: 'privacy.peopleKey',
+  PULSEGATE_AUDIT_KEY_FILE: 'privacy.auditKeyFile',
+  PULSEGATE_AUDIT_CHECKPOINT_MS: 'privacy.auditCheckpointMs',
   PULSEGATE_MAX_PACKET_BYTES: 'limits.maxPacketBytes',
   PULSEGATE_INGEST_MAX_BATCH_ROWS: 'ingest.maxBatchRows',
   PULSEGATE_INGEST_FLUSH_MS: 'ingest.flushIntervalMs',
