@@ -1,0 +1,85 @@
+// PUBLISH from a client: may they (topic ACL), and what becomes of it. A sync request is acked at once and answered on
+// the user's sync/response topic; readings and status are handed to the pipeline, whose commit decides the PUBACK;
+// anything else an admin publishes (device config) is routed and retained as sent.
+import { type AclLookups, canPublish } from '../identity/acl.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import type { Done, IngestSource } from '../pipeline/ingest.js'
+import type { ConsumedRouting } from './consumed-routing.js'
+import type { AuthorizePublishHook, Principals } from './types.js'
+
+/** The ingest pipeline's entry points (Ingest): `done` is called once the batch is committed or refused. */
+export interface IngestEntry {
+  handleReadings(src: IngestSource, payload: Buffer, qos: number, done: Done): void
+  handleStatus(src: IngestSource, payload: Buffer, qos: number, done: Done): void
+}
+
+/** Answers users/{uid}/sync/request (SyncService). */
+export interface SyncEntry {
+  handle(userId: string, payload: Buffer): Promise<void>
+}
+
+export interface AuthorizePublishDeps {
+  lookups: AclLookups
+  principals: Principals
+  ingest: IngestEntry
+  sync: SyncEntry
+  routing: Pick<ConsumedRouting, 'consume'>
+  metrics: Pick<Metrics, 'packetsIn' | 'aclRefusals'>
+  log: Logger
+}
+
+export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePublishHook {
+  const { lookups, principals, ingest, sync, routing, metrics, log } = deps
+  return (client, packet, done) => {
+    const p = client ? principals.get(client) : undefined
+    if (!client || !p) {
+      // Wills left by a dead broker node (client null) and unknown clients publish nothing.
+      done(new Error('not authorized'))
+      return
+    }
+    metrics.packetsIn.inc({ qos: String(packet.qos) })
+    canPublish(p, packet.topic, lookups)
+      .then(async (decision) => {
+        if (!decision.ok) {
+          metrics.aclRefusals.inc({ action: 'publish', role: p.role })
+          log.info({ clientId: client.id, topic: packet.topic, reason: decision.reason }, 'publish refused')
+          done(new Error(`publish to ${packet.topic} refused: ${decision.reason}`))
+          return
+        }
+        const ref = decision.ref
+        if (ref?.kind === 'user' && ref.leaf === 'sync/request') {
+          // Acked at once; the answer comes on users/{uid}/sync/response.
+          done()
+          void sync.handle(ref.userId, packet.payload as Buffer)
+          return
+        }
+        // Only inbound device topics are consumed; an admin's config publish is routed (and retained) as sent.
+        if (ref?.kind !== 'device' || (ref.leaf !== 'readings' && ref.leaf !== 'status')) {
+          done()
+          return
+        }
+        // Inbound telemetry is consumed here, never kept as a retained message, and not routed (consumed-routing.ts).
+        packet.retain = false
+        routing.consume(packet)
+        let src: IngestSource
+        if (p.role === 'device' && p.deviceKey !== null && p.userId !== null) {
+          src = { deviceId: ref.deviceId, deviceKey: p.deviceKey, userId: p.userId }
+        } else {
+          const owner = await lookups.deviceOwner(ref.deviceId)
+          if (!owner) {
+            metrics.aclRefusals.inc({ action: 'publish', role: p.role })
+            done(new Error(`device ${ref.deviceId} is not registered`))
+            return
+          }
+          src = { deviceId: ref.deviceId, deviceKey: owner.deviceKey, userId: owner.userId }
+        }
+        if (ref.leaf === 'readings') ingest.handleReadings(src, packet.payload as Buffer, packet.qos, done)
+        else ingest.handleStatus(src, packet.payload as Buffer, packet.qos, done)
+      })
+      .catch((err: Error) => {
+        log.warn({ err: err.message }, 'publish authorization failed')
+        done(new Error('publish authorization unavailable'))
+      })
+  }
+}

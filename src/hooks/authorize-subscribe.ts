@@ -1,0 +1,41 @@
+// SUBSCRIBE: may they (topic ACL). A refused filter gets SUBACK 0x80 and the connection stays. An admin whose filter
+// can match inbound telemetry becomes a tap, so consumed readings are routed to it (consumed-routing.ts).
+import { type AclLookups, canSubscribe } from '../identity/acl.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import { filterMayMatchInbound } from '../topics/grammar.js'
+import type { ConsumedRouting } from './consumed-routing.js'
+import type { AuthorizeSubscribeHook, Principals } from './types.js'
+
+export interface AuthorizeSubscribeDeps {
+  lookups: AclLookups
+  principals: Principals
+  routing: Pick<ConsumedRouting, 'tap'>
+  metrics: Pick<Metrics, 'aclRefusals'>
+  log: Logger
+}
+
+export function createAuthorizeSubscribe(deps: AuthorizeSubscribeDeps): AuthorizeSubscribeHook {
+  const { lookups, principals, routing, metrics, log } = deps
+  return (client, sub, done) => {
+    const p = principals.get(client)
+    if (!p) {
+      done(null, null)
+      return
+    }
+    canSubscribe(p, sub.topic, lookups).then(
+      (decision) => {
+        if (decision.ok) {
+          // The decision was async: a client that has gone meanwhile must not keep routing on for good.
+          if (p.role === 'admin' && filterMayMatchInbound(sub.topic) && !client.closed) routing.tap(client)
+          done(null, sub)
+          return
+        }
+        metrics.aclRefusals.inc({ action: 'subscribe', role: p.role })
+        log.info({ clientId: client.id, topic: sub.topic, reason: decision.reason }, 'subscribe refused')
+        done(null, null) // SUBACK 0x80 for this filter; the connection stays
+      },
+      () => done(null, null),
+    )
+  }
+}
