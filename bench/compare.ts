@@ -56,7 +56,6 @@ import { type BenchBroker, provisionDevices, startBenchBroker } from './lib/brok
 import { type BenchPki, ensureBenchCerts } from './lib/certs.js'
 import type {
   CompareDeviceResult,
-  CompareWindow,
   CompareWorkerInit,
   FromCompareWorker,
   ToCompareWorker,
@@ -80,6 +79,7 @@ import {
   summarizeMs,
 } from './lib/stats.js'
 import { num, printHeaderAndExit, usage } from './lib/args.js'
+import { runSummary, type WindowReport, WorkerHandle } from './lib/worker-protocol.js'
 
 const TARGETS = ['pulsegate', 'aedes-mtls', 'aedes', 'external', 'mosquitto-mtls'] as const
 type TargetName = (typeof TARGETS)[number]
@@ -358,27 +358,6 @@ async function startPulsegateTarget(pki: BenchPki): Promise<Target> {
   }
 }
 
-class WorkerHandle {
-  private waiters = new Map<string, (m: FromCompareWorker) => void>()
-  readonly child
-  constructor() {
-    this.child = fork(new URL('./lib/compare-worker.js', import.meta.url), [], { execArgv: [], stdio: 'inherit' })
-    this.child.on('message', (m: FromCompareWorker) => {
-      const w = this.waiters.get(m.type)
-      if (w) {
-        this.waiters.delete(m.type)
-        w(m)
-      }
-    })
-  }
-  send(m: ToCompareWorker) {
-    this.child.send(m)
-  }
-  next<T extends FromCompareWorker['type']>(type: T): Promise<Extract<FromCompareWorker, { type: T }>> {
-    return new Promise((resolve) => this.waiters.set(type, resolve as (m: FromCompareWorker) => void))
-  }
-}
-
 interface Verification {
   status: 'ok' | 'failed' | 'none'
   reason: string | null
@@ -418,7 +397,10 @@ interface TargetResult {
 
 async function runTarget(t: Target, pki: BenchPki, tStartMs: number): Promise<TargetResult> {
   const nW = opts.workers
-  const workers = Array.from({ length: nW }, () => new WorkerHandle())
+  const workers = Array.from(
+    { length: nW },
+    () => new WorkerHandle<ToCompareWorker, FromCompareWorker>(new URL('./lib/compare-worker.js', import.meta.url)),
+  )
   try {
     const connected = workers.map((w) => w.next('connected'))
     workers.forEach((w, i) => {
@@ -484,7 +466,7 @@ async function runTarget(t: Target, pki: BenchPki, tStartMs: number): Promise<Ta
     const pg1 = cpuOf(backendPids)
     const rss = t.rssBytes()
     const load = loadavg()
-    const win: CompareWindow[] = await Promise.all(windows)
+    const win: WindowReport[] = await Promise.all(windows)
 
     const finals = workers.map((w) => w.next('final'))
     for (const w of workers) w.send({ type: 'stop', drainTimeoutMs: 30_000 })
@@ -547,13 +529,7 @@ async function runTarget(t: Target, pki: BenchPki, tStartMs: number): Promise<Ta
       postgresCpuPct: inst ? round((cpuDelta(pg0, pg1) / windowS) * 100) : null,
       machineCoresBusy: round(machineCores(mc0, mc1), 2),
       loadavg: load,
-      run: {
-        sentMessages: fin.reduce((s, f) => s + f.sentMsgs, 0),
-        ackedMessages: fin.reduce((s, f) => s + f.ackedMsgs, 0),
-        closedDuringRun: fin.reduce((s, f) => s + f.closedDuringRun, 0),
-        closeErrors: fin.flatMap((f) => f.closeErrors).slice(0, 5),
-        drainMs: Math.round(Math.max(...fin.map((f) => f.drainMs))),
-      },
+      run: runSummary(fin),
       virtualClockAheadOfNowMs: Math.max(0, Math.max(...devices.map((d) => d.clockMs)) - Date.now()),
       verification,
     }

@@ -27,7 +27,6 @@
 // Progress (connected/failed/in flight) is logged every 5 s during the ramp.
 // First run with a new count issues the missing certificates (~12–18 ms each, once). Prints a human summary, then
 // one line of JSON with every figure.
-import { fork } from 'node:child_process'
 import fs from 'node:fs'
 import { parseArgs } from 'node:util'
 import type { BrokerConfig } from '../broker.config.js'
@@ -49,6 +48,7 @@ import {
   summarizeMs,
 } from './lib/stats.js'
 import { num, printHeaderAndExit, usage } from './lib/args.js'
+import { WorkerHandle } from './lib/worker-protocol.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -95,31 +95,21 @@ function fdLimit(): number | null {
   }
 }
 
-class Worker {
-  private waiters = new Map<string, (m: FromConnectWorker) => void>()
-  readonly child
-  constructor(readonly index: number) {
-    this.child = fork(new URL('./lib/connect-worker.js', import.meta.url), [], { execArgv: [], stdio: 'inherit' })
-    this.child.on('message', (m: FromConnectWorker) => {
-      if (m.type === 'progress') {
-        log(
-          `worker ${index}: ${m.ok} connected, ${m.failed} failed, ${m.inflight} in flight after ${round(m.elapsedMs / 1000)} s`,
-        )
-        return
-      }
-      const w = this.waiters.get(m.type)
-      if (w) {
-        this.waiters.delete(m.type)
-        w(m)
-      }
-    })
-  }
-  send(m: ToConnectWorker) {
-    this.child.send(m)
-  }
-  next<T extends FromConnectWorker['type']>(type: T): Promise<Extract<FromConnectWorker, { type: T }>> {
-    return new Promise((resolve) => this.waiters.set(type, resolve as (m: FromConnectWorker) => void))
-  }
+type ConnectWorker = WorkerHandle<ToConnectWorker, FromConnectWorker>
+
+function startWorker(index: number): ConnectWorker {
+  // Progress reports are logged as they come; nobody waits for them.
+  return new WorkerHandle<ToConnectWorker, FromConnectWorker>(
+    new URL('./lib/connect-worker.js', import.meta.url),
+    [],
+    (m) => {
+      if (m.type !== 'progress') return false
+      log(
+        `worker ${index}: ${m.ok} connected, ${m.failed} failed, ${m.inflight} in flight after ${round(m.elapsedMs / 1000)} s`,
+      )
+      return true
+    },
+  )
 }
 
 const memory = () => {
@@ -140,7 +130,7 @@ async function main() {
   const pki = await ensureBenchCerts(opts.connections, { onProgress: (d, t) => log(`issued ${d}/${t} certificates`) })
   if (pki.issued > 0) log(`issued ${pki.issued} device certificates in ${round(pki.issueMs / 1000)} s (cached now)`)
   const broker: BenchBroker = await startBenchBroker(store, pki, {}, a['log-level'] as BrokerConfig['logLevel'])
-  let workers: Worker[] = []
+  let workers: ConnectWorker[] = []
   const onSignal = () => {
     for (const w of workers) w.child.kill()
     void broker.stop().finally(() => process.exit(130))
@@ -159,7 +149,7 @@ async function main() {
     // found is lower by as many.
     const reserve = opts.untilFail ? Array.from({ length: FD_RESERVE }, () => fs.openSync('/dev/null', 'r')) : []
     const nW = opts.workers
-    workers = Array.from({ length: nW }, (_, i) => new Worker(i))
+    workers = Array.from({ length: nW }, (_, i) => startWorker(i))
     await sleep(300) // let the children start before the clock does
     const connected = workers.map((w) => w.next('connected'))
     const cpu0 = process.cpuUsage()
@@ -187,10 +177,10 @@ async function main() {
     })
     // A worker that dies (it should not) must end the run with its reason, not leave it waiting for its report.
     const died = workers.map(
-      (w) =>
+      (w, i) =>
         new Promise<never>((_, reject) =>
           w.child.once('exit', (code, signal) =>
-            reject(new Error(`client worker ${w.index} exited (${signal ?? code}) before reporting its connections`)),
+            reject(new Error(`client worker ${i} exited (${signal ?? code}) before reporting its connections`)),
           ),
         ),
     )

@@ -27,7 +27,6 @@
 // measured window only (open it in Chrome DevTools); `--heap-snapshot f.heapsnapshot` writes one at the window's end; `node --cpu-prof` profiles the whole run (the workers are forked
 // without it); `--generator-cpu-prof <dir>` profiles the load generators. Prints a human summary, then one line of
 // JSON with every figure (incl. a hash of dist/src: the figures belong to one version of the broker).
-import { fork } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs'
 import { Session } from 'node:inspector/promises'
@@ -37,7 +36,7 @@ import v8 from 'node:v8'
 import type { BrokerConfig, DeepPartial } from '../broker.config.js'
 import { type BenchBroker, provisionDevices, type StoreKind, startBenchBroker } from './lib/broker.js'
 import { ensureBenchCerts } from './lib/certs.js'
-import type { DeviceResult, FromWorker, ToWorker, WindowReport } from './lib/ingest-worker.js'
+import type { DeviceResult, FromWorker, ToWorker } from './lib/ingest-worker.js'
 import {
   brokerBuildHash,
   counterDelta,
@@ -58,6 +57,7 @@ import {
   summarizeMs,
 } from './lib/stats.js'
 import { num, printHeaderAndExit, usage } from './lib/args.js'
+import { runSummary, type WindowReport, WorkerHandle } from './lib/worker-protocol.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -113,33 +113,18 @@ if (a.pool !== undefined) overrides.databasePoolSize = num('pool', a.pool, 1)
 
 const log = (s: string) => process.stderr.write(`[ingest-bench] ${s}\n`)
 
-class WorkerHandle {
-  private waiters = new Map<string, (m: FromWorker) => void>()
-  readonly child
-  constructor(readonly index: number) {
-    // No inherited execArgv: a --cpu-prof on the broker process must not profile the generators too.
-    const prof = a['generator-cpu-prof']
-    this.child = fork(new URL('./lib/ingest-worker.js', import.meta.url), [], {
-      execArgv: prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [],
-      stdio: 'inherit',
-    })
-    this.child.on('message', (m: FromWorker) => {
-      const w = this.waiters.get(m.type)
-      if (w) {
-        this.waiters.delete(m.type)
-        w(m)
-      }
-    })
-    this.child.on('exit', (code) => {
-      if (code !== 0 && code !== null) log(`worker ${index} exited with ${code}`)
-    })
-  }
-  send(m: ToWorker) {
-    this.child.send(m)
-  }
-  next<T extends FromWorker['type']>(type: T): Promise<Extract<FromWorker, { type: T }>> {
-    return new Promise((resolve) => this.waiters.set(type, resolve as (m: FromWorker) => void))
-  }
+type IngestWorker = WorkerHandle<ToWorker, FromWorker>
+
+function startWorker(index: number): IngestWorker {
+  const prof = a['generator-cpu-prof']
+  const w = new WorkerHandle<ToWorker, FromWorker>(
+    new URL('./lib/ingest-worker.js', import.meta.url),
+    prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [],
+  )
+  w.child.on('exit', (code) => {
+    if (code !== 0 && code !== null) log(`worker ${index} exited with ${code}`)
+  })
+  return w
 }
 
 async function main() {
@@ -148,7 +133,7 @@ async function main() {
   const pki = await ensureBenchCerts(opts.connections, { onProgress: (d, t) => log(`issued ${d}/${t} certificates`) })
   if (pki.issued > 0) log(`issued ${pki.issued} device certificates in ${round(pki.issueMs / 1000)} s (cached now)`)
   const broker: BenchBroker = await startBenchBroker(store, pki, overrides, a['log-level'] as BrokerConfig['logLevel'])
-  let workers: WorkerHandle[] = []
+  let workers: IngestWorker[] = []
   const onSignal = () => {
     log('interrupted: stopping the broker and dropping the database')
     for (const w of workers) w.child.kill()
@@ -175,7 +160,7 @@ async function main() {
 async function run(
   broker: BenchBroker,
   devices: Awaited<ReturnType<typeof ensureBenchCerts>>['devices'],
-  setWorkers: (w: WorkerHandle[]) => void,
+  setWorkers: (w: IngestWorker[]) => void,
 ) {
   const inst = broker.instance
   await provisionDevices(broker, devices)
@@ -187,7 +172,7 @@ async function run(
 
   const tBase = Date.now() - 3600_000
   const nW = opts.workers
-  const workers = Array.from({ length: nW }, (_, i) => new WorkerHandle(i))
+  const workers = Array.from({ length: nW }, (_, i) => startWorker(i))
   setWorkers(workers)
   const connected = workers.map((w) => w.next('connected'))
   workers.forEach((w, i) => {
@@ -421,13 +406,7 @@ async function run(
       rejected: counterSeries(m0, m1, 'pulsegate_ingest_samples_rejected_total'),
       writeErrors: counterDelta(m0, m1, 'pulsegate_ingest_write_errors_total'),
     },
-    run: {
-      sentMessages: fin.reduce((s, f) => s + f.sentMsgs, 0),
-      ackedMessages: fin.reduce((s, f) => s + f.ackedMsgs, 0),
-      closedDuringRun: fin.reduce((s, f) => s + f.closedDuringRun, 0),
-      closeErrors: fin.flatMap((f) => f.closeErrors).slice(0, 5),
-      drainMs: Math.round(Math.max(...fin.map((f) => f.drainMs))),
-    },
+    run: runSummary(fin),
     verification,
   }
   const f = figures

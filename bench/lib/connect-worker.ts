@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import tls from 'node:tls'
 import { LiteClient } from './mqtt-lite.js'
 import { encodeHistogram, latencyHistogram } from './stats.js'
-import type { WorkerDevice } from './ingest-worker.js'
+import { exitWithParent, type WorkerDevice } from './worker-protocol.js'
 
 export interface ConnectWorkerInit {
   type: 'init'
@@ -178,5 +178,4 @@ process.on('message', (m: ToConnectWorker) => {
   }
 })
 
-// The parent is gone (crashed, killed, or its output pipe closed): leave with it instead of holding connections open.
-process.on('disconnect', () => process.exit(0))
+exitWithParent()

@@ -1,5 +1,5 @@
-// The parts every load-generator worker shares (bench/lib/ingest-worker.ts, bench/lib/compare-worker.ts): opening the
-// connections at a ramp, and the open-loop schedule of a fixed message rate.
+// The parts every load-generator worker shares (bench/lib/ingest-worker.ts, bench/lib/compare-worker.ts, through
+// bench/lib/worker-protocol.ts): opening the connections at a ramp, and the open-loop schedule of a fixed message rate.
 import fs from 'node:fs'
 import tls from 'node:tls'
 import { LiteClient } from './mqtt-lite.js'
