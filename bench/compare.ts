@@ -78,7 +78,7 @@ import {
   snapshotMetrics,
   summarizeMs,
 } from './lib/stats.js'
-import { num, printHeaderAndExit, usage } from './lib/args.js'
+import { num, oneOf, printHeaderAndExit, usage } from './lib/args.js'
 import { runSummary, type WindowReport, WorkerHandle } from './lib/worker-protocol.js'
 
 const TARGETS = ['pulsegate', 'aedes-mtls', 'aedes', 'external', 'mosquitto-mtls'] as const
@@ -114,10 +114,8 @@ if (a.help) printHeaderAndExit(import.meta.url)
 
 const targets = (a.targets as string).split(',').map((t) => t.trim()) as TargetName[]
 for (const t of targets) if (!TARGETS.includes(t)) usage(`--targets: unknown ${t} (known: ${TARGETS.join(', ')})`)
-const scenario = a.scenario as Scenario
-if (scenario !== 'marathon' && scenario !== 'wellness') usage('--scenario must be marathon or wellness')
-const format = a.format as Format
-if (format !== 'cbor' && format !== 'json') usage('--format must be cbor or json')
+const scenario: Scenario = oneOf('scenario', a.scenario, ['marathon', 'wellness'])
+const format: Format = oneOf('format', a.format, ['cbor', 'json'])
 const externalUrl = new URL(a['external-url'] as string)
 if (externalUrl.protocol !== 'mqtt:' && externalUrl.protocol !== 'mqtts:') usage('--external-url: mqtt:// or mqtts://')
 if (externalUrl.protocol === 'mqtts:' && !a['external-ca']) usage('--external-url mqtts:// needs --external-ca')

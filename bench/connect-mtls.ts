@@ -47,7 +47,7 @@ import {
   sleep,
   summarizeMs,
 } from './lib/stats.js'
-import { num, printHeaderAndExit, usage } from './lib/args.js'
+import { num, oneOf, printHeaderAndExit } from './lib/args.js'
 import { WorkerHandle } from './lib/worker-protocol.js'
 
 const { values: a } = parseArgs({
@@ -67,8 +67,7 @@ const { values: a } = parseArgs({
   },
 })
 if (a.help) printHeaderAndExit(import.meta.url)
-const store = a.store as StoreKind
-if (store !== 'postgres' && store !== 'embedded') usage('--store must be postgres or embedded')
+const store: StoreKind = oneOf('store', a.store, ['postgres', 'embedded'])
 const opts = {
   store,
   connections: num('connections', a.connections, 1),

@@ -56,7 +56,7 @@ import {
   snapshotMetrics,
   summarizeMs,
 } from './lib/stats.js'
-import { num, printHeaderAndExit, usage } from './lib/args.js'
+import { num, oneOf, printHeaderAndExit } from './lib/args.js'
 import { runSummary, type WindowReport, WorkerHandle } from './lib/worker-protocol.js'
 
 const { values: a } = parseArgs({
@@ -87,10 +87,8 @@ const { values: a } = parseArgs({
 
 if (a.help) printHeaderAndExit(import.meta.url)
 
-const store = a.store as StoreKind
-if (store !== 'postgres' && store !== 'embedded') usage('--store must be postgres or embedded')
-const format = a.format as 'cbor' | 'json'
-if (format !== 'cbor' && format !== 'json') usage('--format must be cbor or json')
+const store: StoreKind = oneOf('store', a.store, ['postgres', 'embedded'])
+const format = oneOf('format', a.format, ['cbor', 'json'])
 const opts = {
   store,
   connections: num('connections', a.connections, 1),

@@ -19,6 +19,12 @@ export function usage(msg: string): never {
   process.exit(2)
 }
 
+/** An option with a fixed set of values: `--name must be a or b` otherwise. */
+export function oneOf<T extends string>(name: string, v: string | undefined, choices: readonly T[]): T {
+  if (!choices.includes(v as T)) usage(`--${name} must be ${choices.join(' or ')}`)
+  return v as T
+}
+
 /** A numeric option, at least `min`. */
 export function num(name: string, v: string | undefined, min: number): number {
   const n = Number(v)
