@@ -199,6 +199,35 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
   return out
 }
 
+/**
+ * Settings of a pulsegate started inside another process — the test harness (test/helpers/harness.ts) and the
+ * benchmarks (bench/lib/broker.ts) — that owns nothing shared on the machine: loopback only, every port chosen by the
+ * OS (read back from `Pulsegate.ports`), no signal handlers (the host process stops it), PULSEGATE_* ignored.
+ * `overrides` replace whole top-level fields, as in loadConfig. It lives here, beside loadConfig, because it is
+ * configuration and both need it: bench/ cannot import test/ (which is not built), a test harness importing a
+ * benchmark module would tie the suite to the load generators, and src/ stays free of it.
+ */
+export function ephemeralConfig(
+  base: { dataDir: string; databaseUrl?: string | null; logLevel: BrokerConfig['logLevel']; jwtSecret: string },
+  overrides: DeepPartial<BrokerConfig> = {},
+): BrokerConfig {
+  return loadConfig(
+    {
+      dataDir: base.dataDir,
+      ...(base.databaseUrl ? { databaseUrl: base.databaseUrl } : {}),
+      host: '127.0.0.1',
+      mqttPort: 0,
+      mqttsPort: 0,
+      httpPort: 0,
+      logLevel: base.logLevel,
+      jwt: { secret: base.jwtSecret },
+      shutdownSignals: false,
+      ...overrides,
+    },
+    {},
+  )
+}
+
 /** defaults ← env ← overrides (tests and the CLI pass overrides). Empty env values count as unset. */
 export function loadConfig(
   overrides: DeepPartial<BrokerConfig> = {},

@@ -1,13 +1,14 @@
-// pulsegate in this process for a benchmark, the way test/helpers/harness.ts starts it: a fresh PostgreSQL database
-// (CREATE DATABASE per run, DROP … WITH (FORCE) afterwards) or the embedded store in a temp data dir; ports 0; the
-// bench PKI from ./certs.ts as TLS material; devices registered through `registry.registerDevice`.
+// pulsegate in this process for a benchmark, the way test/helpers/harness.ts starts it (both: `ephemeralConfig` of
+// broker.config.ts): a fresh PostgreSQL database (CREATE DATABASE per run, DROP … WITH (FORCE) afterwards) or the
+// embedded store in a temp data dir; ports 0; the bench PKI from ./certs.ts as TLS material; devices registered
+// through `registry.registerDevice`.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
 import { pino } from 'pino'
-import { type BrokerConfig, type DeepPartial, loadConfig } from '../../broker.config.js'
+import { type BrokerConfig, type DeepPartial, ephemeralConfig } from '../../broker.config.js'
 import { type Pulsegate, startPulsegate } from '../../src/broker.js'
 import type { BenchDevice, BenchPki } from './certs.js'
 
@@ -60,21 +61,9 @@ export async function startBenchBroker(
   }
   let instance: Pulsegate
   try {
-    const config = loadConfig(
-      {
-        dataDir,
-        ...(dbUrl ? { databaseUrl: dbUrl } : {}),
-        host: '127.0.0.1',
-        mqttPort: 0,
-        mqttsPort: 0,
-        httpPort: 0,
-        logLevel,
-        tls: { caFile: pki.caCert, certFile: pki.serverCert, keyFile: pki.serverKey },
-        jwt: { secret: 'bench-secret-0123456789abcdef' },
-        shutdownSignals: false,
-        ...overrides,
-      },
-      {},
+    const config = ephemeralConfig(
+      { dataDir, databaseUrl: dbUrl, logLevel, jwtSecret: 'bench-secret-0123456789abcdef' },
+      { tls: { caFile: pki.caCert, certFile: pki.serverCert, keyFile: pki.serverKey }, ...overrides },
     )
     // JSON lines to stderr, synchronously, on this thread: no pino-pretty transport thread beside the broker.
     const log = pino({ name: 'pulsegate', level: config.logLevel }, pino.destination({ fd: 2, sync: true }))

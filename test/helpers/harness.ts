@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pg from 'pg'
-import { type DeepPartial, type BrokerConfig, loadConfig } from '../../broker.config.js'
+import { type BrokerConfig, type DeepPartial, ephemeralConfig } from '../../broker.config.js'
 import { type Pulsegate, startPulsegate } from '../../src/broker.js'
 import { initPki, issueDeviceCert, pkiPaths } from '../../src/identity/pki.js'
 import type { Role } from '../../src/identity/principal.js'
@@ -62,20 +62,14 @@ export async function startTestBroker(
   const database = store === 'postgres' && !reuse?.dbUrl ? await createTestDatabase() : null
   const dbUrl = reuse?.dbUrl ?? database?.url ?? null
   await initPki(path.join(dataDir, 'pki'))
-  const config = loadConfig(
+  const config = ephemeralConfig(
     {
       dataDir,
-      ...(dbUrl ? { databaseUrl: dbUrl } : {}),
-      host: '127.0.0.1',
-      mqttPort: 0,
-      mqttsPort: 0,
-      httpPort: 0,
+      databaseUrl: dbUrl,
       logLevel: (process.env.PULSEGATE_TEST_LOG as BrokerConfig['logLevel']) ?? 'silent',
-      jwt: { secret: 'test-secret-0123456789abcdef' },
-      shutdownSignals: false,
-      ...overrides,
+      jwtSecret: 'test-secret-0123456789abcdef',
     },
-    {},
+    overrides,
   )
   const log = createLogger(config.logLevel)
   const instance = await startPulsegate(config, { log })

@@ -1,6 +1,6 @@
 // Configuration: defaults, env overrides, and a clear message naming each wrong field and its variable.
 import { describe, expect, it } from 'vitest'
-import { ConfigError, defaults, loadConfig } from '../../broker.config.js'
+import { ConfigError, defaults, ephemeralConfig, loadConfig } from '../../broker.config.js'
 
 describe('broker.config.ts', () => {
   it('defaults match SPEC.md', () => {
@@ -45,5 +45,35 @@ describe('broker.config.ts', () => {
   it('port 0 is allowed (picks a free port); out-of-range is not', () => {
     expect(loadConfig({}, { PULSEGATE_HTTP_PORT: '0' }).httpPort).toBe(0)
     expect(() => loadConfig({}, { PULSEGATE_HTTP_PORT: '70000' })).toThrow(/httpPort/)
+  })
+
+  it('ephemeralConfig: loopback, OS-chosen ports, no signal handlers, PULSEGATE_* ignored, overrides win', () => {
+    const saved = process.env.PULSEGATE_MQTTS_PORT
+    process.env.PULSEGATE_MQTTS_PORT = '8884'
+    try {
+      const base = { dataDir: '/tmp/x', logLevel: 'silent' as const, jwtSecret: 'secret-0123456789abcdef' }
+      const c = ephemeralConfig(base)
+      expect([c.host, c.mqttPort, c.mqttsPort, c.httpPort, c.shutdownSignals]).toEqual(['127.0.0.1', 0, 0, 0, false])
+      expect([c.dataDir, c.logLevel, c.jwt.secret, c.jwt.issuer, c.databaseUrl]).toEqual([
+        '/tmp/x',
+        'silent',
+        'secret-0123456789abcdef',
+        'pulsegate',
+        undefined,
+      ])
+      const o = ephemeralConfig(
+        { ...base, databaseUrl: 'postgres://x@h/db' },
+        { httpPort: 8081, ingest: { writers: 1 } },
+      )
+      expect([o.databaseUrl, o.httpPort, o.ingest.writers, o.ingest.maxBatchRows]).toEqual([
+        'postgres://x@h/db',
+        8081,
+        1,
+        defaults().ingest.maxBatchRows,
+      ])
+    } finally {
+      if (saved === undefined) delete process.env.PULSEGATE_MQTTS_PORT
+      else process.env.PULSEGATE_MQTTS_PORT = saved
+    }
   })
 })
