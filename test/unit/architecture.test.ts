@@ -17,7 +17,7 @@ const MAX_LINES = 400
  * entry when its split merges, until the list is empty. Any other file over the limit fails the test, and so does
  * an entry here that is no longer over it (the list cannot go stale).
  */
-const pendingSplit = new Set(['src/broker.ts', 'src/outputs/engine.ts'])
+const pendingSplit = new Set(['src/outputs/engine.ts'])
 
 /** The .ts files at `rel` (a file or a folder, recursively), relative to the repository root, with / separators. */
 function tsFiles(rel: string): string[] {
