@@ -1,0 +1,62 @@
+// Event leaderboards on the output tick: distances raised as committed GPS moves runners, and each event whose board
+// changed published at most once per tick (`events/{eid}/leaderboard`, retained). The board itself (ranking, consent)
+// is the LeaderboardStore; this adds pace and ETA from the runners' windows.
+import type { Metrics } from '../metrics.js'
+import type { Publisher } from '../pipeline/ingest.js'
+import { topicFor } from '../topics/grammar.js'
+import type { LeaderboardStore } from './leaderboard.js'
+import type { LeaderboardMessage } from './payloads.js'
+import { type EventCtx, paceOf, type UserState } from './user-state.js'
+
+export class LeaderboardTicks {
+  /** events whose board changed since the last tick */
+  private readonly dirty = new Set<string>()
+
+  constructor(
+    private readonly leaderboard: LeaderboardStore,
+    private readonly publisher: Publisher,
+    private readonly metrics: Pick<Metrics, 'leaderboardPublishSeconds' | 'leaderboardBytes'>,
+    /** the states pace and course are read from; a runner without one (another broker's) gets nulls */
+    private readonly users: ReadonlyMap<string, UserState>,
+    private readonly topN: number,
+  ) {}
+
+  /** Raises a runner's distance on the event's board; the board goes out with the next tick. */
+  async record(event: EventCtx, userId: string, distanceM: number): Promise<void> {
+    await this.leaderboard.update(event.eventId, userId, distanceM, event.consent)
+    this.dirty.add(event.eventId)
+  }
+
+  /** Publishes every board that changed since the last call. */
+  async publish(): Promise<void> {
+    const events = [...this.dirty]
+    this.dirty.clear()
+    for (const eventId of events) {
+      const started = performance.now()
+      const { runners, top } = await this.leaderboard.top(eventId, this.topN)
+      const now = Date.now()
+      const msg: LeaderboardMessage = {
+        eventId,
+        t: now,
+        runners,
+        top: top.map((e, i) => {
+          const u = this.users.get(e.userId)
+          const pace = u ? paceOf(u, u.window.pos[u.window.pos.length - 1]?.t ?? now) : null
+          const course = u?.event?.courseM ?? null
+          return {
+            rank: i + 1,
+            userId: e.userId,
+            distanceM: Math.round(e.distanceM),
+            paceSPerKm: pace,
+            etaS:
+              pace !== null && course !== null ? Math.max(0, Math.round(((course - e.distanceM) / 1000) * pace)) : null,
+          }
+        }),
+      }
+      const payload = JSON.stringify(msg)
+      this.publisher.publish(topicFor.leaderboard(eventId), payload, 0, true)
+      this.metrics.leaderboardPublishSeconds.observe((performance.now() - started) / 1000)
+      this.metrics.leaderboardBytes.observe(payload.length)
+    }
+  }
+}
