@@ -50,12 +50,13 @@ const STATE_SQL = `SELECT DISTINCT ON (user_id, purpose) user_id, purpose, grant
 // One statement per purpose: the next version is the latest + 1; nothing is appended when the latest already says
 // the same (an app re-sending its state adds no history). Writers of one user's consent queue on a transaction-level
 // advisory lock (LOCK_SQL); should anything else race them to a version, the unique index
-// (consents_user_version_idx) refuses the second and its transaction is retried, then sees the winner's row.
+// (consents_user_version_idx) refuses the second and its transaction is retried, then sees the winner's row. `at` is
+// the time of the insert (clock_timestamp: after the lock), not of the transaction's start, so it follows versions.
 const APPEND_SQL = `WITH prev AS (
     SELECT granted, version FROM consents
     WHERE user_id = $1::text AND purpose = $2::text AND event_id IS NULL ORDER BY version DESC LIMIT 1)
-  INSERT INTO consents (user_id, purpose, granted, version, source)
-  SELECT $1::text, $2::text, $3::boolean, coalesce((SELECT version FROM prev), 0) + 1, $4::text
+  INSERT INTO consents (user_id, purpose, granted, version, source, at)
+  SELECT $1::text, $2::text, $3::boolean, coalesce((SELECT version FROM prev), 0) + 1, $4::text, clock_timestamp()
   WHERE NOT EXISTS (SELECT 1 FROM prev WHERE granted = $3::boolean)
   RETURNING version, at`
 
@@ -186,7 +187,7 @@ export class ConsentService {
     return this.cachedState(userId)
   }
 
-  /** Every change recorded for the user, oldest first, event-scoped leaderboard opt-ins included. */
+  /** Every change recorded for the user in the order recorded, event-scoped leaderboard opt-ins included. */
   async history(userId: string): Promise<ConsentRecord[]> {
     const res = await this.db.query<{
       purpose: Purpose
@@ -195,9 +196,7 @@ export class ConsentService {
       version: number
       source: string
       at: Date | string
-    }>('SELECT purpose, event_id, granted, version, source, at FROM consents WHERE user_id = $1 ORDER BY at, id', [
-      userId,
-    ])
+    }>('SELECT purpose, event_id, granted, version, source, at FROM consents WHERE user_id = $1 ORDER BY id', [userId])
     return res.rows.map((r) => ({
       purpose: r.purpose,
       eventId: r.event_id,
