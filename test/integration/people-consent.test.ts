@@ -4,6 +4,7 @@
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { Registry as MetricsRegistry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { main } from '../../src/cli/main.js'
 import type { AuditEntry } from '../../src/ops/audit-types.js'
@@ -305,6 +306,35 @@ describe.each(stores)('people and consent (%s)', (store) => {
     // An app whose user the registry has not met yet: its token proves the user, who is created bare.
     const fresh = `app-only-${store}`
     expect((await c.handleAppPublish(fresh, '{"purpose":"recommendations","granted":true}', 'app:x')).version).toBe(1)
+  })
+
+  it('refusals and changes are counted; a withdrawal holds even when the audit sink fails afterwards', async () => {
+    const { userId } = await p.addUser({ externalId: 'acct-metrics' }, cli)
+    const reg = new MetricsRegistry()
+    const failing = new ConsentService(
+      tb.pg.db,
+      {
+        record: async () => {
+          throw new Error('audit log unavailable')
+        },
+      },
+      { metrics: reg },
+    )
+    await expect(failing.handleAppPublish(userId, '{"purpose":1}', 'app:m')).rejects.toThrow(ConsentPayloadError)
+    await expect(failing.handleAppPublish(userId, '{', 'app:m')).rejects.toThrow(/not JSON/)
+    const refusals = await reg.getSingleMetric('pulsegate_consent_refusals_total')!.get()
+    expect(Object.fromEntries(refusals.values.map((v) => [v.labels['reason'], v.value]))).toEqual({
+      bad_shape: 1,
+      not_json: 1,
+    })
+    await failing.load([userId])
+    await expect(failing.set(userId, 'leaderboard', false, 'cli', cli)).rejects.toThrow(/audit log unavailable/)
+    expect(failing.leaderboardVisible(userId, true)).toBe(false)
+    expect((await p.consent.state(userId)).leaderboard).toMatchObject({ granted: false, version: 1 })
+    const changes = await reg.getSingleMetric('pulsegate_consent_changes_total')!.get()
+    expect(changes.values).toEqual([
+      expect.objectContaining({ labels: { purpose: 'leaderboard', granted: 'false' }, value: 1 }),
+    ])
   })
 
   it('consents is append-only: UPDATE, DELETE and TRUNCATE refused; erasure deletes and leaves one tombstone', async () => {
