@@ -15,6 +15,7 @@ import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
 import { withOps } from './ops.js'
+import { addUserCommands } from './users.js'
 
 class UsageError extends Error {}
 
@@ -220,6 +221,9 @@ function buildProgram(): Command {
       )
       console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
     })
+
+  const users = program.command('users').description('pseudonymous people and their consent')
+  addUserCommands(users, { config, requireId, usage: (m) => new UsageError(m) })
 
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   return program

@@ -4,6 +4,7 @@ import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
 import { createLogger } from '../log.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
+import { logAuditSink, openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { Registry } from '../store/registry.js'
@@ -41,7 +42,14 @@ export async function withOps<T>(
   try {
     await migrate(db, log)
     const registry = new Registry(db)
-    return await fn((req) => runRpc(registry, req))
+    // Privacy operations derive pseudonyms and encrypt names here, with this process's keys (checked against the
+    // database's key fingerprints, so a CLI holding another key is refused rather than writing unlinkable ids).
+    let privacy: Promise<PrivacyServices> | null = null
+    const services = () => {
+      privacy ??= openPrivacyServices(cfg, db, { audit: logAuditSink(log), log })
+      return privacy
+    }
+    return await fn((req) => runRpc(registry, req, { services, source: 'cli', actor: { role: 'cli', id: null } }))
   } finally {
     await db.close()
   }

@@ -1,6 +1,6 @@
 // Who may publish or subscribe to what: SPEC.md's topic table, per role, with the caller's ids substituted.
 // Non-admins subscribe to exact topics only: no wildcard can ever reach another person's data or a firehose.
-import { hasWildcard, parseTopic, type TopicRef } from '../topics/grammar.js'
+import { hasWildcard, INBOUND_USER_LEAVES, parseTopic, type TopicRef } from '../topics/grammar.js'
 import type { Principal } from './principal.js'
 
 /** Registry look-ups the ACL needs; cached by the caller where it matters. */
@@ -36,9 +36,11 @@ export async function canPublish(p: Principal, topic: string, lookups: AclLookup
         return (await ownsDevice(p, ref.deviceId, lookups)) ? allow(ref) : deny('not_your_device')
       return deny('role_cannot_publish_readings')
     case 'user':
-      if (ref.leaf !== 'sync/request') return deny('outbound_topic')
-      if ((p.role === 'app' || p.role === 'bridge') && p.userId === ref.userId) return allow(ref)
-      return deny('not_your_user')
+      if (!INBOUND_USER_LEAVES.has(ref.leaf)) return deny('outbound_topic')
+      if (p.userId !== ref.userId || (p.role !== 'app' && p.role !== 'bridge')) return deny('not_your_user')
+      // Consent and preferences are the person's own decisions, taken in their app; a bridge relays sensor data.
+      if (ref.leaf !== 'sync/request' && p.role !== 'app') return deny('app_only_topic')
+      return allow(ref)
     case 'event':
       return deny('outbound_topic')
   }
@@ -62,7 +64,7 @@ export async function canSubscribe(p: Principal, filter: string, lookups: AclLoo
       return deny('not_your_device')
     }
     case 'user':
-      if (ref.leaf === 'sync/request') return deny('inbound_topic')
+      if (INBOUND_USER_LEAVES.has(ref.leaf)) return deny('inbound_topic')
       if ((p.role === 'app' || p.role === 'bridge') && p.userId === ref.userId) return allow(ref)
       return deny('not_your_user')
     case 'event': {

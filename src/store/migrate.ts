@@ -23,12 +23,41 @@ export interface MigrateResult {
   skipped: string[]
 }
 
-/** Splits on semicolons at line ends: enough for our own files, which keep one statement per terminated line run. */
-function statements(sql: string): string[] {
-  return sql
-    .split(/;\s*(?:\n|$)/)
-    .map((s) => s.replace(/^\s*--.*$/gm, '').trim())
-    .filter((s) => s.length > 0)
+/**
+ * Splits a migration file into statements at semicolons outside comments, quoted strings, quoted identifiers and
+ * dollar-quoted bodies (`$$ … $$`, `$tag$ … $tag$`), so functions, triggers and DO blocks keep their inner `;`.
+ */
+export function statements(sql: string): string[] {
+  const out: string[] = []
+  const push = (s: string) => {
+    const stmt = s.replace(/^\s*--.*$/gm, '').trim()
+    if (stmt.length > 0) out.push(stmt)
+  }
+  let start = 0
+  let i = 0
+  while (i < sql.length) {
+    const c = sql[i]
+    if (c === '-' && sql[i + 1] === '-') {
+      const nl = sql.indexOf('\n', i)
+      i = nl < 0 ? sql.length : nl
+    } else if (c === "'" || c === '"') {
+      // A doubled quote inside is an escaped quote: the scan just closes and reopens.
+      const end = sql.indexOf(c, i + 1)
+      i = end < 0 ? sql.length : end + 1
+    } else if (c === '$') {
+      const tag = /^\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$/.exec(sql.slice(i, i + 64))?.[0]
+      if (tag) {
+        const end = sql.indexOf(tag, i + tag.length)
+        i = end < 0 ? sql.length : end + tag.length
+      } else i++
+    } else if (c === ';') {
+      push(sql.slice(start, i))
+      i++
+      start = i
+    } else i++
+  }
+  push(sql.slice(start))
+  return out
 }
 
 async function enableTimescale(db: Db): Promise<boolean> {

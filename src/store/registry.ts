@@ -56,12 +56,19 @@ export class Registry {
     return 'transaction' in this.db ? this.db.transaction(fn) : fn(this.db)
   }
 
-  async ensureUser(userId: string, profile: { birthYear?: number } = {}): Promise<void> {
-    await this.db.query(
-      `INSERT INTO users (user_id, birth_year) VALUES ($1, $2)
-       ON CONFLICT (user_id) DO UPDATE SET birth_year = coalesce(EXCLUDED.birth_year, users.birth_year)`,
-      [userId, profile.birthYear ?? null],
+  /**
+   * Creates the user or updates the profile fields given (others are kept). `timeZone` must already be a valid IANA
+   * name (src/ops/people.ts normalizeTimeZone). Returns true when the user was created.
+   */
+  async ensureUser(userId: string, profile: { birthYear?: number; timeZone?: string } = {}): Promise<boolean> {
+    const res = await this.db.query<{ inserted: boolean }>(
+      `INSERT INTO users (user_id, birth_year, time_zone) VALUES ($1, $2, coalesce($3::text, 'UTC'))
+       ON CONFLICT (user_id) DO UPDATE SET birth_year = coalesce(EXCLUDED.birth_year, users.birth_year),
+         time_zone = CASE WHEN $3::text IS NULL THEN users.time_zone ELSE EXCLUDED.time_zone END
+       RETURNING (xmax = 0) AS inserted`,
+      [userId, profile.birthYear ?? null, profile.timeZone ?? null],
     )
+    return res.rows[0]?.inserted === true
   }
 
   /** Registers (or re-registers with a new certificate) a device for its owner; a device never changes owner here. */
@@ -242,7 +249,9 @@ export class Registry {
   /**
    * Joins users to an event (creating bare users as needed) in a few statements. The consent history gets a row when
    * a participant's leaderboard consent is first given or refused and whenever it changes, not when a join repeats
-   * it: provisioning the same runners again appends nothing. Returns the consent rows appended.
+   * it: provisioning the same runners again appends nothing. Returns the consent rows appended. Those rows are the
+   * per-event opt-in (purpose leaderboard, event_id set, source event-join:<event>, versioned per user and event);
+   * how they combine with the user-level purpose: src/ops/consent.ts.
    */
   async joinEvents(eventId: string, joins: readonly EventJoin[]): Promise<number> {
     if (!(await this.event(eventId))) throw new RegistryError(`event ${eventId} does not exist`)
@@ -260,8 +269,12 @@ export class Registry {
              consent_leaderboard = EXCLUDED.consent_leaderboard
            WHERE participants.consent_leaderboard IS DISTINCT FROM EXCLUDED.consent_leaderboard
               OR (EXCLUDED.bib IS NOT NULL AND participants.bib IS DISTINCT FROM EXCLUDED.bib))
-         INSERT INTO consents (user_id, purpose, granted, source)
-         SELECT i.user_id, 'leaderboard:' || $1, i.consent, 'event join' FROM i LEFT JOIN prev USING (user_id)
+         INSERT INTO consents (user_id, purpose, event_id, granted, version, source)
+         SELECT i.user_id, 'leaderboard', $1, i.consent,
+           coalesce((SELECT max(c.version) FROM consents c
+                     WHERE c.user_id = i.user_id AND c.event_id = $1 AND c.event_id IS NOT NULL), 0) + 1,
+           'event-join:' || $1
+         FROM i LEFT JOIN prev USING (user_id)
          WHERE prev.consent_leaderboard IS DISTINCT FROM i.consent`,
         [eventId, userIds, js.map((j) => j.consentLeaderboard ?? false), js.map((j) => j.bib ?? null)],
       )

@@ -2,7 +2,16 @@
 export const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
 
 export type DeviceLeaf = 'readings' | 'status' | 'rejections' | 'config'
-export type UserLeaf = 'alerts' | 'live' | 'recommendations' | 'sync/request' | 'sync/response'
+export type UserLeaf =
+  | 'alerts'
+  | 'live'
+  | 'recommendations'
+  | 'sync/request'
+  | 'sync/response'
+  | 'consent'
+  | 'consent/state'
+  | 'preferences'
+  | 'preferences/state'
 export type EventLeaf = 'leaderboard' | 'alerts' | 'stats'
 
 export type TopicRef =
@@ -11,7 +20,15 @@ export type TopicRef =
   | { kind: 'event'; eventId: string; leaf: EventLeaf }
 
 const DEVICE_LEAVES = new Set<string>(['readings', 'status', 'rejections', 'config'])
-const USER_LEAVES = new Set<string>(['alerts', 'live', 'recommendations'])
+const USER_LEAVES = new Set<string>(['alerts', 'live', 'recommendations', 'consent', 'preferences'])
+/** users/{id}/{leaf}/{sub}: a request and its answer, or a setting and its retained state */
+const USER_SUBLEAVES = new Map<string, ReadonlySet<string>>([
+  ['sync', new Set(['request', 'response'])],
+  ['consent', new Set(['state'])],
+  ['preferences', new Set(['state'])],
+])
+/** User topics a client publishes to (the rest are the broker's outputs). */
+export const INBOUND_USER_LEAVES: ReadonlySet<UserLeaf> = new Set<UserLeaf>(['sync/request', 'consent', 'preferences'])
 const EVENT_LEAVES = new Set<string>(['leaderboard', 'alerts', 'stats'])
 
 export function isValidId(id: string): boolean {
@@ -29,8 +46,8 @@ export function parseTopic(topic: string): TopicRef | null {
     if (root === 'events' && EVENT_LEAVES.has(leaf)) return { kind: 'event', eventId: id, leaf: leaf as EventLeaf }
     return null
   }
-  if (parts.length === 4 && root === 'users' && leaf === 'sync' && (sub === 'request' || sub === 'response')) {
-    return { kind: 'user', userId: id, leaf: `sync/${sub}` }
+  if (parts.length === 4 && root === 'users' && sub !== undefined && USER_SUBLEAVES.get(leaf)?.has(sub)) {
+    return { kind: 'user', userId: id, leaf: `${leaf}/${sub}` as UserLeaf }
   }
   return null
 }
@@ -48,6 +65,10 @@ export const topicFor = {
   live: (userId: string) => `users/${userId}/live`,
   recommendations: (userId: string) => `users/${userId}/recommendations`,
   syncResponse: (userId: string) => `users/${userId}/sync/response`,
+  consent: (userId: string) => `users/${userId}/consent`,
+  consentState: (userId: string) => `users/${userId}/consent/state`,
+  preferences: (userId: string) => `users/${userId}/preferences`,
+  preferencesState: (userId: string) => `users/${userId}/preferences/state`,
   leaderboard: (eventId: string) => `events/${eventId}/leaderboard`,
   eventAlerts: (eventId: string) => `events/${eventId}/alerts`,
   stats: (eventId: string) => `events/${eventId}/stats`,

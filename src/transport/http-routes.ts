@@ -10,6 +10,15 @@ import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { KeyError } from '../ops/keys.js'
+import {
+  isPrivacyRequestError,
+  isPrivacyRpc,
+  privacyRpcSchemas,
+  type RpcPrivacyContext,
+  runPrivacyRpc,
+} from '../ops/privacy-rpc.js'
+import { logAuditSink, openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
@@ -25,6 +34,8 @@ export interface RouteDeps {
   onDeviceRevoked(deviceId: string): void
   /** devices (re-)registered, possibly with a new certificate: cached verdicts about them go */
   onDevicesRegistered(deviceIds: readonly string[]): void
+  /** the broker's privacy services (shared with the outputs); unset → opened here on the first privacy RPC */
+  privacy?: () => Promise<PrivacyServices>
   log: Logger
 }
 
@@ -76,6 +87,8 @@ export const rpcSchema = z.discriminatedUnion('op', [
       .array(z.object({ userId: id, consentLeaderboard: z.boolean().optional(), bib: z.string().optional() }))
       .max(RPC_BULK_MAX),
   }),
+  // addUser, setConsent, getConsent (src/ops/privacy-rpc.ts)
+  ...privacyRpcSchemas,
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -90,7 +103,11 @@ function toRegistration(d: z.infer<typeof deviceRegistration>): DeviceRegistrati
   }
 }
 
-export async function runRpc(registry: Registry, req: RpcRequest): Promise<unknown> {
+export async function runRpc(registry: Registry, req: RpcRequest, privacy?: RpcPrivacyContext): Promise<unknown> {
+  if (isPrivacyRpc(req)) {
+    if (!privacy) throw new Error(`${req.op} needs the privacy services`)
+    return runPrivacyRpc(req, privacy)
+  }
   switch (req.op) {
     case 'registerDevice':
       return { deviceKey: await registry.registerDevice(toRegistration(req)) }
@@ -180,6 +197,22 @@ async function readBody(req: http.IncomingMessage, max = 64 * 1024): Promise<str
 }
 
 export function createHttpRoutes(deps: RouteDeps) {
+  // Opened on the first privacy RPC (keys, key check, legacy re-encryption), once; a failure is retried next time.
+  let privacy: Promise<PrivacyServices> | null = null
+  const privacyServices = (): Promise<PrivacyServices> => {
+    privacy ??= (
+      deps.privacy?.() ??
+      openPrivacyServices(deps.config, deps.db, {
+        audit: logAuditSink(deps.log),
+        metrics: deps.metrics.registry,
+        log: deps.log,
+      })
+    ).catch((err: unknown) => {
+      privacy = null
+      throw err
+    })
+    return privacy
+  }
   return (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const url = new URL(req.url ?? '/', 'http://x')
     void (async () => {
@@ -211,9 +244,11 @@ export function createHttpRoutes(deps: RouteDeps) {
       if (req.method === 'POST' && url.pathname === '/admin/rpc') {
         const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]
         if (!bearer) return send(res, 401, { error: 'admin token required' })
+        let admin: string | null
         try {
           const p = await deps.tokens.verify(bearer)
           if (p.role !== 'admin') return send(res, 403, { error: 'admin role required' })
+          admin = p.userId
         } catch (err) {
           return send(res, 401, { error: (err as Error).message })
         }
@@ -230,14 +265,21 @@ export function createHttpRoutes(deps: RouteDeps) {
             error: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
           })
         try {
-          const result = await runRpc(deps.registry, parsed.data)
+          const result = await runRpc(deps.registry, parsed.data, {
+            services: privacyServices,
+            source: 'rpc',
+            actor: { role: 'admin', id: admin },
+          })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
           else if (op.op === 'registerDevice') deps.onDevicesRegistered([op.deviceId])
           else if (op.op === 'registerDevices') deps.onDevicesRegistered(op.devices.map((d) => d.deviceId))
           return send(res, 200, result)
         } catch (err) {
-          if (err instanceof RegistryError) return send(res, 409, { error: err.message })
+          if (err instanceof RegistryError || isPrivacyRequestError(err))
+            return send(res, 409, { error: (err as Error).message })
+          // A key that does not match the database: the operator's to fix, said plainly (never the key itself).
+          if (err instanceof KeyError) return send(res, 503, { error: err.message })
           throw err
         }
       }

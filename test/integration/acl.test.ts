@@ -86,6 +86,12 @@ const SUBSCRIBE_ALLOWED: Record<string, readonly Who[]> = {
   'users/alice/sync/response': OWNER_APPS,
   'users/bob/alerts': ['appBob', 'admin'],
   'users/alice/sync/request': ['admin'],
+  // consent and preferences: the retained state is the user's output; the topic set is an inbound request
+  'users/alice/consent/state': OWNER_APPS,
+  'users/alice/preferences/state': OWNER_APPS,
+  'users/bob/consent/state': ['appBob', 'admin'],
+  'users/alice/consent': ['admin'],
+  'users/alice/preferences': ['admin'],
   // race1 is private; alice is a participant. SPEC: "participants, medics": the bridge acts for participant alice too
   // (acl.ts treats any token of the user alike here; the brief's per-role summary does not list it — see report).
   'events/race1/leaderboard': ['bridgeAlice', 'appAlice', 'medicRace1', 'admin'],
@@ -143,6 +149,12 @@ const PUBLISH_ALLOWED: Record<string, readonly Who[]> = {
   'devices/trk-a/rejections': ['admin'],
   'users/alice/sync/request': ['bridgeAlice', 'appAlice', 'admin'],
   'users/bob/sync/request': ['appBob', 'admin'],
+  // consent and preferences are set from the user's app only (not the bridge, which relays sensor data)
+  'users/alice/consent': ['appAlice', 'admin'],
+  'users/alice/preferences': ['appAlice', 'admin'],
+  'users/bob/consent': ['appBob', 'admin'],
+  'users/alice/consent/state': ['admin'],
+  'users/alice/preferences/state': ['admin'],
   'users/alice/alerts': ['admin'],
   'users/alice/live': ['admin'],
   'users/alice/sync/response': ['admin'],
@@ -163,6 +175,7 @@ let nextSeq = 1
 function payloadFor(topic: string): string {
   if (topic.endsWith('/readings')) return JSON.stringify({ seq: nextSeq++, samples: [{ t: nextT++, hr: 70 }] })
   if (topic.endsWith('/status')) return JSON.stringify({ battery: 80, firmware: '1.2.3', buffered: 0 })
+  if (topic.endsWith('/consent')) return JSON.stringify({ purpose: 'research', granted: true })
   return '{}'
 }
 
@@ -348,6 +361,16 @@ describe('acl.ts edge cases (fake look-ups)', () => {
     ['a device publishing a sync request', device('trk-a'), 'users/alice/sync/request', false],
     ['an app publishing its sync response', tokenUser('app', 'alice'), 'users/alice/sync/response', false],
     ['an app publishing sync with a missing level', tokenUser('app', 'alice'), 'users/alice/sync', false],
+    ['an app setting its own consent', tokenUser('app', 'alice'), 'users/alice/consent', true],
+    ['an app setting its own preferences', tokenUser('app', 'alice'), 'users/alice/preferences', true],
+    ["an app setting another user's consent", tokenUser('app', 'bob'), 'users/alice/consent', false],
+    ["a bridge setting its user's consent", tokenUser('bridge', 'alice'), 'users/alice/consent', false],
+    ["a bridge setting its user's preferences", tokenUser('bridge', 'alice'), 'users/alice/preferences', false],
+    ["a device setting its owner's consent", device('trk-a'), 'users/alice/consent', false],
+    ['an app publishing its consent state', tokenUser('app', 'alice'), 'users/alice/consent/state', false],
+    ['an app publishing its preferences state', tokenUser('app', 'alice'), 'users/alice/preferences/state', false],
+    ['consent with an unknown sub-level', tokenUser('app', 'alice'), 'users/alice/consent/request', false],
+    ['preferences state with an extra level', tokenUser('app', 'alice'), 'users/alice/preferences/state/x', false],
     ['a bridge publishing for an unregistered device', tokenUser('bridge', 'alice'), 'devices/nobody/readings', false],
     [
       'a bridge publishing a sync request for another user',
@@ -383,6 +406,13 @@ describe('acl.ts edge cases (fake look-ups)', () => {
     ['own device status', tokenUser('app', 'alice'), 'devices/trk-a/status', false],
     ['own sync request', tokenUser('app', 'alice'), 'users/alice/sync/request', false],
     ['own sync response', tokenUser('app', 'alice'), 'users/alice/sync/response', true],
+    ['own consent state', tokenUser('app', 'alice'), 'users/alice/consent/state', true],
+    ['own preferences state (bridge)', tokenUser('bridge', 'alice'), 'users/alice/preferences/state', true],
+    ['own consent topic', tokenUser('app', 'alice'), 'users/alice/consent', false],
+    ['own preferences topic', tokenUser('app', 'alice'), 'users/alice/preferences', false],
+    ["another user's consent state", tokenUser('app', 'bob'), 'users/alice/consent/state', false],
+    ['medic on a consent state', medic(['race1']), 'users/alice/consent/state', false],
+    ["device on its owner's consent state", device('trk-a'), 'users/alice/consent/state', false],
     ['participant app on event alerts', tokenUser('app', 'alice'), 'events/race1/alerts', false],
     ['participant app on event leaderboard', tokenUser('app', 'alice'), 'events/race1/leaderboard', true],
     ['non-participant on a private event', tokenUser('app', 'bob'), 'events/race1/stats', false],
@@ -406,6 +436,10 @@ describe('acl.ts edge cases (fake look-ups)', () => {
     expect(await canSubscribe(tokenUser('app', 'alice'), 'users/alice/#', lookups)).toEqual({
       ok: false,
       reason: 'wildcard',
+    })
+    expect(await canPublish(tokenUser('bridge', 'alice'), 'users/alice/consent', lookups)).toEqual({
+      ok: false,
+      reason: 'app_only_topic',
     })
     expect(await canSubscribe(tokenUser('app', 'alice'), 'devices//rejections', lookups)).toEqual({
       ok: false,

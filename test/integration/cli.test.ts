@@ -59,6 +59,10 @@ describe('pulsegate CLI', () => {
       ['token'],
       ['event', 'create'],
       ['event', 'join'],
+      ['users'],
+      ['users', 'add'],
+      ['users', 'consent'],
+      ['users', 'consents'],
     ]) {
       const writes: string[] = []
       const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {

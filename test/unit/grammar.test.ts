@@ -30,4 +30,21 @@ describe('parseTopic', () => {
     expect(parseTopic('devices/d 1/readings')).toBeNull()
     expect(parseTopic('devices/d1/readings/x')).toBeNull()
   })
+
+  it('consent and preferences: the request topic and its retained state', () => {
+    expect(parseTopic('users/u1/consent')).toEqual({ kind: 'user', userId: 'u1', leaf: 'consent' })
+    expect(parseTopic('users/u1/consent/state')).toEqual({ kind: 'user', userId: 'u1', leaf: 'consent/state' })
+    expect(parseTopic('users/u1/preferences')).toEqual({ kind: 'user', userId: 'u1', leaf: 'preferences' })
+    expect(parseTopic('users/u1/preferences/state')).toEqual({ kind: 'user', userId: 'u1', leaf: 'preferences/state' })
+    for (const t of [
+      'users/u1/consent/request',
+      'users/u1/sync/state',
+      'users/u1/consent/state/x',
+      'users/u1/state',
+      'users/u1/alerts/state',
+      'users/u1/constructor/state',
+      'devices/d1/consent',
+    ])
+      expect(parseTopic(t), t).toBeNull()
+  })
 })

@@ -1,0 +1,64 @@
+// The admin RPC's people and consent operations (addUser, setConsent, getConsent), run where the data lives: by the
+// CLI against the store, or by the broker's /admin/rpc. The external id travels to the process holding the pseudonym
+// key and stops there: rpcAuditView() is the form of a request fit for audit details and logs.
+import { z } from 'zod'
+import type { AuditActor } from './audit-types.js'
+import { ConsentError, PURPOSES } from './consent.js'
+import { PeopleError, PEOPLE_VALUE_MAX } from './people.js'
+import type { PrivacyServices } from './privacy-services.js'
+import { EXTERNAL_ID_MAX, ExternalIdError } from './pseudonym.js'
+
+const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)
+
+export const privacyRpcSchemas = [
+  z.object({
+    op: z.literal('addUser'),
+    externalId: z.string().min(1).max(EXTERNAL_ID_MAX),
+    birthYear: z.number().int().min(1900).max(2100).optional(),
+    name: z.string().min(1).max(PEOPLE_VALUE_MAX).optional(),
+    email: z.string().min(1).max(PEOPLE_VALUE_MAX).optional(),
+    timeZone: z.string().min(1).max(64).optional(),
+  }),
+  z.object({ op: z.literal('setConsent'), userId: id, purpose: z.enum(PURPOSES), granted: z.boolean() }),
+  z.object({ op: z.literal('getConsent'), userId: id }),
+] as const
+
+export type PrivacyRpcRequest = z.infer<(typeof privacyRpcSchemas)[number]>
+export const PRIVACY_RPC_OPS: ReadonlySet<string> = new Set(privacyRpcSchemas.map((s) => s.shape.op.value))
+
+export function isPrivacyRpc(req: { op: string }): req is PrivacyRpcRequest {
+  return PRIVACY_RPC_OPS.has(req.op)
+}
+
+/** Who asks, through which channel (the consent history's source), and the services (opened on first use). */
+export interface RpcPrivacyContext {
+  services(): Promise<PrivacyServices>
+  source: 'cli' | 'rpc'
+  actor: AuditActor
+}
+
+/** A refused request (unknown user, bad time zone, …) as opposed to a failure. */
+export function isPrivacyRequestError(err: unknown): boolean {
+  return err instanceof ConsentError || err instanceof PeopleError || err instanceof ExternalIdError
+}
+
+/** A request as it may be recorded: addUser without its external id, name and e-mail (only whether they were set). */
+export function rpcAuditView<R extends { op: string }>(req: R): Record<string, unknown> {
+  if (req.op !== 'addUser') return { ...req }
+  const { externalId: _x, name, email, ...rest } = req as unknown as PrivacyRpcRequest & { op: 'addUser' }
+  return { ...rest, name: name !== undefined, email: email !== undefined }
+}
+
+export async function runPrivacyRpc(req: PrivacyRpcRequest, ctx: RpcPrivacyContext): Promise<unknown> {
+  const p = await ctx.services()
+  switch (req.op) {
+    case 'addUser': {
+      const { op: _op, ...input } = req
+      return p.addUser(input, ctx.actor)
+    }
+    case 'setConsent':
+      return { state: await p.consent.set(req.userId, req.purpose, req.granted, ctx.source, ctx.actor) }
+    case 'getConsent':
+      return { state: await p.consent.state(req.userId), history: await p.consent.history(req.userId) }
+  }
+}
