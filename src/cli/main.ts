@@ -14,6 +14,7 @@ import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
+import { addAuditCommand } from './audit.js'
 import { withOps } from './ops.js'
 
 class UsageError extends Error {}
@@ -222,6 +223,7 @@ function buildProgram(): Command {
     })
 
   program.addCommand(simulateCommand().copyInheritedSettings(program))
+  addAuditCommand(program)
   return program
 }
 

@@ -3,6 +3,7 @@
 import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
 import { createLogger } from '../log.js'
+import { openAuditLog } from '../ops/audit.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
@@ -41,7 +42,13 @@ export async function withOps<T>(
   try {
     await migrate(db, log)
     const registry = new Registry(db)
-    return await fn((req) => runRpc(registry, req))
+    // Offline, processing steps (device.revoke, …) are recorded as the CLI's; the broker records its RPC calls itself.
+    const audit = openAuditLog(db, cfg, log)
+    try {
+      return await fn((req) => runRpc(registry, req, { audit, actor: { role: 'cli', id: null } }))
+    } finally {
+      await audit.stop()
+    }
   } finally {
     await db.close()
   }

@@ -10,6 +10,8 @@ import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import type { AuditLog } from '../ops/audit.js'
+import type { AuditActor, AuditEntry } from '../ops/audit-types.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
@@ -25,6 +27,8 @@ export interface RouteDeps {
   onDeviceRevoked(deviceId: string): void
   /** devices (re-)registered, possibly with a new certificate: cached verdicts about them go */
   onDevicesRegistered(deviceIds: readonly string[]): void
+  /** when set, every /admin/rpc call is recorded (rpc.<op>) before it runs, and audit ops are served */
+  audit?: AuditLog
   log: Logger
 }
 
@@ -76,6 +80,8 @@ export const rpcSchema = z.discriminatedUnion('op', [
       .array(z.object({ userId: id, consentLeaderboard: z.boolean().optional(), bib: z.string().optional() }))
       .max(RPC_BULK_MAX),
   }),
+  z.object({ op: z.literal('auditVerify') }),
+  z.object({ op: z.literal('auditCheckpoint') }),
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -90,12 +96,38 @@ function toRegistration(d: z.infer<typeof deviceRegistration>): DeviceRegistrati
   }
 }
 
-export async function runRpc(registry: Registry, req: RpcRequest): Promise<unknown> {
+/** Where an operation runs: the audit log it records processing steps in, and who asked. */
+export interface RpcContext {
+  audit?: AuditLog
+  actor?: AuditActor
+}
+
+function requireAudit(ctx: RpcContext): AuditLog {
+  if (!ctx.audit) throw new RegistryError('this process keeps no audit log')
+  return ctx.audit
+}
+
+export async function runRpc(registry: Registry, req: RpcRequest, ctx: RpcContext = {}): Promise<unknown> {
   switch (req.op) {
     case 'registerDevice':
       return { deviceKey: await registry.registerDevice(toRegistration(req)) }
-    case 'revokeDevice':
-      return { revoked: await registry.revokeDevice(req.deviceId) }
+    case 'revokeDevice': {
+      const owner = ctx.audit ? (await registry.device(req.deviceId))?.userId : undefined
+      const revoked = await registry.revokeDevice(req.deviceId)
+      if (revoked && ctx.audit)
+        await ctx.audit.record({
+          actor: ctx.actor ?? { role: 'system', id: null },
+          action: 'device.revoke',
+          subject: owner ?? null,
+          purpose: null,
+          details: { deviceId: req.deviceId },
+        })
+      return { revoked }
+    }
+    case 'auditVerify':
+      return requireAudit(ctx).verify()
+    case 'auditCheckpoint':
+      return { checkpoint: await requireAudit(ctx).checkpoint() }
     case 'ensureUser':
       await registry.ensureUser(req.userId, req.birthYear !== undefined ? { birthYear: req.birthYear } : {})
       return { ok: true }
@@ -136,6 +168,20 @@ export async function runRpc(registry: Registry, req: RpcRequest): Promise<unkno
         ),
       }
   }
+}
+
+/** The audit row of an RPC call: the person it concerns, and ids and counts only. */
+export function rpcAuditEntry(actor: AuditActor, req: RpcRequest): AuditEntry {
+  const subject = 'userId' in req ? req.userId : null
+  const details: Record<string, unknown> = {}
+  if ('deviceId' in req) details.deviceId = req.deviceId
+  if ('eventId' in req) details.eventId = req.eventId
+  if (req.op === 'registerDevices') {
+    details.devices = req.devices.length
+    details.users = req.users?.length ?? 0
+  }
+  if (req.op === 'joinEvents') details.participants = req.participants.length
+  return { actor, action: `rpc.${req.op}`, subject, purpose: null, details }
 }
 
 // The race-control page: medics and race control watch an event's leaderboard and alerts over MQTT/WebSocket with
@@ -211,9 +257,11 @@ export function createHttpRoutes(deps: RouteDeps) {
       if (req.method === 'POST' && url.pathname === '/admin/rpc') {
         const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]
         if (!bearer) return send(res, 401, { error: 'admin token required' })
+        let actor: AuditActor
         try {
           const p = await deps.tokens.verify(bearer)
           if (p.role !== 'admin') return send(res, 403, { error: 'admin role required' })
+          actor = { role: 'admin', id: p.userId }
         } catch (err) {
           return send(res, 401, { error: (err as Error).message })
         }
@@ -229,8 +277,19 @@ export function createHttpRoutes(deps: RouteDeps) {
           return send(res, 400, {
             error: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
           })
+        if (deps.audit) {
+          // Recorded before it runs: no admin operation happens unaudited.
+          try {
+            await deps.audit.record(rpcAuditEntry(actor, parsed.data))
+          } catch (err) {
+            return send(res, 503, { error: `audit log unavailable, nothing was done: ${(err as Error).message}` })
+          }
+        }
         try {
-          const result = await runRpc(deps.registry, parsed.data)
+          const result = await runRpc(deps.registry, parsed.data, {
+            ...(deps.audit ? { audit: deps.audit } : {}),
+            actor,
+          })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
           else if (op.op === 'registerDevice') deps.onDevicesRegistered([op.deviceId])
