@@ -442,3 +442,19 @@ describe.each(['postgres', 'embedded'] as const)('RPC calls and revocations leav
       expect(actions).toEqual(['rpc.auditCheckpoint', 'rpc.auditVerify'])
     })
 })
+
+describe('audit CLI', () => {
+  it('audit verify and audit checkpoint have --help', async () => {
+    for (const cmd of [['audit'], ['audit', 'verify'], ['audit', 'checkpoint']]) {
+      const writes: string[] = []
+      const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {
+        writes.push(String(s))
+        return true
+      })
+      const code = await main(['node', 'pulsegate', ...cmd, '--help'])
+      spy.mockRestore()
+      expect(code).toBe(0)
+      expect(writes.join('')).toMatch(/Usage: pulsegate audit/)
+    }
+  })
+})
