@@ -14,6 +14,7 @@ import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
+import { addAuditCommand } from './audit.js'
 import { withOps } from './ops.js'
 import { addUserCommands } from './users.js'
 
@@ -226,6 +227,7 @@ function buildProgram(): Command {
   addUserCommands(users, { config, requireId, usage: (m) => new UsageError(m) })
 
   program.addCommand(simulateCommand().copyInheritedSettings(program))
+  addAuditCommand(program)
   return program
 }
 

@@ -3,6 +3,7 @@
 import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
 import { createLogger } from '../log.js'
+import { openAuditLog } from '../ops/audit.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { logAuditSink, openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
 import { migrate } from '../store/migrate.js'
@@ -44,12 +45,21 @@ export async function withOps<T>(
     const registry = new Registry(db)
     // Privacy operations derive pseudonyms and encrypt names here, with this process's keys (checked against the
     // database's key fingerprints, so a CLI holding another key is refused rather than writing unlinkable ids).
+    // Offline, processing steps (device.revoke, consent changes, …) are recorded as the CLI's; the broker records its
+    // RPC calls itself.
+    const audit = openAuditLog(db, cfg, log)
     let privacy: Promise<PrivacyServices> | null = null
     const services = () => {
-      privacy ??= openPrivacyServices(cfg, db, { audit: logAuditSink(log), log })
+      privacy ??= openPrivacyServices(cfg, db, { audit, log })
       return privacy
     }
-    return await fn((req) => runRpc(registry, req, { services, source: 'cli', actor: { role: 'cli', id: null } }))
+    try {
+      return await fn((req) =>
+        runRpc(registry, req, { services, source: 'cli', audit, actor: { role: 'cli', id: null } }),
+      )
+    } finally {
+      await audit.stop()
+    }
   } finally {
     await db.close()
   }

@@ -19,6 +19,8 @@ import {
   runPrivacyRpc,
 } from '../ops/privacy-rpc.js'
 import { logAuditSink, openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
+import type { AuditLog } from '../ops/audit.js'
+import type { AuditActor, AuditEntry } from '../ops/audit-types.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
@@ -36,6 +38,8 @@ export interface RouteDeps {
   onDevicesRegistered(deviceIds: readonly string[]): void
   /** the broker's privacy services (shared with the outputs); unset → opened here on the first privacy RPC */
   privacy?: () => Promise<PrivacyServices>
+  /** when set, every /admin/rpc call is recorded (rpc.<op>) before it runs, and audit ops are served */
+  audit?: AuditLog
   log: Logger
 }
 
@@ -89,6 +93,8 @@ export const rpcSchema = z.discriminatedUnion('op', [
   }),
   // addUser, setConsent, getConsent (src/ops/privacy-rpc.ts)
   ...privacyRpcSchemas,
+  z.object({ op: z.literal('auditVerify') }),
+  z.object({ op: z.literal('auditCheckpoint') }),
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -103,16 +109,43 @@ function toRegistration(d: z.infer<typeof deviceRegistration>): DeviceRegistrati
   }
 }
 
-export async function runRpc(registry: Registry, req: RpcRequest, privacy?: RpcPrivacyContext): Promise<unknown> {
+/** Where an operation runs: the audit log it records processing steps in, who asked, and (for the privacy
+ *  operations) the process's privacy services and the consent source. */
+export interface RpcContext extends Partial<RpcPrivacyContext> {
+  audit?: AuditLog
+}
+
+function requireAudit(ctx: RpcContext): AuditLog {
+  if (!ctx.audit) throw new RegistryError('this process keeps no audit log')
+  return ctx.audit
+}
+
+export async function runRpc(registry: Registry, req: RpcRequest, ctx: RpcContext = {}): Promise<unknown> {
   if (isPrivacyRpc(req)) {
-    if (!privacy) throw new Error(`${req.op} needs the privacy services`)
-    return runPrivacyRpc(req, privacy)
+    const { services, source, actor } = ctx
+    if (!services || !source || !actor) throw new Error(`${req.op} needs the privacy services`)
+    return runPrivacyRpc(req, { services, source, actor })
   }
   switch (req.op) {
     case 'registerDevice':
       return { deviceKey: await registry.registerDevice(toRegistration(req)) }
-    case 'revokeDevice':
-      return { revoked: await registry.revokeDevice(req.deviceId) }
+    case 'revokeDevice': {
+      const owner = ctx.audit ? (await registry.device(req.deviceId))?.userId : undefined
+      const revoked = await registry.revokeDevice(req.deviceId)
+      if (revoked && ctx.audit)
+        await ctx.audit.record({
+          actor: ctx.actor ?? { role: 'system', id: null },
+          action: 'device.revoke',
+          subject: owner ?? null,
+          purpose: null,
+          details: { deviceId: req.deviceId },
+        })
+      return { revoked }
+    }
+    case 'auditVerify':
+      return requireAudit(ctx).verify()
+    case 'auditCheckpoint':
+      return { checkpoint: await requireAudit(ctx).checkpoint() }
     case 'ensureUser':
       await registry.ensureUser(req.userId, req.birthYear !== undefined ? { birthYear: req.birthYear } : {})
       return { ok: true }
@@ -153,6 +186,20 @@ export async function runRpc(registry: Registry, req: RpcRequest, privacy?: RpcP
         ),
       }
   }
+}
+
+/** The audit row of an RPC call: the person it concerns, and ids and counts only. */
+export function rpcAuditEntry(actor: AuditActor, req: RpcRequest): AuditEntry {
+  const subject = 'userId' in req ? req.userId : null
+  const details: Record<string, unknown> = {}
+  if ('deviceId' in req) details.deviceId = req.deviceId
+  if ('eventId' in req) details.eventId = req.eventId
+  if (req.op === 'registerDevices') {
+    details.devices = req.devices.length
+    details.users = req.users?.length ?? 0
+  }
+  if (req.op === 'joinEvents') details.participants = req.participants.length
+  return { actor, action: `rpc.${req.op}`, subject, purpose: null, details }
 }
 
 // The race-control page: medics and race control watch an event's leaderboard and alerts over MQTT/WebSocket with
@@ -203,7 +250,7 @@ export function createHttpRoutes(deps: RouteDeps) {
     privacy ??= (
       deps.privacy?.() ??
       openPrivacyServices(deps.config, deps.db, {
-        audit: logAuditSink(deps.log),
+        audit: deps.audit ?? logAuditSink(deps.log),
         metrics: deps.metrics.registry,
         log: deps.log,
       })
@@ -244,11 +291,11 @@ export function createHttpRoutes(deps: RouteDeps) {
       if (req.method === 'POST' && url.pathname === '/admin/rpc') {
         const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]
         if (!bearer) return send(res, 401, { error: 'admin token required' })
-        let admin: string | null
+        let actor: AuditActor
         try {
           const p = await deps.tokens.verify(bearer)
           if (p.role !== 'admin') return send(res, 403, { error: 'admin role required' })
-          admin = p.userId
+          actor = { role: 'admin', id: p.userId }
         } catch (err) {
           return send(res, 401, { error: (err as Error).message })
         }
@@ -264,11 +311,20 @@ export function createHttpRoutes(deps: RouteDeps) {
           return send(res, 400, {
             error: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
           })
+        if (deps.audit) {
+          // Recorded before it runs: no admin operation happens unaudited.
+          try {
+            await deps.audit.record(rpcAuditEntry(actor, parsed.data))
+          } catch (err) {
+            return send(res, 503, { error: `audit log unavailable, nothing was done: ${(err as Error).message}` })
+          }
+        }
         try {
           const result = await runRpc(deps.registry, parsed.data, {
             services: privacyServices,
             source: 'rpc',
-            actor: { role: 'admin', id: admin },
+            ...(deps.audit ? { audit: deps.audit } : {}),
+            actor,
           })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
