@@ -17,7 +17,6 @@ import {
   token,
   waitFor,
 } from '../helpers/harness.js'
-import { migrationsDir } from '../../src/store/migrate.js'
 
 const stores: StoreKind[] = ['postgres', 'embedded']
 
