@@ -18,6 +18,8 @@ import type { Principal } from './identity/principal.js'
 import { Tokens } from './identity/tokens.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
+import { openAuditLog } from './ops/audit.js'
+import { openPrivacyServices } from './ops/privacy-services.js'
 import { OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
@@ -78,6 +80,15 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     throw err
   }
   const registry = new Registry(db)
+  const audit = openAuditLog(db, config, log.child({ stage: 'audit' }))
+  // Keys are checked against the database's key fingerprints here: a broker holding another key does not start.
+  const privacy = await openPrivacyServices(config, db, { audit, metrics: metrics.registry, log }).catch(
+    async (err: unknown) => {
+      await audit.stop()
+      await db.close()
+      throw err
+    },
+  )
   const lookups = new CachedLookups(registry)
   const tokens = new Tokens(config)
   // The group-commit writer gets connections of its own on a server: registry look-ups at a connect storm and output
@@ -108,7 +119,14 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl)
     : new MemoryLeaderboard()
-  const outputs = new OutputEngine(db, leaderboard, { publish }, metrics, log.child({ stage: 'outputs' }))
+  const outputs = new OutputEngine(
+    db,
+    leaderboard,
+    privacy.consent,
+    { publish },
+    metrics,
+    log.child({ stage: 'outputs' }),
+  )
   ingest.onCommitted((batch) => outputs.onCommitted(batch))
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
 
@@ -120,8 +138,19 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     drainTimeout: config.limits.drainTimeoutMs,
     maxClientsIdLength: maxClientIdLength,
     authenticate: createAuthenticate({ lookups, tokens, principals, metrics, log, maxClientIdLength }),
-    authorizePublish: createAuthorizePublish({ lookups, principals, ingest, sync, routing, metrics, log }),
-    authorizeSubscribe: createAuthorizeSubscribe({ lookups, principals, routing, metrics, log }),
+    authorizePublish: createAuthorizePublish({
+      lookups,
+      principals,
+      ingest,
+      sync,
+      consent: privacy.consent,
+      audit,
+      publish,
+      routing,
+      metrics,
+      log,
+    }),
+    authorizeSubscribe: createAuthorizeSubscribe({ lookups, principals, routing, audit, metrics, log }),
     authorizeForward: createAuthorizeForward({ metrics }),
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
@@ -158,6 +187,9 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     onDevicesRegistered: (deviceIds) => {
       for (const d of deviceIds) lookups.forgetDevice(d)
     },
+    // The outputs' consent cache is this service's: a change through the RPC reaches the next publish.
+    privacy: () => Promise.resolve(privacy),
+    audit,
     log,
   })
   const httpServer: http.Server = createHttpServer(
@@ -182,12 +214,14 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     for (const s of servers) s.close()
     await new Promise<void>((r) => aedes.close(() => r()))
     await leaderboard.close()
+    await audit.stop()
     if (writerDb !== db) await writerDb.close()
     await db.close()
     throw err
   }
   if (db.kind === 'embedded') updateEmbeddedLock(config.dataDir, { httpPort: ports.http, host: config.host })
   outputs.start()
+  audit.startCheckpoints(config.privacy.auditCheckpointMs)
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -201,6 +235,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
         log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
       await new Promise<void>((r) => aedes.close(() => r()))
       httpServer.closeAllConnections()
+      await audit.stop()
       if (writerDb !== db) await writerDb.close()
       await db.close()
       log.info('stopped')

@@ -149,6 +149,12 @@ export function createMetrics() {
       labelNames: ['kind'],
       registers: r,
     }),
+    outputsWithheld: new Counter({
+      name: 'pulsegate_outputs_withheld_total',
+      help: 'messages not published to others, by output and reason (consent, privacy zone)',
+      labelNames: ['output', 'reason'],
+      registers: r,
+    }),
     leaderboardPublishSeconds: new Histogram({
       name: 'pulsegate_leaderboard_publish_seconds',
       help: 'time to build and publish one event leaderboard',

@@ -1,10 +1,15 @@
 // PUBLISH from a client: may they (topic ACL), and what becomes of it. A sync request is acked at once and answered on
 // the user's sync/response topic; readings and status are handed to the pipeline, whose commit decides the PUBACK;
-// anything else an admin publishes (device config) is routed and retained as sent.
+// a consent change from the user's app is committed, then acked, and its new state goes out retained on
+// users/{uid}/consent/state; anything else an admin publishes (device config) is routed and retained as sent.
+// Sync requests and consent changes are audited (actor, subject pseudonyms only).
 import { type AclLookups, canPublish } from '../identity/acl.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import type { AuditSink } from '../ops/audit-types.js'
+import { ConsentError, type ConsentStateMessage } from '../ops/consent-model.js'
 import type { Done, IngestSource } from '../pipeline/ingest.js'
+import { topicFor } from '../topics/grammar.js'
 import type { ConsumedRouting } from './consumed-routing.js'
 import type { AuthorizePublishHook, Principals } from './types.js'
 
@@ -19,18 +24,29 @@ export interface SyncEntry {
   handle(userId: string, payload: Buffer): Promise<void>
 }
 
+/** Takes an app's users/{uid}/consent payload (ConsentService): refuses a bad one with an error that says why. */
+export interface ConsentEntry {
+  handleAppPublish(userId: string, payload: Buffer, clientId: string): Promise<ConsentStateMessage>
+}
+
 export interface AuthorizePublishDeps {
   lookups: AclLookups
   principals: Principals
   ingest: IngestEntry
   sync: SyncEntry
+  consent: ConsentEntry
+  audit: AuditSink
+  /** the broker's own publisher (the consent state it answers with) */
+  publish(topic: string, payload: string, qos: 0 | 1, retain: boolean): void
   routing: Pick<ConsumedRouting, 'consume'>
   metrics: Pick<Metrics, 'packetsIn' | 'aclRefusals'>
   log: Logger
 }
 
 export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePublishHook {
-  const { lookups, principals, ingest, sync, routing, metrics, log } = deps
+  const { lookups, principals, ingest, sync, consent, audit, publish, routing, metrics, log } = deps
+  const audited = (e: Parameters<AuditSink['record']>[0]) =>
+    audit.record(e).catch((err: Error) => log.error({ err: err.message, action: e.action }, 'audit record failed'))
   return (client, packet, done) => {
     const p = client ? principals.get(client) : undefined
     if (!client || !p) {
@@ -51,7 +67,33 @@ export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePub
         if (ref?.kind === 'user' && ref.leaf === 'sync/request') {
           // Acked at once; the answer comes on users/{uid}/sync/response.
           done()
+          void audited({
+            actor: { role: p.role, id: p.userId },
+            action: 'sync.request',
+            subject: ref.userId,
+            purpose: null,
+          })
           void sync.handle(ref.userId, packet.payload as Buffer)
+          return
+        }
+        if (ref?.kind === 'user' && ref.leaf === 'consent') {
+          // Consumed like readings: the change lives in the consent history, never as a retained message.
+          packet.retain = false
+          routing.consume(packet)
+          const userId = ref.userId
+          consent.handleAppPublish(userId, packet.payload as Buffer, client.id).then(
+            (state) => {
+              publish(topicFor.consentState(userId), JSON.stringify(state), 1, true)
+              done()
+            },
+            (err: Error) => {
+              // MQTT 3.1.1 has no negative PUBACK: a bad payload is acked, logged and counted (ConsentService), and
+              // changes nothing; a store failure is not acked, so the app sends it again.
+              log.info({ clientId: client.id, err: err.message }, 'consent change refused')
+              if (err instanceof ConsentError) done()
+              else done(new Error('consent store unavailable'))
+            },
+          )
           return
         }
         // Only inbound device topics are consumed; an admin's config publish is routed (and retained) as sent.

@@ -100,8 +100,21 @@ export function appSource(clientId: string): ConsentSource {
   return `app:${rest || '_'}`
 }
 
+/**
+ * What a purpose means while the person has never set it. Only `medical_alerts` is on by default: a race's medics get
+ * the alerts of the event's runners (protection of vital interests, GDPR Art. 9(2)(c): a runner who collapses cannot
+ * consent then); an explicit withdrawal is honoured. Everything else needs an explicit grant.
+ */
+export const GRANTED_WHEN_UNSET: Readonly<Record<Purpose, boolean>> = {
+  leaderboard: false,
+  live_sharing: false,
+  medical_alerts: true,
+  recommendations: false,
+  research: false,
+}
+
 export function defaultState(): ConsentState {
   const s = {} as ConsentState
-  for (const p of PURPOSES) s[p] = { granted: false, version: 0, at: null, source: null }
+  for (const p of PURPOSES) s[p] = { granted: GRANTED_WHEN_UNSET[p], version: 0, at: null, source: null }
   return s
 }

@@ -1,7 +1,7 @@
 // Consent per purpose: an append-only, versioned history in `consents` (who changed what, when, through which
 // channel), a synchronous in-memory view for the outputs' hot path, and the app's own consent topic.
 //
-// Purposes and defaults. A purpose never set is not granted, with one mapping that keeps today's behaviour: an event's
+// Purposes and defaults. A purpose never set is not granted (but `medical_alerts`: GRANTED_WHEN_UNSET), with one mapping that keeps today's behaviour: an event's
 // public leaderboard is governed by the runner's per-event opt-in at `event join --consent leaderboard`
 // (participants.consent_leaderboard, its history here with event_id set and source event-join:<event>), and the
 // user-level `leaderboard` purpose is a veto over all events: a runner appears on an event's board when they opted in
@@ -22,6 +22,7 @@ import {
   type ConsentState,
   type ConsentStateMessage,
   defaultState,
+  GRANTED_WHEN_UNSET,
   parseConsentPayload,
   PURPOSES,
   SOURCE_RE,
@@ -228,7 +229,9 @@ export class ConsentService {
    * closed), so load() the users first.
    */
   allows(userId: string, purpose: Purpose): boolean {
-    return this.cache.get(userId)?.get(purpose)?.granted === true
+    const m = this.cache.get(userId)
+    if (!m) return false
+    return m.get(purpose)?.granted ?? GRANTED_WHEN_UNSET[purpose]
   }
 
   /** May this runner appear on an event's public leaderboard? Their per-event opt-in, unless withdrawn (see top). */

@@ -10,6 +10,7 @@ import type { Metrics } from '../metrics.js'
 import { DERIVED_METRICS } from '../pipeline/derive.js'
 import type { CommittedBatch, Publisher } from '../pipeline/ingest.js'
 import type { Db } from '../store/db.js'
+import type { ConsentGate } from './consent-gate.js'
 import { Episodes } from './episodes.js'
 import type { LeaderboardStore } from './leaderboard.js'
 import { LeaderboardTicks } from './leaderboard-tick.js'
@@ -50,12 +51,14 @@ export class OutputEngine {
   private timer: NodeJS.Timeout | null = null
   private ticking = false
   private stopped = false
+  private readonly unsubscribe: () => void
   /** what SpO2, steps and positions keep: the rules look at no more than twice their longest span */
   private readonly shortHorizonMs: number
 
   constructor(
-    db: Db,
+    private readonly db: Db,
     leaderboard: LeaderboardStore,
+    private readonly consent: ConsentGate,
     publisher: Publisher,
     metrics: Metrics,
     private readonly log: Logger,
@@ -63,10 +66,34 @@ export class OutputEngine {
   ) {
     const r = settings.rules
     this.shortHorizonMs = Math.min(settings.windowMs, 2 * Math.max(r.stoppedMs, r.spo2SustainedMs, 60_000))
-    this.boards = new LeaderboardTicks(leaderboard, publisher, metrics, this.users, settings.leaderboardTopN)
+    this.boards = new LeaderboardTicks(leaderboard, consent, publisher, metrics, this.users, settings.leaderboardTopN)
     this.live = new LiveSnapshots(leaderboard, publisher, metrics, this.users)
-    this.episodes = new Episodes(db, publisher, metrics, settings)
-    this.loader = new StateLoader(db, this.users, this.boards, settings.windowMs)
+    this.episodes = new Episodes(db, publisher, consent, metrics, settings)
+    this.loader = new StateLoader(db, this.users, this.boards, consent, settings.windowMs)
+    this.unsubscribe = consent.onChange((c) => {
+      if (c.purpose === 'leaderboard') void this.leaderboardConsentChanged(c.userId)
+    })
+  }
+
+  /**
+   * The user-level `leaderboard` purpose changed: every board the runner is on shows or hides them on its next tick
+   * (within a second), also where this process holds no state of theirs (the runner is ranked by another process).
+   */
+  private async leaderboardConsentChanged(userId: string): Promise<void> {
+    try {
+      const rows = await this.db.query<{ event_id: string; consent_leaderboard: boolean }>(
+        'SELECT event_id, consent_leaderboard FROM participants WHERE user_id = $1',
+        [userId],
+      )
+      for (const r of rows.rows)
+        await this.boards.setVisibility(
+          r.event_id,
+          userId,
+          this.consent.leaderboardVisible(userId, r.consent_leaderboard),
+        )
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'leaderboard consent update failed')
+    }
   }
 
   start(): void {
@@ -76,6 +103,7 @@ export class OutputEngine {
 
   async stop(): Promise<void> {
     this.stopped = true
+    this.unsubscribe()
     if (this.timer) clearInterval(this.timer)
     await Promise.allSettled([...this.users.values()].map((u) => u.chain))
   }

@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.js'
 import type { Publisher } from '../pipeline/ingest.js'
 import type { Queryable } from '../store/db.js'
 import { topicFor } from '../topics/grammar.js'
+import type { ConsentGate } from './consent-gate.js'
 import type { AlertMessage } from './payloads.js'
 import { evaluate, type RuleSettings } from './rules.js'
 import type { OpenEpisode, UserState } from './user-state.js'
@@ -20,7 +21,8 @@ export class Episodes {
   constructor(
     private readonly db: Queryable,
     private readonly publisher: Publisher,
-    private readonly metrics: Pick<Metrics, 'alertsOpened' | 'alertsResolved'>,
+    private readonly consent: Pick<ConsentGate, 'allows'>,
+    private readonly metrics: Pick<Metrics, 'alertsOpened' | 'alertsResolved' | 'outputsWithheld'>,
     private readonly settings: EpisodeSettings,
   ) {}
 
@@ -65,7 +67,7 @@ export class Episodes {
     }
   }
 
-  /** To the user's alerts and, during an event, to the event's medics. */
+  /** To the user's alerts and, during an event and unless they withdrew `medical_alerts`, to the event's medics. */
   private publish(
     u: UserState,
     ep: OpenEpisode,
@@ -88,6 +90,10 @@ export class Episodes {
     }
     const payload = JSON.stringify(msg)
     this.publisher.publish(topicFor.userAlerts(u.userId), payload, 1, false)
-    if (ep.eventId) this.publisher.publish(topicFor.eventAlerts(ep.eventId), payload, 1, false)
+    if (!ep.eventId) return
+    // Asked at publish time, so a withdrawal stops the medics' copies from the next alert on.
+    if (this.consent.allows(u.userId, 'medical_alerts'))
+      this.publisher.publish(topicFor.eventAlerts(ep.eventId), payload, 1, false)
+    else this.metrics.outputsWithheld.inc({ output: 'event_alerts', reason: 'consent' })
   }
 }

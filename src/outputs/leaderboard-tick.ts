@@ -4,6 +4,7 @@
 import type { Metrics } from '../metrics.js'
 import type { Publisher } from '../pipeline/ingest.js'
 import { topicFor } from '../topics/grammar.js'
+import type { ConsentGate } from './consent-gate.js'
 import type { LeaderboardStore } from './leaderboard.js'
 import type { LeaderboardMessage } from './payloads.js'
 import { type EventCtx, paceOf, type UserState } from './user-state.js'
@@ -14,6 +15,7 @@ export class LeaderboardTicks {
 
   constructor(
     private readonly leaderboard: LeaderboardStore,
+    private readonly consent: Pick<ConsentGate, 'leaderboardVisible'>,
     private readonly publisher: Publisher,
     private readonly metrics: Pick<Metrics, 'leaderboardPublishSeconds' | 'leaderboardBytes'>,
     /** the states pace and course are read from; a runner without one (another broker's) gets nulls */
@@ -23,8 +25,20 @@ export class LeaderboardTicks {
 
   /** Raises a runner's distance on the event's board; the board goes out with the next tick. */
   async record(event: EventCtx, userId: string, distanceM: number): Promise<void> {
-    await this.leaderboard.update(event.eventId, userId, distanceM, event.consent)
+    // Consent is asked at every update, so a runner who withdrew is never put back on the public board.
+    await this.leaderboard.update(
+      event.eventId,
+      userId,
+      distanceM,
+      this.consent.leaderboardVisible(userId, event.consent),
+    )
     this.dirty.add(event.eventId)
+  }
+
+  /** A consent change: the runner is shown or hidden on the event's board, which goes out with the next tick. */
+  async setVisibility(eventId: string, userId: string, visible: boolean): Promise<void> {
+    await this.leaderboard.setVisibility(eventId, userId, visible)
+    this.dirty.add(eventId)
   }
 
   /** Publishes every board that changed since the last call. */

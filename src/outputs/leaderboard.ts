@@ -17,6 +17,8 @@ export interface LeaderboardStore {
   /** Private ranks (1 = first) among all runners of the event. */
   ranks(eventId: string, userIds: readonly string[]): Promise<Map<string, number>>
   remove(eventId: string, userId: string): Promise<void>
+  /** Shows or hides a runner already ranked on the public board (consent changed); ranks are untouched. */
+  setVisibility(eventId: string, userId: string, visible: boolean): Promise<void>
   close(): Promise<void>
 }
 
@@ -104,6 +106,11 @@ export class MemoryLeaderboard implements LeaderboardStore {
     b.ranks = null
   }
 
+  async setVisibility(eventId: string, userId: string, visible: boolean): Promise<void> {
+    const e = this.events.get(eventId)?.byUser.get(userId)
+    if (e) e.consent = visible
+  }
+
   async close(): Promise<void> {}
 }
 
@@ -169,6 +176,19 @@ export class RedisLeaderboard implements LeaderboardStore {
     for (let i = 0; i + 1 < range.length; i += 2)
       top.push({ userId: range[i] as string, distanceM: Number(range[i + 1]) })
     return { runners: count, top }
+  }
+
+  async setVisibility(eventId: string, userId: string, visible: boolean): Promise<void> {
+    // Pending updates first, so a queued one cannot re-add a runner who has just withdrawn.
+    const pending = this.pending.get(eventId)?.get(userId)
+    if (pending) pending.consent = visible
+    await this.flush(eventId)
+    if (!visible) {
+      await this.redis.zrem(this.key(eventId, 'public'), userId)
+      return
+    }
+    const d = await this.redis.zscore(this.key(eventId, 'all'), userId)
+    if (d !== null) await this.redis.zadd(this.key(eventId, 'public'), 'GT', Number(d), userId)
   }
 
   async ranks(eventId: string, userIds: readonly string[]): Promise<Map<string, number>> {

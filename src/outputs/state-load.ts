@@ -4,6 +4,7 @@
 // never flood the pool that connects and subscriptions also use.
 import { DERIVED_METRICS } from '../pipeline/derive.js'
 import type { Queryable } from '../store/db.js'
+import type { ConsentGate } from './consent-gate.js'
 import type { AlertKind, Severity } from './payloads.js'
 import { addScalar, type EventCtx, pushCompact, type UserState } from './user-state.js'
 
@@ -26,6 +27,7 @@ export class StateLoader {
     /** the engine's states: a blank whose load failed is removed from it */
     private readonly users: Map<string, UserState>,
     private readonly boards: DistanceSink,
+    private readonly consent: Pick<ConsentGate, 'load'>,
     /** how much history a window keeps */
     private readonly windowMs: number,
   ) {}
@@ -74,6 +76,8 @@ export class StateLoader {
     const now = Date.now()
     const byId = new Map(us.map((u) => [u.userId, u]))
     const ids = [...byId.keys()]
+    // Consent first: the outputs ask it synchronously at publish time and fail closed for a user not loaded.
+    await this.consent.load(ids)
     // One statement after another: a batch holds one pool connection, whatever its size.
     const profiles = await this.db.query<{
       user_id: string

@@ -11,6 +11,7 @@ import { blankState, type UserState } from '../../src/outputs/user-state.js'
 import type { Db } from '../../src/store/db.js'
 import { migrate } from '../../src/store/migrate.js'
 import { openPostgres } from '../../src/store/postgres.js'
+import { testConsent } from '../helpers/consent.js'
 import { createTestDatabase } from '../helpers/harness.js'
 
 const T = Date.now() - 10 * 60_000
@@ -20,6 +21,8 @@ let dropDb: () => Promise<void>
 let db: Db
 /** a second pool on the same database, as another broker process has */
 let other: Db
+/** real consent on the test database; its users are loaded before their episodes are reviewed */
+let consent: ReturnType<typeof testConsent>['consent']
 
 beforeAll(async () => {
   const created = await createTestDatabase()
@@ -28,6 +31,8 @@ beforeAll(async () => {
   db = openPostgres(created.url, 2, log)
   other = openPostgres(created.url, 2, log)
   await migrate(db, log)
+  consent = testConsent(db).consent
+  await consent.load(['ep-alice', 'ep-bob', 'ep-carol'])
 })
 afterAll(async () => {
   await other?.close()
@@ -66,7 +71,7 @@ describe('alert episodes', () => {
   it('opens once, in the database before the message; resolves with the same id; then cools down', async () => {
     const pub = recorder(other)
     const metrics = createMetrics()
-    const episodes = new Episodes(db, pub, metrics, settings)
+    const episodes = new Episodes(db, pub, consent, metrics, settings)
     const u = hypoxic('ep-alice', 'ev-ep')
 
     await episodes.review(u, T + 60_000)
@@ -130,13 +135,26 @@ describe('alert episodes', () => {
     const ua = hypoxic('ep-bob', null)
     const ub = hypoxic('ep-bob', null)
     await Promise.all([
-      new Episodes(db, a, createMetrics(), settings).review(ua, T + 60_000),
-      new Episodes(other, b, createMetrics(), settings).review(ub, T + 60_000),
+      new Episodes(db, a, consent, createMetrics(), settings).review(ua, T + 60_000),
+      new Episodes(other, b, consent, createMetrics(), settings).review(ub, T + 60_000),
     ])
     const published = [...a.out, ...b.out]
     expect(published.map((m) => m.topic)).toEqual(['users/ep-bob/alerts'])
     expect(ua.open.size + ub.open.size).toBe(1)
     const rows = await db.query<{ id: string }>("SELECT id FROM alerts WHERE user_id = 'ep-bob'")
     expect(rows.rows.map((r) => r.id)).toEqual([published[0]?.msg.id])
+  })
+
+  it("withdrawn medical_alerts: the user still gets the alert, the event's medics do not, and it is counted", async () => {
+    await db.query("INSERT INTO users (user_id) VALUES ('ep-carol') ON CONFLICT DO NOTHING")
+    await consent.set('ep-carol', 'medical_alerts', false, 'cli', { role: 'cli', id: null })
+    const pub = recorder(db)
+    const metrics = createMetrics()
+    await new Episodes(db, pub, consent, metrics, settings).review(hypoxic('ep-carol', 'ev-ep'), T + 60_000)
+    expect(pub.out.map((m) => m.topic)).toEqual(['users/ep-carol/alerts'])
+    const withheld = (await metrics.outputsWithheld.get()).values
+    expect(withheld).toEqual([
+      expect.objectContaining({ labels: { output: 'event_alerts', reason: 'consent' }, value: 1 }),
+    ])
   })
 })

@@ -151,7 +151,10 @@ describe.each(stores)('people and consent (%s)', (store) => {
     const admin = { role: 'admin' as const, id: 'ops' }
     const before = audit.length
     expect(await c.state(userId)).toEqual(
-      Object.fromEntries(PURPOSES.map((x) => [x, { granted: false, version: 0, at: null, source: null }])),
+      // Never set: not granted, but medical alerts to an event's medics (vital interest; GRANTED_WHEN_UNSET).
+      Object.fromEntries(
+        PURPOSES.map((x) => [x, { granted: x === 'medical_alerts', version: 0, at: null, source: null }]),
+      ),
     )
     await c.set(userId, 'research', true, 'cli', cli)
     await c.set(userId, 'research', true, 'cli', cli) // no change: no row, no audit
@@ -271,7 +274,7 @@ describe.each(stores)('people and consent (%s)', (store) => {
       consents: {
         leaderboard: false,
         live_sharing: false,
-        medical_alerts: false,
+        medical_alerts: true, // on while never set (GRANTED_WHEN_UNSET)
         recommendations: false,
         research: true,
       },
@@ -285,6 +288,10 @@ describe.each(stores)('people and consent (%s)', (store) => {
     expect(msg2.consents).toMatchObject({ research: false, medical_alerts: true, live_sharing: true })
     expect(msg2.version).toBe(4)
     expect((await c.history(userId)).map((h) => h.source)).toEqual(Array(4).fill(`app:${userId}:ph`))
+    const msg3 = await c.handleAppPublish(userId, '{"purpose":"medical_alerts","granted":false}', `app:${userId}:ph`)
+    expect(msg3.consents.medical_alerts).toBe(false)
+    expect(c.allows(userId, 'medical_alerts')).toBe(false)
+    await c.handleAppPublish(userId, '{"purpose":"medical_alerts","granted":true}', `app:${userId}:ph`)
 
     const before = (await c.history(userId)).length
     const bad: [string, RegExp][] = [

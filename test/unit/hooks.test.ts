@@ -13,7 +13,7 @@ import type { Counter, Gauge } from 'prom-client'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
 import { loadConfig } from '../../broker.config.js'
 import { createAuthenticate } from '../../src/hooks/authenticate.js'
-import { createAuthorizePublish, type IngestEntry } from '../../src/hooks/authorize-publish.js'
+import { type ConsentEntry, createAuthorizePublish, type IngestEntry } from '../../src/hooks/authorize-publish.js'
 import { createAuthorizeSubscribe } from '../../src/hooks/authorize-subscribe.js'
 import { watchClientEvents } from '../../src/hooks/client-events.js'
 import { ConsumedRouting } from '../../src/hooks/consumed-routing.js'
@@ -25,6 +25,8 @@ import type { Principal } from '../../src/identity/principal.js'
 import { Tokens } from '../../src/identity/tokens.js'
 import { createLogger } from '../../src/log.js'
 import { createMetrics, type Metrics } from '../../src/metrics.js'
+import type { AuditEntry, AuditSink } from '../../src/ops/audit-types.js'
+import { ConsentPayloadError } from '../../src/ops/consent-model.js'
 import type { IngestSource } from '../../src/pipeline/ingest.js'
 import type { CertificateRecord, DeviceRecord } from '../../src/store/registry.js'
 import { type ConnInfo, setConnInfo } from '../../src/transport/connection.js'
@@ -115,12 +117,39 @@ let metrics: Metrics
 let lookups: TableLookups
 let principals: Principals
 let routing: ConsumedRouting
+/** what the hooks recorded in the audit log */
+let audited: AuditEntry[]
+const auditSink: AuditSink = {
+  async record(e) {
+    audited.push(e)
+  },
+}
+/** The consent service's entry: refuses payloads without a purpose the way ConsentService does, else echoes. */
+const consentEntry: ConsentEntry = {
+  async handleAppPublish(userId, payload) {
+    const body = JSON.parse(payload.toString()) as { purpose?: string; granted?: boolean; fail?: boolean }
+    if (body.fail) throw new Error('connection terminated')
+    if (!body.purpose) throw new ConsentPayloadError('bad_shape', 'consent payload refused: name a purpose')
+    const consents = {
+      leaderboard: false,
+      live_sharing: false,
+      medical_alerts: true,
+      recommendations: false,
+      research: false,
+    }
+    return { userId, consents: { ...consents, [body.purpose]: body.granted === true }, version: 1 }
+  },
+}
+/** what the hooks published themselves (the consent state) */
+let published: { topic: string; payload: string; qos: number; retain: boolean }[]
 
 beforeEach(() => {
   metrics = createMetrics()
   lookups = new TableLookups()
   principals = new WeakMap()
   routing = new ConsumedRouting()
+  audited = []
+  published = []
 })
 
 describe('authenticate', () => {
@@ -279,7 +308,20 @@ describe('authorizePublish', () => {
   })
 
   function publish(client: Client | null, pkt: PublishPacket): Promise<Error | null> {
-    const hook = createAuthorizePublish({ lookups, principals, ingest, sync, routing, metrics, log })
+    const hook = createAuthorizePublish({
+      lookups,
+      principals,
+      ingest,
+      sync,
+      consent: consentEntry,
+      audit: auditSink,
+      publish: (topic, payload, qos, retain) => {
+        published.push({ topic, payload, qos, retain })
+      },
+      routing,
+      metrics,
+      log,
+    })
     return new Promise((resolve) => hook(client, pkt, (err) => resolve(err ?? null)))
   }
   function as(p: Principal, id: string): Client {
@@ -306,7 +348,28 @@ describe('authorizePublish', () => {
     const c = as(principal({ role: 'app', userId: 'alice' }), 'app:alice')
     expect(await publish(c, packet('users/alice/sync/request', '{"since":0}'))).toBeNull()
     expect(syncRequests).toEqual([{ userId: 'alice', payload: '{"since":0}' }])
+    expect(audited).toEqual([
+      { actor: { role: 'app', id: 'alice' }, action: 'sync.request', subject: 'alice', purpose: null },
+    ])
     expect((await publish(c, packet('users/bob/sync/request', '{}')))?.message).toMatch(/not_your_user/)
+  })
+
+  it("commits an app's consent change, acks it and answers with the retained state; a bad one is acked and changes nothing", async () => {
+    const c = as(principal({ role: 'app', userId: 'alice' }), 'app:alice:ph')
+    const pkt = packet('users/alice/consent', '{"purpose":"research","granted":true}', 1, true)
+    expect(await publish(c, pkt)).toBeNull()
+    expect(pkt.retain).toBe(false)
+    expect(published).toHaveLength(1)
+    expect(published[0]).toMatchObject({ topic: 'users/alice/consent/state', qos: 1, retain: true })
+    expect(JSON.parse(published[0]?.payload ?? '{}').consents.research).toBe(true)
+    // No negative PUBACK in MQTT 3.1.1: a refused payload is acked, nothing is published.
+    expect(await publish(c, packet('users/alice/consent', '{"granted":true}'))).toBeNull()
+    expect(published).toHaveLength(1)
+    // The store failing is not acked: the app sends it again.
+    expect((await publish(c, packet('users/alice/consent', '{"fail":true}')))?.message).toBe(
+      'consent store unavailable',
+    )
+    expect((await publish(c, packet('users/bob/consent', '{"purpose":"research"}')))?.message).toMatch(/not_your_user/)
   })
 
   it("hands a device's readings and status to the pipeline with the device's own source, not retained", async () => {
@@ -357,7 +420,7 @@ describe('authorizePublish', () => {
 
 describe('authorizeSubscribe', () => {
   function subscribe(client: Client, topic: string): Promise<{ err: Error | null; granted: string | null }> {
-    const hook = createAuthorizeSubscribe({ lookups, principals, routing, metrics, log })
+    const hook = createAuthorizeSubscribe({ lookups, principals, routing, audit: auditSink, metrics, log })
     return new Promise((resolve) =>
       hook(client, { topic, qos: 1 }, (err, sub) => resolve({ err, granted: sub ? sub.topic : null })),
     )
@@ -391,6 +454,28 @@ describe('authorizeSubscribe', () => {
     const gone = as(principal({ role: 'admin', userId: 'ops' }), 'admin:ops:2', true)
     expect(await subscribe(gone, '#')).toEqual({ err: null, granted: '#' })
     expect(routing.taps).toBe(1)
+    // Each of them sees other people's data: audited.
+    expect(audited.map((e) => [e.action, e.details?.topic, e.actor])).toEqual([
+      ['subscribe.admin', 'users/+/alerts', { role: 'admin', id: 'ops' }],
+      ['tap.readings', 'devices/+/readings', { role: 'admin', id: 'ops' }],
+      ['tap.readings', '#', { role: 'admin', id: 'ops' }],
+    ])
+  })
+
+  it("audits a medic's subscriptions to its event's topics, not an app's to its own", async () => {
+    const medic = as(principal({ role: 'medic', userId: 'doc', events: ['race-1'] }), 'medic:doc')
+    expect(await subscribe(medic, 'events/race-1/alerts')).toEqual({ err: null, granted: 'events/race-1/alerts' })
+    const app = as(principal({ role: 'app', userId: 'alice' }), 'app:alice')
+    expect(await subscribe(app, 'users/alice/alerts')).toEqual({ err: null, granted: 'users/alice/alerts' })
+    expect(audited).toEqual([
+      {
+        actor: { role: 'medic', id: 'doc' },
+        action: 'subscribe.event',
+        subject: null,
+        purpose: null,
+        details: { topic: 'events/race-1/alerts' },
+      },
+    ])
   })
 })
 
@@ -467,7 +552,20 @@ describe('consumed routing on a real Aedes (no listener)', () => {
       handleStatus: (_s, _p, _q, done) => done(),
     }
     const sync = { handle: async () => {} }
-    const hook = createAuthorizePublish({ lookups, principals, ingest, sync, routing, metrics, log })
+    const hook = createAuthorizePublish({
+      lookups,
+      principals,
+      ingest,
+      sync,
+      consent: consentEntry,
+      audit: auditSink,
+      publish: (topic, payload, qos, retain) => {
+        published.push({ topic, payload, qos, retain })
+      },
+      routing,
+      metrics,
+      log,
+    })
     const tracker = fakeClient('tracker-1')
     principals.set(tracker, principal({ role: 'device', userId: 'alice', deviceId: 'tracker-1', deviceKey: 7 }))
     const readings = packet('devices/tracker-1/readings', 'from-tracker', 0)
