@@ -165,7 +165,7 @@ describe('a PUBLISH header declaring 200 MB is cut at the header on every listen
     expect(sent).toBeLessThan(HUGE_CAP)
     expect(await guardCuts('mqtt')).toBe(cutsBefore + 1)
     expect(memory() - memBefore).toBeLessThan(20 * MB)
-    await expect.poll(() => tb.pg.principalOf('app:alice:tcp')).toBeUndefined()
+    await expect.poll(() => tb.pg.principalOf('app:alice:tcp'), { timeout: 10_000 }).toBeUndefined()
   })
 
   it('mTLS, after a device certificate CONNECT', async () => {
@@ -181,7 +181,7 @@ describe('a PUBLISH header declaring 200 MB is cut at the header on every listen
     expect(sent).toBeLessThan(HUGE_CAP)
     expect(await guardCuts('mqtts')).toBe(cutsBefore + 1)
     expect(memory() - memBefore).toBeLessThan(20 * MB)
-    await expect.poll(() => tb.pg.principalOf(dev.deviceId)).toBeUndefined()
+    await expect.poll(() => tb.pg.principalOf(dev.deviceId), { timeout: 10_000 }).toBeUndefined()
   })
 
   it('plain TCP before CONNECT: an unauthenticated peer is cut the same way', async () => {
@@ -231,7 +231,7 @@ describe('WebSocket (/mqtt with a Bearer token)', () => {
     const { code } = await closed
     expect(code).toBe(1009) // "message too big", from ws' maxPayload, before the frame is buffered
     expect(memory() - memBefore).toBeLessThan(20 * MB)
-    await expect.poll(() => tb.pg.principalOf('app:alice:ws1')).toBeUndefined()
+    await expect.poll(() => tb.pg.principalOf('app:alice:ws1'), { timeout: 10_000 }).toBeUndefined()
   })
 
   it('a message just over the limit (under the frame cap) holding one oversize PUBLISH is cut by the guard', async () => {
