@@ -100,7 +100,11 @@ export function simulateCommand(): Command {
       share('--offline-share'),
       0,
     )
-    .option('--offline-at <s>', 'when the cut happens (default: a third into the run)', positive('--offline-at'))
+    .option(
+      '--offline-at <s>',
+      'when the cut happens; a link not up yet then is cut once it is (default: a third into the run)',
+      positive('--offline-at'),
+    )
     .option('--offline-for <s>', 'how long the link stays down', positive('--offline-for'), 10)
     .option('--report <file.json>', 'write the full report as JSON')
     .option('--svg <file.svg>', 'write a chart of rates and ack latency over time')

@@ -420,6 +420,8 @@ export class Uplink {
   private attempt = 0
   private reconnectTimer: NodeJS.Timeout | null = null
   private offlineUntil = 0
+  /** cut by the tunnel and not connected since: the next CONNACK is this link's recovery */
+  private cutPending = false
   private stopping = false
   private readonly inflight = new Set<Batch>()
   private readonly byId = new Map<string, Firmware>()
@@ -445,6 +447,14 @@ export class Uplink {
   /** Nothing left to send or to be acknowledged. */
   get idle(): boolean {
     return this.inflight.size === 0 && this.firmwares.every((f) => !f.hasQueued())
+  }
+
+  /**
+   * Up, with nothing to send or to be acknowledged. The drain waits for this rather than for `idle`: a link lost
+   * (cut, kicked) with an empty buffer is idle too, and stopping it then would cancel its reconnect.
+   */
+  get settled(): boolean {
+    return this.connected && this.idle
   }
 
   start(): void {
@@ -495,6 +505,10 @@ export class Uplink {
       this.counter('Connects')
       if (this.everConnected) this.counter('Reconnects')
       this.everConnected = true
+      if (this.cutPending) {
+        this.cutPending = false
+        this.env.counters.offlineRecovered++
+      }
       this.attempt = 0
       const topics: Record<string, { qos: 0 | 1 }> = {}
       for (const fw of this.firmwares) {
@@ -598,10 +612,16 @@ export class Uplink {
     })
   }
 
-  /** A tunnel: the link drops without a DISCONNECT and stays down for `forMs`; the device keeps sampling. */
+  /**
+   * A tunnel: the link drops without a DISCONNECT and stays down for `forMs`; the device keeps sampling. A link not
+   * up (in a handshake or a backoff) is held off too, but what follows may be its first connect, not a reconnect:
+   * only cuts of a link that was up count in `offlineCutsWhileUp`.
+   */
   cut(forMs: number): void {
     this.offlineUntil = Date.now() + forMs
     this.env.counters.offlineCuts++
+    if (this.connected) this.env.counters.offlineCutsWhileUp++
+    this.cutPending = true
     if (this.client) this.client.stream.destroy()
     else if (this.reconnectTimer) {
       clearTimeout(this.reconnectTimer)

@@ -126,7 +126,12 @@ export const COUNTER_KEYS = [
   'medicAlerts',
   'liveReceived',
   'leaderboardReceived',
+  /** links cut by the tunnel; of those, the ones that were up (each ends in a reconnect), the ones cut later than
+   * planned (not up yet then), and the ones back up after */
   'offlineCuts',
+  'offlineCutsWhileUp',
+  'offlineCutsLate',
+  'offlineRecovered',
   'bufferedWhileOffline',
 ] as const
 

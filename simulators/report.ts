@@ -123,7 +123,16 @@ export interface SwarmReport {
     configApplied: number
   }
   offline: {
+    /** links the tunnel is to cut (one per offline user) */
+    planned: number
+    /** links cut: at cutAtMs, or once up for a link still in its first handshake then; none after sampling ends */
     cuts: number
+    /** of those, links that were up when cut (all of the tunnel's): each must end in a reconnect */
+    cutsWhileUp: number
+    /** cuts later than cutAtMs: the link was not up yet (a slow ramp) */
+    late: number
+    /** cut links that got a CONNACK again after the tunnel */
+    recovered: number
     samplesBufferedWhileOffline: number
     /** epoch ms when the links were cut, null when no cut was planned */
     cutAtMs: number | null
@@ -228,9 +237,10 @@ export function summaryText(r: SwarmReport): string {
         `RSS ${r.workers.map((w) => `${w.rssMb}`).join('+')} MB${worst > 200 ? ' — the load generator was saturated' : ''}`,
     )
   }
-  if (r.offline.cuts > 0) {
+  if (r.offline.planned > 0) {
     lines.push(
-      `offline: ${r.offline.cuts} links cut, ${fmt(r.offline.samplesBufferedWhileOffline)} samples buffered meanwhile`,
+      `offline: ${r.offline.cuts}/${r.offline.planned} links cut (${r.offline.late} later than planned: not up yet), ` +
+        `${r.offline.recovered} back up after, ${fmt(r.offline.samplesBufferedWhileOffline)} samples buffered meanwhile`,
     )
   }
   lines.push(

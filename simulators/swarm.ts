@@ -1008,7 +1008,11 @@ async function runAgainst(
       configApplied: counters.configApplied,
     },
     offline: {
+      planned: p.users.filter((u) => u.offline).length,
       cuts: counters.offlineCuts,
+      cutsWhileUp: counters.offlineCutsWhileUp,
+      late: counters.offlineCutsLate,
+      recovered: counters.offlineRecovered,
       samplesBufferedWhileOffline: counters.bufferedWhileOffline,
       cutAtMs: o.offline ? t0 + o.offline.atS * 1000 : null,
       forS: o.offline?.forS ?? 0,

@@ -34,7 +34,8 @@ interface SimUser {
   uplink: Uplink
   startAt: number
   active: boolean
-  cut: boolean
+  /** the tunnel: not yet, 'late' (its link was not up at the planned time), or done */
+  cut: 'no' | 'late' | 'done'
   outcome: AnomalyOutcome | null
 }
 
@@ -321,7 +322,7 @@ export class WorkerDriver {
       const outcome: AnomalyOutcome | null = anomaly
         ? { userId: spec.userId, kind: anomaly.kind, atMs: anomaly.atMs, alerts: [], watched: spec.app !== null }
         : null
-      user = { spec, wearer, firmwares, uplink, startAt: userStart, active: false, cut: false, outcome }
+      user = { spec, wearer, firmwares, uplink, startAt: userStart, active: false, cut: 'no', outcome }
       this.users.push(user)
       this.byUser.set(spec.userId, user)
     }
@@ -342,9 +343,14 @@ export class WorkerDriver {
         for (const fw of u.firmwares) fw.sampling = true
         u.uplink.start()
       }
-      if (u.spec.offline && !u.cut && o.offline && now >= cutAt) {
-        u.cut = true
-        u.uplink.cut(o.offline.forS * 1000)
+      if (u.spec.offline && u.cut !== 'done' && o.offline && now >= cutAt) {
+        // The tunnel drops live links: one still in its first handshake then (a slow ramp on a busy machine) is
+        // dropped once it is up, with its backlog in flight, so every cut is of a link that was up and must reconnect.
+        if (u.uplink.isConnected) {
+          if (u.cut === 'late') this.counters.offlineCutsLate++
+          u.cut = 'done'
+          u.uplink.cut(o.offline.forS * 1000)
+        } else u.cut = 'late'
       }
       const offline = u.uplink.offline
       for (const fw of u.firmwares) {
@@ -375,11 +381,21 @@ export class WorkerDriver {
         }
         u.uplink.pump()
       }
+      // Done when every link is up with nothing in flight or queued, and has stayed so for the alert grace: a link
+      // lost meanwhile (cut, kicked by the broker) reconnects first, whether or not it still holds anything, so every
+      // loss before the stop ends in a reconnect in the report. The deadline only bounds a broker that never lets a
+      // device back in (then the report shows it: samples still buffered, links not up).
+      const grace = this.init.options.eventId || this.apps.length > 0 ? ALERT_GRACE_MS : 0
       const deadline = Date.now() + this.init.options.drainS * 1000
-      while (Date.now() < deadline && !this.users.every((u) => !u.active || u.uplink.idle)) {
+      let settledSince: number | null = null
+      for (;;) {
+        const now = Date.now()
+        if (this.users.every((u) => !u.active || u.uplink.settled)) settledSince ??= now
+        else settledSince = null
+        if (now >= deadline || (settledSince !== null && now - settledSince >= grace)) break
         await new Promise((r) => setTimeout(r, DRAIN_POLL_MS))
       }
-      await new Promise((r) => setTimeout(r, this.init.options.eventId || this.apps.length > 0 ? ALERT_GRACE_MS : 0))
+      // Synchronously after the last check: no link can drop between it and the stop.
       await Promise.all(this.users.map((u) => (u.active ? u.uplink.stop() : Promise.resolve())))
       this.closingApps = true
       await Promise.all(

@@ -8,6 +8,7 @@ import {
   connectDevice,
   connectWithToken,
   type DeviceCreds,
+  nextMessage,
   provisionDevice,
   type TestBroker,
   startTestBroker,
@@ -277,16 +278,12 @@ describe('admin publishes to outbound device topics', () => {
     )
     expect(status.rows[0]?.status).not.toEqual(config)
     const dev = await connectAs('device', 'config')
-    const got = new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('no retained config')), 1000)
-      dev.once('message', (_t, payload) => {
-        clearTimeout(timer)
-        resolve(payload.toString())
-      })
-    })
+    // Listening before the SUBSCRIBE: the retained message follows the SUBACK at once. The harness's bound, not 1 s
+    // counted from before the subscribe, which a stalled event loop (broker and client share it) can outlast.
+    const got = nextMessage(dev, 'devices/trk-a/config')
     await dev.subscribeAsync('devices/trk-a/config', { qos: 1 })
     try {
-      expect(JSON.parse(await got)).toEqual(config)
+      expect(JSON.parse((await got).payload.toString())).toEqual(config)
     } finally {
       await dev.endAsync()
     }

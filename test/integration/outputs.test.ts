@@ -1,6 +1,8 @@
 // End to end from a device certificate to apps over WebSocket: alerts, medics, leaderboards, live snapshots, sync.
+import crypto from 'node:crypto'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { RedisLeaderboard } from '../../src/outputs/leaderboard.js'
 import type { AlertMessage, LeaderboardMessage, LiveSnapshot } from '../../src/outputs/payloads.js'
 import {
   connectDevice,
@@ -34,7 +36,9 @@ describe.each(stores)('outputs (%s)', (_name, redis) => {
   let alice: DeviceCreds
   let collapsed: DeviceCreds
   const runners: DeviceCreds[] = []
-  const ev = `race${redis ? 'r' : 'm'}${Date.now() % 100000}`
+  // The Redis boards are keyed by event under the broker's fixed prefix, on a Redis that other runs of this suite
+  // (other checkouts, CI jobs) share: a random event id per run, not one that repeats every 100 s.
+  const ev = `race${redis ? 'r' : 'm'}-${crypto.randomBytes(6).toString('hex')}`
 
   beforeAll(async () => {
     tb = await startTestBroker('postgres', redis ? { redisUrl: REDIS_URL } : {})
@@ -49,6 +53,7 @@ describe.each(stores)('outputs (%s)', (_name, redis) => {
     await tb.pg.registry.joinEvent(ev, 'runner9', { consentLeaderboard: false })
   }, 60_000)
   afterAll(async () => {
+    if (tb?.pg.leaderboard instanceof RedisLeaderboard) await tb.pg.leaderboard.clear(ev)
     await tb?.stop()
   })
 

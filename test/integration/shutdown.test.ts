@@ -11,6 +11,7 @@ import {
   provisionDevice,
   type TestBroker,
   startTestBroker,
+  waitFor,
 } from '../helpers/harness.js'
 
 const DEVICES = 20
@@ -98,8 +99,9 @@ describe('stop() while devices publish', () => {
     const base = Date.now() - 10 * 60_000
     const loops = runs.map((r) => publishLoop(r, base))
 
-    // Let the load build up, then stop while batches are in flight.
-    await sleep(800)
+    // Let the load build up (every device has had two batches acknowledged: a condition, not a time), then stop
+    // while batches are in flight.
+    await waitFor(() => runs.every((r) => r.batchesAcked >= 2))
     const ackedBeforeStop = runs.reduce((n, r) => n + r.batchesAcked, 0)
     expect(ackedBeforeStop).toBeGreaterThan(DEVICES)
     const stopStarted = Date.now()

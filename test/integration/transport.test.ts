@@ -22,6 +22,8 @@ import { varint } from '../helpers/mqtt-bytes.js'
 const LIMIT = 64 * 1024
 const MB = 1024 * 1024
 const DECLARED = 200 * MB
+/** body bytes a client streams after the huge header before giving up on the server hanging up */
+const HUGE_CAP = 64 * MB
 
 let tb: TestBroker
 let dev: DeviceCreds
@@ -109,18 +111,23 @@ class Raw {
     })
   }
 
-  /** Sends the huge header, then keeps streaming body (one reused chunk) until the server hangs up or 1 s passes. */
-  async sendHugePublish(): Promise<{ elapsed: number; sent: number }> {
-    const start = Date.now()
+  /**
+   * Sends the huge header, then keeps streaming body (one reused chunk) until the server hangs up or HUGE_CAP bytes
+   * are sent. Cut at the header means: hung up while the client was still streaming, long before the cap (a server
+   * waiting for the 200 MB body would not hang up at all). Measured in bytes, not in time: the client and the broker
+   * share an event loop, so the client only gets ahead by what the socket buffers hold, however busy the machine.
+   */
+  async sendHugePublish(): Promise<{ cut: boolean; sent: number }> {
     this.sock.write(hugePublishStart())
     const chunk = crypto.randomBytes(64 * 1024)
     let sent = 4096
-    while (this.closedAt === null && !this.sock.destroyed && Date.now() - start < 1000 && sent < 64 * MB) {
+    while (this.closedAt === null && !this.sock.destroyed && sent < HUGE_CAP) {
       if (!this.sock.write(chunk)) await this.drained(50)
       sent += chunk.length
     }
-    await Promise.race([this.closed, sleep(1000)])
-    return { elapsed: (this.closedAt ?? Number.POSITIVE_INFINITY) - start, sent }
+    // A socket destroyed by a failed write (EPIPE, ECONNRESET) still emits 'close'.
+    if (this.sock.destroyed) await this.closed
+    return { cut: this.closedAt !== null, sent }
   }
 }
 
@@ -153,11 +160,12 @@ describe('a PUBLISH header declaring 200 MB is cut at the header on every listen
 
     const cutsBefore = await guardCuts('mqtt')
     const memBefore = memory()
-    const { elapsed } = await c.sendHugePublish()
-    expect(elapsed).toBeLessThan(1000)
+    const { cut, sent } = await c.sendHugePublish()
+    expect(cut, 'the server did not hang up').toBe(true)
+    expect(sent).toBeLessThan(HUGE_CAP)
     expect(await guardCuts('mqtt')).toBe(cutsBefore + 1)
     expect(memory() - memBefore).toBeLessThan(20 * MB)
-    await expect.poll(() => tb.pg.principalOf('app:alice:tcp')).toBeUndefined()
+    await expect.poll(() => tb.pg.principalOf('app:alice:tcp'), { timeout: 10_000 }).toBeUndefined()
   })
 
   it('mTLS, after a device certificate CONNECT', async () => {
@@ -168,18 +176,20 @@ describe('a PUBLISH header declaring 200 MB is cut at the header on every listen
 
     const cutsBefore = await guardCuts('mqtts')
     const memBefore = memory()
-    const { elapsed } = await c.sendHugePublish()
-    expect(elapsed).toBeLessThan(1000)
+    const { cut, sent } = await c.sendHugePublish()
+    expect(cut, 'the server did not hang up').toBe(true)
+    expect(sent).toBeLessThan(HUGE_CAP)
     expect(await guardCuts('mqtts')).toBe(cutsBefore + 1)
     expect(memory() - memBefore).toBeLessThan(20 * MB)
-    await expect.poll(() => tb.pg.principalOf(dev.deviceId)).toBeUndefined()
+    await expect.poll(() => tb.pg.principalOf(dev.deviceId), { timeout: 10_000 }).toBeUndefined()
   })
 
   it('plain TCP before CONNECT: an unauthenticated peer is cut the same way', async () => {
     const c = await rawTcp()
     const cutsBefore = await guardCuts('mqtt')
-    const { elapsed } = await c.sendHugePublish()
-    expect(elapsed).toBeLessThan(1000)
+    const { cut, sent } = await c.sendHugePublish()
+    expect(cut, 'the server did not hang up').toBe(true)
+    expect(sent).toBeLessThan(HUGE_CAP)
     expect(await guardCuts('mqtt')).toBe(cutsBefore + 1)
   })
 })
@@ -216,13 +226,12 @@ describe('WebSocket (/mqtt with a Bearer token)', () => {
   it('a single WebSocket message larger than the limit closes the socket', async () => {
     const { ws, closed } = await openWs('app:alice:ws1')
     const memBefore = memory()
-    const start = Date.now()
     ws.send(crypto.randomBytes(1 * MB))
-    const { code, at } = await Promise.race([closed, sleep(1000).then(() => ({ code: -1, at: Number.NaN }))])
+    // Awaited, not raced with a second: a busy machine can stall the shared event loop that long.
+    const { code } = await closed
     expect(code).toBe(1009) // "message too big", from ws' maxPayload, before the frame is buffered
-    expect(at - start).toBeLessThan(1000)
     expect(memory() - memBefore).toBeLessThan(20 * MB)
-    await expect.poll(() => tb.pg.principalOf('app:alice:ws1')).toBeUndefined()
+    await expect.poll(() => tb.pg.principalOf('app:alice:ws1'), { timeout: 10_000 }).toBeUndefined()
   })
 
   it('a message just over the limit (under the frame cap) holding one oversize PUBLISH is cut by the guard', async () => {
@@ -232,10 +241,8 @@ describe('WebSocket (/mqtt with a Bearer token)', () => {
     const body = Buffer.concat([topic, Buffer.alloc(LIMIT - 4 - topic.length + 1, 7)]) // 4 = type byte + 3-byte varint
     const packet = Buffer.concat([Buffer.from([0x30]), varint(body.length), body])
     expect(packet.length).toBe(LIMIT + 1)
-    const start = Date.now()
     ws.send(packet)
-    const { at } = await Promise.race([closed, sleep(1000).then(() => ({ code: -1, at: Number.NaN }))])
-    expect(at - start).toBeLessThan(1000)
+    await closed
     expect(await guardCuts('ws')).toBe(cutsBefore + 1)
   })
 
@@ -243,7 +250,6 @@ describe('WebSocket (/mqtt with a Bearer token)', () => {
     const { ws, closed } = await openWs('app:alice:ws3')
     const cutsBefore = await guardCuts('ws')
     const memBefore = memory()
-    const start = Date.now()
     let isClosed = false
     void closed.then(() => {
       isClosed = true
@@ -254,8 +260,8 @@ describe('WebSocket (/mqtt with a Bearer token)', () => {
       ws.send(chunk)
       if (i % 16 === 0) await sleep(1)
     }
-    const { at } = await Promise.race([closed, sleep(1000).then(() => ({ code: -1, at: Number.NaN }))])
-    expect(at - start).toBeLessThan(1000)
+    // Closed at all means cut at the header: a server waiting for the 200 MB body would keep the socket open.
+    await closed
     expect(await guardCuts('ws')).toBe(cutsBefore + 1)
     expect(memory() - memBefore).toBeLessThan(20 * MB)
   })
@@ -277,7 +283,6 @@ describe('garbage closes only the connection that sent it', () => {
         await c.waitConnack()
       }),
     )
-    const start = Date.now()
     await Promise.all(
       attackers.map(async (c) => {
         // Keep streaming until the server hangs up: a random header may declare up to 64 KB (the limit) of body.
@@ -288,8 +293,8 @@ describe('garbage closes only the connection that sent it', () => {
         await Promise.race([c.closed, sleep(5000)])
       }),
     )
+    // No bound on the whole exchange: its 64 writes 5 ms apart take as long as the machine makes them take.
     for (const c of attackers) expect(c.closedAt, 'a garbage connection stayed open').not.toBeNull()
-    expect(Date.now() - start).toBeLessThan(6000)
 
     await app.publishAsync('users/alice/sync/request', '{}', { qos: 1 })
     expect(app.connected).toBe(true)
