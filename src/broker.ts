@@ -16,6 +16,9 @@ import type { Principals } from './hooks/types.js'
 import { CachedLookups } from './identity/lookups.js'
 import type { Principal } from './identity/principal.js'
 import { Tokens } from './identity/tokens.js'
+import { createPreferencesMetrics } from './insights/preferences/metrics.js'
+import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
+import { PreferencesStore } from './insights/preferences/store.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { OutputEngine } from './outputs/engine.js'
@@ -51,6 +54,8 @@ export interface Pulsegate {
   ingest: Ingest
   writer: GroupCommitWriter
   outputs: OutputEngine
+  /** synced user preferences; the PreferencesReader of the recommendation engine */
+  preferences: PreferencesService
   leaderboard: LeaderboardStore
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
@@ -111,6 +116,13 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   const outputs = new OutputEngine(db, leaderboard, { publish }, metrics, log.child({ stage: 'outputs' }))
   ingest.onCommitted((batch) => outputs.onCommitted(batch))
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
+  const preferences = new PreferencesService(
+    new PreferencesStore(db),
+    aedesPublisher(() => broker),
+    config.preferences,
+    createPreferencesMetrics(metrics.registry),
+    log.child({ stage: 'preferences' }),
+  )
 
   const { maxClientIdLength } = config.limits
   broker = await Aedes.createBroker({
@@ -120,8 +132,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     drainTimeout: config.limits.drainTimeoutMs,
     maxClientsIdLength: maxClientIdLength,
     authenticate: createAuthenticate({ lookups, tokens, principals, metrics, log, maxClientIdLength }),
-    authorizePublish: createAuthorizePublish({ lookups, principals, ingest, sync, routing, metrics, log }),
-    authorizeSubscribe: createAuthorizeSubscribe({ lookups, principals, routing, metrics, log }),
+    authorizePublish: createAuthorizePublish({ lookups, principals, ingest, sync, preferences, routing, metrics, log }),
+    authorizeSubscribe: createAuthorizeSubscribe({ lookups, principals, routing, preferences, metrics, log }),
     authorizeForward: createAuthorizeForward({ metrics }),
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
@@ -219,6 +231,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     ingest,
     writer,
     outputs,
+    preferences,
     leaderboard,
     timescale,
     ports,

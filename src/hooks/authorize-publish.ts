@@ -1,6 +1,7 @@
 // PUBLISH from a client: may they (topic ACL), and what becomes of it. A sync request is acked at once and answered on
-// the user's sync/response topic; readings and status are handed to the pipeline, whose commit decides the PUBACK;
-// anything else an admin publishes (device config) is routed and retained as sent.
+// the user's sync/response topic; preference edits are acked once merged and stored; readings and status are handed
+// to the pipeline, whose commit decides the PUBACK; anything else an admin publishes (device config) is routed and
+// retained as sent.
 import { type AclLookups, canPublish } from '../identity/acl.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
@@ -19,18 +20,24 @@ export interface SyncEntry {
   handle(userId: string, payload: Buffer): Promise<void>
 }
 
+/** Merges users/{uid}/preferences edits (PreferencesService): resolves when stored or refused, rejects if unstored. */
+export interface PreferencesEntry {
+  handle(userId: string, payload: Buffer): Promise<unknown>
+}
+
 export interface AuthorizePublishDeps {
   lookups: AclLookups
   principals: Principals
   ingest: IngestEntry
   sync: SyncEntry
+  preferences: PreferencesEntry
   routing: Pick<ConsumedRouting, 'consume'>
   metrics: Pick<Metrics, 'packetsIn' | 'aclRefusals'>
   log: Logger
 }
 
 export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePublishHook {
-  const { lookups, principals, ingest, sync, routing, metrics, log } = deps
+  const { lookups, principals, ingest, sync, preferences, routing, metrics, log } = deps
   return (client, packet, done) => {
     const p = client ? principals.get(client) : undefined
     if (!client || !p) {
@@ -52,6 +59,16 @@ export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePub
           // Acked at once; the answer comes on users/{uid}/sync/response.
           done()
           void sync.handle(ref.userId, packet.payload as Buffer)
+          return
+        }
+        if (ref?.kind === 'user' && ref.leaf === 'preferences') {
+          // PUBACK once merged and stored; a bad message is acked too (MQTT 3.1.1 has no negative PUBACK) and answered
+          // on preferences/state. An app's retain flag must not keep its raw edits as the topic's retained message.
+          packet.retain = false
+          preferences.handle(ref.userId, packet.payload as Buffer).then(
+            () => done(),
+            () => done(new Error('preferences not stored: database unavailable')),
+          )
           return
         }
         // Only inbound device topics are consumed; an admin's config publish is routed (and retained) as sent.

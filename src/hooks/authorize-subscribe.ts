@@ -7,16 +7,22 @@ import { filterMayMatchInbound } from '../topics/grammar.js'
 import type { ConsumedRouting } from './consumed-routing.js'
 import type { AuthorizeSubscribeHook, Principals } from './types.js'
 
+/** Publishes a user's preferences state retained if this process has not yet (PreferencesService). */
+export interface RetainedPreferences {
+  ensureRetained(userId: string): Promise<void>
+}
+
 export interface AuthorizeSubscribeDeps {
   lookups: AclLookups
   principals: Principals
   routing: Pick<ConsumedRouting, 'tap'>
+  preferences: RetainedPreferences
   metrics: Pick<Metrics, 'aclRefusals'>
   log: Logger
 }
 
 export function createAuthorizeSubscribe(deps: AuthorizeSubscribeDeps): AuthorizeSubscribeHook {
-  const { lookups, principals, routing, metrics, log } = deps
+  const { lookups, principals, routing, preferences, metrics, log } = deps
   return (client, sub, done) => {
     const p = principals.get(client)
     if (!p) {
@@ -28,6 +34,14 @@ export function createAuthorizeSubscribe(deps: AuthorizeSubscribeDeps): Authoriz
         if (decision.ok) {
           // The decision was async: a client that has gone meanwhile must not keep routing on for good.
           if (p.role === 'admin' && filterMayMatchInbound(sub.topic) && !client.closed) routing.tap(client)
+          const ref = decision.ref
+          if (ref?.kind === 'user' && ref.leaf === 'preferences/state') {
+            // The retained state is in place before Aedes reads the retained store for this subscription. Without
+            // the database it is granted all the same: the state then comes with the next edit.
+            const grant = () => done(null, sub)
+            preferences.ensureRetained(ref.userId).then(grant, grant)
+            return
+          }
           done(null, sub)
           return
         }

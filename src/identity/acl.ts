@@ -12,6 +12,9 @@ export interface AclLookups {
 
 export type AclDecision = { ok: true; ref: TopicRef | null } | { ok: false; reason: string }
 
+/** User topics the user's apps (and bridge) publish to; the broker answers on the matching outbound topic. */
+const INBOUND_USER_LEAVES = new Set<string>(['sync/request', 'preferences'])
+
 const allow = (ref: TopicRef | null): AclDecision => ({ ok: true, ref })
 const deny = (reason: string): AclDecision => ({ ok: false, reason })
 
@@ -36,7 +39,7 @@ export async function canPublish(p: Principal, topic: string, lookups: AclLookup
         return (await ownsDevice(p, ref.deviceId, lookups)) ? allow(ref) : deny('not_your_device')
       return deny('role_cannot_publish_readings')
     case 'user':
-      if (ref.leaf !== 'sync/request') return deny('outbound_topic')
+      if (!INBOUND_USER_LEAVES.has(ref.leaf)) return deny('outbound_topic')
       if ((p.role === 'app' || p.role === 'bridge') && p.userId === ref.userId) return allow(ref)
       return deny('not_your_user')
     case 'event':
@@ -62,7 +65,7 @@ export async function canSubscribe(p: Principal, filter: string, lookups: AclLoo
       return deny('not_your_device')
     }
     case 'user':
-      if (ref.leaf === 'sync/request') return deny('inbound_topic')
+      if (INBOUND_USER_LEAVES.has(ref.leaf)) return deny('inbound_topic')
       if ((p.role === 'app' || p.role === 'bridge') && p.userId === ref.userId) return allow(ref)
       return deny('not_your_user')
     case 'event': {

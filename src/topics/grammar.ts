@@ -2,7 +2,14 @@
 export const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
 
 export type DeviceLeaf = 'readings' | 'status' | 'rejections' | 'config'
-export type UserLeaf = 'alerts' | 'live' | 'recommendations' | 'sync/request' | 'sync/response'
+export type UserLeaf =
+  | 'alerts'
+  | 'live'
+  | 'recommendations'
+  | 'sync/request'
+  | 'sync/response'
+  | 'preferences'
+  | 'preferences/state'
 export type EventLeaf = 'leaderboard' | 'alerts' | 'stats'
 
 export type TopicRef =
@@ -11,7 +18,7 @@ export type TopicRef =
   | { kind: 'event'; eventId: string; leaf: EventLeaf }
 
 const DEVICE_LEAVES = new Set<string>(['readings', 'status', 'rejections', 'config'])
-const USER_LEAVES = new Set<string>(['alerts', 'live', 'recommendations'])
+const USER_LEAVES = new Set<string>(['alerts', 'live', 'recommendations', 'preferences'])
 const EVENT_LEAVES = new Set<string>(['leaderboard', 'alerts', 'stats'])
 
 export function isValidId(id: string): boolean {
@@ -32,6 +39,9 @@ export function parseTopic(topic: string): TopicRef | null {
   if (parts.length === 4 && root === 'users' && leaf === 'sync' && (sub === 'request' || sub === 'response')) {
     return { kind: 'user', userId: id, leaf: `sync/${sub}` }
   }
+  if (parts.length === 4 && root === 'users' && leaf === 'preferences' && sub === 'state') {
+    return { kind: 'user', userId: id, leaf: 'preferences/state' }
+  }
   return null
 }
 
@@ -48,6 +58,7 @@ export const topicFor = {
   live: (userId: string) => `users/${userId}/live`,
   recommendations: (userId: string) => `users/${userId}/recommendations`,
   syncResponse: (userId: string) => `users/${userId}/sync/response`,
+  preferencesState: (userId: string) => `users/${userId}/preferences/state`,
   leaderboard: (eventId: string) => `events/${eventId}/leaderboard`,
   eventAlerts: (eventId: string) => `events/${eventId}/alerts`,
   stats: (eventId: string) => `events/${eventId}/stats`,
