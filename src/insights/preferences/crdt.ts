@@ -51,7 +51,7 @@ export function equalStates(a: PrefsMap, b: PrefsMap): boolean {
   if (a.size !== b.size) return false
   for (const [field, e] of a) {
     const o = b.get(field)
-    if (!o || compareEntry(e, o) !== 0) return false
+    if (!o || o.key !== e.key || compareHlc(o.hlc, e.hlc) !== 0) return false
   }
   return true
 }

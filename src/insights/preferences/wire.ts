@@ -13,14 +13,21 @@ const RULE_ID_RE = /^[A-Za-z0-9_-]{1,64}$/
 /** IANA names: `UTC`, `Europe/Berlin`, `America/Argentina/Buenos_Aires`, `Etc/GMT+1`; not offsets like `+01:00`. */
 const IANA_RE = /^[A-Za-z][A-Za-z0-9_+-]*(?:\/[A-Za-z0-9_+-]+){0,2}$/
 
-/** The zone's canonical spelling (`europe/berlin` → `Europe/Berlin`), or null if Intl does not know it. */
+let zonesByLowerCase: Map<string, string> | null = null
+
+/**
+ * The zone as sent if Intl knows it, with the case of ICU's list (`europe/berlin` → `Europe/Berlin`); null if not.
+ * Not ICU's canonical id: those are the old names (`Asia/Kolkata` → `Asia/Calcutta`), not what the user chose.
+ */
 export function canonicalTimeZone(tz: string): string | null {
   if (!IANA_RE.test(tz)) return null
   try {
-    return new Intl.DateTimeFormat('en-US', { timeZone: tz }).resolvedOptions().timeZone
+    new Intl.DateTimeFormat('en-US', { timeZone: tz })
   } catch {
     return null
   }
+  zonesByLowerCase ??= new Map(Intl.supportedValuesOf('timeZone').map((z) => [z.toLowerCase(), z]))
+  return zonesByLowerCase.get(tz.toLowerCase()) ?? tz
 }
 
 const hhmm = z.string().regex(/^(?:[01]\d|2[0-3]):[0-5]\d$/, 'expected HH:MM (00:00–23:59)')
