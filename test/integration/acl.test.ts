@@ -86,6 +86,8 @@ const SUBSCRIBE_ALLOWED: Record<string, readonly Who[]> = {
   'users/alice/sync/response': OWNER_APPS,
   'users/bob/alerts': ['appBob', 'admin'],
   'users/alice/sync/request': ['admin'],
+  'users/alice/preferences/state': OWNER_APPS,
+  'users/alice/preferences': ['admin'],
   // race1 is private; alice is a participant. SPEC: "participants, medics": the bridge acts for participant alice too
   // (acl.ts treats any token of the user alike here; the brief's per-role summary does not list it — see report).
   'events/race1/leaderboard': ['bridgeAlice', 'appAlice', 'medicRace1', 'admin'],
@@ -146,6 +148,9 @@ const PUBLISH_ALLOWED: Record<string, readonly Who[]> = {
   'users/alice/alerts': ['admin'],
   'users/alice/live': ['admin'],
   'users/alice/sync/response': ['admin'],
+  // '{}' is no edit: refused by the preferences service, but acked (no negative PUBACK in MQTT 3.1.1)
+  'users/alice/preferences': ['bridgeAlice', 'appAlice', 'admin'],
+  'users/alice/preferences/state': ['admin'],
   'events/race1/leaderboard': ['admin'],
   'events/race1/alerts': ['admin'],
   'events/race1/stats': ['admin'],
