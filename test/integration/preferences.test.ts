@@ -33,7 +33,8 @@ interface Received {
 function collect(c: MqttClient): Received {
   const r: Received = { states: [], refusals: [], retained: [] }
   c.on('message', (topic, payload, packet) => {
-    if (topic !== STATE) return
+    // An empty payload clears the retained state (erasure): no state, nothing to parse.
+    if (topic !== STATE || payload.length === 0) return
     const m = JSON.parse(payload.toString()) as PreferencesStateMessage | PreferencesRefusal
     if ('error' in m) r.refusals.push(m)
     else {
@@ -283,5 +284,21 @@ describe.each(stores)('preferences on %s', (store) => {
     await w.publishAsync(EDITS, tablet.message(tablet.edit(T0 + 700, 'mutedRules.R8', true)), { qos: 1 })
     expect(tb.pg.preferences.get('alice').mutedRules).toEqual(['R6', 'R8'])
     await waitFor(() => got.states.at(-1)?.state['mutedRules.R8'] === true)
+  })
+
+  it('erasure removes the rows, the cached preferences and the retained state', async () => {
+    await tb.pg.preferences.erase('alice')
+    expect(tb.pg.preferences.get('alice')).toEqual({ mutedRules: [] })
+    const r = await tb.pg.db.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM user_preferences WHERE user_id = 'alice'`,
+    )
+    expect(r.rows[0]?.n).toBe(0)
+    await tb.pg.preferences.load(['alice'])
+    expect(tb.pg.preferences.get('alice')).toEqual({ mutedRules: [] })
+    const late = await app('app:alice:late')
+    const got = collect(late)
+    expect(await subackCode(late, STATE)).toBe(1)
+    await waitFor(() => got.states.length > 0)
+    expect(got.states).toEqual([{ userId: 'alice', state: {}, clock: {} }])
   })
 })

@@ -65,6 +65,8 @@ export class PreferencesService implements PreferencesReader {
   private readonly published = new Map<string, string>()
   /** Per user: the tail of the work in flight, so one user's merges and publishes run one after another. */
   private readonly queues = new Map<string, Promise<unknown>>()
+  /** Per user: how many times erased, so a load that raced an erasure can tell. */
+  private readonly erasures = new Map<string, number>()
   private readonly now: () => number
 
   constructor(
@@ -83,8 +85,11 @@ export class PreferencesService implements PreferencesReader {
 
   /** Brings the cache up to date with the database for these users (edits merged by other broker processes too). */
   async load(userIds: readonly string[]): Promise<void> {
+    const epochs = new Map(userIds.map((u) => [u, this.erasures.get(u) ?? 0]))
     const stored = await this.store.read(userIds)
-    for (const [userId, map] of stored) this.absorb(userId, map)
+    // A user erased while the rows were being read must not come back into the cache from that read.
+    for (const [userId, map] of stored)
+      if (epochs.get(userId) === (this.erasures.get(userId) ?? 0)) this.absorb(userId, map)
   }
 
   /**
@@ -114,6 +119,7 @@ export class PreferencesService implements PreferencesReader {
   async erase(userId: string): Promise<void> {
     await this.serially(userId, async () => {
       await this.store.erase(userId)
+      this.erasures.set(userId, (this.erasures.get(userId) ?? 0) + 1)
       this.cache.delete(userId)
       this.published.delete(userId)
       await this.publisher.publish(topicFor.preferencesState(userId), '', true) // an empty retained payload clears it
