@@ -84,6 +84,11 @@ export const configSchema = z.object({
     /** a signed checkpoint of the audit chain's head every so often (a broker writes them; 0 = only on demand) */
     auditCheckpointMs: ms,
   }),
+  preferences: z.object({
+    /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
+     *  next year must not win its fields until next year */
+    maxClockAheadMs: ms,
+  }),
   shutdownSignals: bool,
 })
 
@@ -131,6 +136,7 @@ export function defaults(): BrokerConfig {
       auditKeyFile: undefined,
       auditCheckpointMs: 5 * 60_000,
     },
+    preferences: { maxClockAheadMs: 3600_000 },
     shutdownSignals: true,
   }
 }
@@ -167,6 +173,7 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_INGEST_WRITERS: 'ingest.writers',
   PULSEGATE_INGEST_COMMIT_TIMEOUT_MS: 'ingest.commitTimeoutMs',
   PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
+  PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
 }
 
 export class ConfigError extends Error {

@@ -16,6 +16,9 @@ import type { Principals } from './hooks/types.js'
 import { CachedLookups } from './identity/lookups.js'
 import type { Principal } from './identity/principal.js'
 import { Tokens } from './identity/tokens.js'
+import { createPreferencesMetrics } from './insights/preferences/metrics.js'
+import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
+import { PreferencesStore } from './insights/preferences/store.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
@@ -53,6 +56,8 @@ export interface Pulsegate {
   ingest: Ingest
   writer: GroupCommitWriter
   outputs: OutputEngine
+  /** synced user preferences; the PreferencesReader of the recommendation engine */
+  preferences: PreferencesService
   leaderboard: LeaderboardStore
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
@@ -129,6 +134,13 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   )
   ingest.onCommitted((batch) => outputs.onCommitted(batch))
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
+  const preferences = new PreferencesService(
+    new PreferencesStore(db),
+    aedesPublisher(() => broker),
+    config.preferences,
+    createPreferencesMetrics(metrics.registry),
+    log.child({ stage: 'preferences' }),
+  )
 
   const { maxClientIdLength } = config.limits
   broker = await Aedes.createBroker({
@@ -144,13 +156,22 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       ingest,
       sync,
       consent: privacy.consent,
+      preferences,
       audit,
       publish,
       routing,
       metrics,
       log,
     }),
-    authorizeSubscribe: createAuthorizeSubscribe({ lookups, principals, routing, audit, metrics, log }),
+    authorizeSubscribe: createAuthorizeSubscribe({
+      lookups,
+      principals,
+      routing,
+      audit,
+      preferences,
+      metrics,
+      log,
+    }),
     authorizeForward: createAuthorizeForward({ metrics }),
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
@@ -254,6 +275,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     ingest,
     writer,
     outputs,
+    preferences,
     leaderboard,
     timescale,
     ports,

@@ -1,8 +1,8 @@
 // PUBLISH from a client: may they (topic ACL), and what becomes of it. A sync request is acked at once and answered on
 // the user's sync/response topic; readings and status are handed to the pipeline, whose commit decides the PUBACK;
 // a consent change from the user's app is committed, then acked, and its new state goes out retained on
-// users/{uid}/consent/state; anything else an admin publishes (device config) is routed and retained as sent.
-// Sync requests and consent changes are audited (actor, subject pseudonyms only).
+// users/{uid}/consent/state; preference edits are acked once merged and stored; anything else an admin publishes
+// (device config) is routed and retained as sent. Sync requests and consent changes are audited (pseudonyms only).
 import { type AclLookups, canPublish } from '../identity/acl.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
@@ -29,6 +29,11 @@ export interface ConsentEntry {
   handleAppPublish(userId: string, payload: Buffer, clientId: string): Promise<ConsentStateMessage>
 }
 
+/** Merges users/{uid}/preferences edits (PreferencesService): resolves when stored or refused, rejects if unstored. */
+export interface PreferencesEntry {
+  handle(userId: string, payload: Buffer): Promise<unknown>
+}
+
 export interface AuthorizePublishDeps {
   lookups: AclLookups
   principals: Principals
@@ -38,13 +43,14 @@ export interface AuthorizePublishDeps {
   audit: AuditSink
   /** the broker's own publisher (the consent state it answers with) */
   publish(topic: string, payload: string, qos: 0 | 1, retain: boolean): void
+  preferences: PreferencesEntry
   routing: Pick<ConsumedRouting, 'consume'>
   metrics: Pick<Metrics, 'packetsIn' | 'aclRefusals'>
   log: Logger
 }
 
 export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePublishHook {
-  const { lookups, principals, ingest, sync, consent, audit, publish, routing, metrics, log } = deps
+  const { lookups, principals, ingest, sync, consent, preferences, audit, publish, routing, metrics, log } = deps
   const audited = (e: Parameters<AuditSink['record']>[0]) =>
     audit.record(e).catch((err: Error) => log.error({ err: err.message, action: e.action }, 'audit record failed'))
   return (client, packet, done) => {
@@ -93,6 +99,16 @@ export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePub
               if (err instanceof ConsentError) done()
               else done(new Error('consent store unavailable'))
             },
+          )
+          return
+        }
+        if (ref?.kind === 'user' && ref.leaf === 'preferences') {
+          // PUBACK once merged and stored; a bad message is acked too (MQTT 3.1.1 has no negative PUBACK) and answered
+          // on preferences/state. An app's retain flag must not keep its raw edits as the topic's retained message.
+          packet.retain = false
+          preferences.handle(ref.userId, packet.payload as Buffer).then(
+            () => done(),
+            () => done(new Error('preferences not stored: database unavailable')),
           )
           return
         }

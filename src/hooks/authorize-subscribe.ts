@@ -10,17 +10,23 @@ import { filterMayMatchInbound } from '../topics/grammar.js'
 import type { ConsumedRouting } from './consumed-routing.js'
 import type { AuthorizeSubscribeHook, Principals } from './types.js'
 
+/** Publishes a user's preferences state retained if this process has not yet (PreferencesService). */
+export interface RetainedPreferences {
+  ensureRetained(userId: string): Promise<void>
+}
+
 export interface AuthorizeSubscribeDeps {
   lookups: AclLookups
   principals: Principals
   routing: Pick<ConsumedRouting, 'tap'>
   audit: AuditSink
+  preferences: RetainedPreferences
   metrics: Pick<Metrics, 'aclRefusals'>
   log: Logger
 }
 
 export function createAuthorizeSubscribe(deps: AuthorizeSubscribeDeps): AuthorizeSubscribeHook {
-  const { lookups, principals, routing, audit, metrics, log } = deps
+  const { lookups, principals, routing, audit, preferences, metrics, log } = deps
   const audited = (action: string, topic: string, role: Role, id: string | null) =>
     audit
       .record({ actor: { role, id }, action, subject: null, purpose: null, details: { topic } })
@@ -41,6 +47,14 @@ export function createAuthorizeSubscribe(deps: AuthorizeSubscribeDeps): Authoriz
           else if (p.role === 'medic' || (p.role === 'admin' && sub.topic.startsWith('events/')))
             void audited('subscribe.event', sub.topic, p.role, p.userId)
           else if (p.role === 'admin') void audited('subscribe.admin', sub.topic, p.role, p.userId)
+          const ref = decision.ref
+          if (ref?.kind === 'user' && ref.leaf === 'preferences/state') {
+            // The retained state is in place before Aedes reads the retained store for this subscription. Without
+            // the database it is granted all the same: the state then comes with the next edit.
+            const grant = () => done(null, sub)
+            preferences.ensureRetained(ref.userId).then(grant, grant)
+            return
+          }
           done(null, sub)
           return
         }

@@ -27,6 +27,9 @@ describe('parseTopic', () => {
   it('parses SPEC topics and refuses others', () => {
     expect(parseTopic('devices/d1/readings')).toEqual({ kind: 'device', deviceId: 'd1', leaf: 'readings' })
     expect(parseTopic('users/u1/sync/request')).toEqual({ kind: 'user', userId: 'u1', leaf: 'sync/request' })
+    expect(parseTopic('users/u1/preferences')).toEqual({ kind: 'user', userId: 'u1', leaf: 'preferences' })
+    expect(parseTopic('users/u1/preferences/state')).toEqual({ kind: 'user', userId: 'u1', leaf: 'preferences/state' })
+    expect(parseTopic('users/u1/preferences/other')).toBeNull()
     expect(parseTopic('devices/d 1/readings')).toBeNull()
     expect(parseTopic('devices/d1/readings/x')).toBeNull()
   })

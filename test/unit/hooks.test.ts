@@ -295,9 +295,20 @@ describe('authorizePublish', () => {
       return new Promise<void>(() => {})
     },
   }
+  /** The preferences service: records the message; `storeDown` makes the merge fail as with the database gone. */
+  let prefsMessages: { userId: string; payload: string }[]
+  let storeDown = false
+  const preferences = {
+    handle: async (userId: string, payload: Buffer) => {
+      if (storeDown) throw new Error('connect ECONNREFUSED 127.0.0.1:5432')
+      prefsMessages.push({ userId, payload: payload.toString() })
+    },
+  }
   beforeEach(() => {
     handed = []
     syncRequests = []
+    prefsMessages = []
+    storeDown = false
     lookups.devices.set('tracker-1', {
       deviceKey: 7,
       deviceId: 'tracker-1',
@@ -314,6 +325,7 @@ describe('authorizePublish', () => {
       ingest,
       sync,
       consent: consentEntry,
+      preferences,
       audit: auditSink,
       publish: (topic, payload, qos, retain) => {
         published.push({ topic, payload, qos, retain })
@@ -372,6 +384,20 @@ describe('authorizePublish', () => {
     expect((await publish(c, packet('users/bob/consent', '{"purpose":"research"}')))?.message).toMatch(/not_your_user/)
   })
 
+  it("acks a user's preferences edits once the service has taken them, never as a retained message", async () => {
+    const c = as(principal({ role: 'app', userId: 'alice' }), 'app:alice:watch')
+    const edits = packet('users/alice/preferences', '{"node":"watch"}', 1, true)
+    expect(await publish(c, edits)).toBeNull()
+    expect(prefsMessages).toEqual([{ userId: 'alice', payload: '{"node":"watch"}' }])
+    expect(edits.retain).toBe(false)
+    expect((await publish(c, packet('users/bob/preferences', '{}')))?.message).toMatch(/not_your_user/)
+    expect((await publish(c, packet('users/alice/preferences/state', '{}')))?.message).toMatch(/outbound_topic/)
+    storeDown = true
+    expect((await publish(c, packet('users/alice/preferences', '{}')))?.message).toBe(
+      'preferences not stored: database unavailable',
+    )
+  })
+
   it("hands a device's readings and status to the pipeline with the device's own source, not retained", async () => {
     const c = as(tracker, 'tracker-1')
     const readings = packet('devices/tracker-1/readings', '{"seq":1}', 1, true)
@@ -419,8 +445,22 @@ describe('authorizePublish', () => {
 })
 
 describe('authorizeSubscribe', () => {
+  /** The preferences service: the grant must wait until the user's state is retained; `fail` as with no database. */
+  let retained: string[] = []
+  let fail = false
+  const preferences = {
+    ensureRetained: async (userId: string) => {
+      await new Promise((r) => setTimeout(r, 10))
+      if (fail) throw new Error('connect ECONNREFUSED 127.0.0.1:5432')
+      retained.push(userId)
+    },
+  }
+  beforeEach(() => {
+    retained = []
+    fail = false
+  })
   function subscribe(client: Client, topic: string): Promise<{ err: Error | null; granted: string | null }> {
-    const hook = createAuthorizeSubscribe({ lookups, principals, routing, audit: auditSink, metrics, log })
+    const hook = createAuthorizeSubscribe({ lookups, principals, routing, audit: auditSink, preferences, metrics, log })
     return new Promise((resolve) =>
       hook(client, { topic, qos: 1 }, (err, sub) => resolve({ err, granted: sub ? sub.topic : null })),
     )
@@ -442,6 +482,18 @@ describe('authorizeSubscribe', () => {
     lookups.unavailable = true
     expect(await subscribe(app, 'events/race-1/leaderboard')).toEqual({ err: null, granted: null })
     expect(routing.taps).toBe(0)
+  })
+
+  it("grants users/{uid}/preferences/state only after the user's state is retained; never the inbound topic", async () => {
+    const app = as(principal({ role: 'app', userId: 'alice' }), 'app:alice')
+    const state = 'users/alice/preferences/state'
+    expect(await subscribe(app, state)).toEqual({ err: null, granted: state })
+    expect(retained).toEqual(['alice'])
+    expect(await subscribe(app, 'users/alice/preferences')).toEqual({ err: null, granted: null })
+    expect(await subscribe(app, 'users/bob/preferences/state')).toEqual({ err: null, granted: null })
+    fail = true
+    expect(await subscribe(app, state)).toEqual({ err: null, granted: state })
+    expect(retained).toEqual(['alice'])
   })
 
   it('registers an admin whose filter can match inbound telemetry as a tap', async () => {
@@ -552,12 +604,14 @@ describe('consumed routing on a real Aedes (no listener)', () => {
       handleStatus: (_s, _p, _q, done) => done(),
     }
     const sync = { handle: async () => {} }
+    const preferences = { handle: async () => {} }
     const hook = createAuthorizePublish({
       lookups,
       principals,
       ingest,
       sync,
       consent: consentEntry,
+      preferences,
       audit: auditSink,
       publish: (topic, payload, qos, retain) => {
         published.push({ topic, payload, qos, retain })
