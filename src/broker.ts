@@ -16,6 +16,7 @@ import type { Principals } from './hooks/types.js'
 import { CachedLookups } from './identity/lookups.js'
 import type { Principal } from './identity/principal.js'
 import { Tokens } from './identity/tokens.js'
+import { DpPublisher } from './insights/dp/publisher.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { OutputEngine } from './outputs/engine.js'
@@ -52,6 +53,8 @@ export interface Pulsegate {
   writer: GroupCommitWriter
   outputs: OutputEngine
   leaderboard: LeaderboardStore
+  /** differentially private event statistics (events/{eid}/stats) */
+  dp: DpPublisher
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
   ports: { mqtt: number | null; mqtts: number | null; http: number }
@@ -110,6 +113,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     : new MemoryLeaderboard()
   const outputs = new OutputEngine(db, leaderboard, { publish }, metrics, log.child({ stage: 'outputs' }))
   ingest.onCommitted((batch) => outputs.onCommitted(batch))
+  const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp)
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
 
   const { maxClientIdLength } = config.limits
@@ -188,6 +192,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   }
   if (db.kind === 'embedded') updateEmbeddedLock(config.dataDir, { httpPort: ports.http, host: config.host })
   outputs.start()
+  dp.start()
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -195,6 +200,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     stopping ??= (async () => {
       log.info('shutting down: no new connections; finishing in-flight commits')
       for (const s of servers) s.close()
+      await dp.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
@@ -220,6 +226,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     writer,
     outputs,
     leaderboard,
+    dp,
     timescale,
     ports,
     publish,

@@ -15,6 +15,7 @@ import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
 import { withOps } from './ops.js'
+import { addStatsCommands } from './stats.js'
 
 class UsageError extends Error {}
 
@@ -221,6 +222,7 @@ function buildProgram(): Command {
       console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
     })
 
+  addStatsCommands(program)
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   return program
 }

@@ -41,7 +41,7 @@ export async function withOps<T>(
   try {
     await migrate(db, log)
     const registry = new Registry(db)
-    return await fn((req) => runRpc(registry, req))
+    return await fn((req) => runRpc(registry, req, { db, config: cfg }))
   } finally {
     await db.close()
   }

@@ -8,6 +8,9 @@ import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
+import { EpsilonError } from '../insights/dp/epsilon.js'
+import { dpRpcSchemas, runDpRpc } from '../insights/dp/rpc.js'
+import { StatsError } from '../insights/dp/stats.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
@@ -76,6 +79,8 @@ export const rpcSchema = z.discriminatedUnion('op', [
       .array(z.object({ userId: id, consentLeaderboard: z.boolean().optional(), bib: z.string().optional() }))
       .max(RPC_BULK_MAX),
   }),
+  // pulsegate stats event / ledger (differential privacy; src/insights/dp/rpc.ts)
+  ...dpRpcSchemas,
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -90,8 +95,19 @@ function toRegistration(d: z.infer<typeof deviceRegistration>): DeviceRegistrati
   }
 }
 
-export async function runRpc(registry: Registry, req: RpcRequest): Promise<unknown> {
+/** What operations beyond the registry need: the store itself and the configuration (the dp statistics). */
+export interface RpcContext {
+  db: Db
+  config: BrokerConfig
+  metrics?: Metrics
+}
+
+export async function runRpc(registry: Registry, req: RpcRequest, ctx?: RpcContext): Promise<unknown> {
   switch (req.op) {
+    case 'dpRelease':
+    case 'dpLedger':
+      if (!ctx) throw new Error(`${req.op} needs the store and the configuration`)
+      return runDpRpc({ db: ctx.db, dp: ctx.config.dp, ...(ctx.metrics ? { metrics: ctx.metrics } : {}) }, req)
     case 'registerDevice':
       return { deviceKey: await registry.registerDevice(toRegistration(req)) }
     case 'revokeDevice':
@@ -230,14 +246,19 @@ export function createHttpRoutes(deps: RouteDeps) {
             error: parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
           })
         try {
-          const result = await runRpc(deps.registry, parsed.data)
+          const result = await runRpc(deps.registry, parsed.data, {
+            db: deps.db,
+            config: deps.config,
+            metrics: deps.metrics,
+          })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
           else if (op.op === 'registerDevice') deps.onDevicesRegistered([op.deviceId])
           else if (op.op === 'registerDevices') deps.onDevicesRegistered(op.devices.map((d) => d.deviceId))
           return send(res, 200, result)
         } catch (err) {
-          if (err instanceof RegistryError) return send(res, 409, { error: err.message })
+          if (err instanceof RegistryError || err instanceof StatsError) return send(res, 409, { error: err.message })
+          if (err instanceof EpsilonError) return send(res, 400, { error: err.message })
           throw err
         }
       }
