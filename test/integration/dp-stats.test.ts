@@ -204,13 +204,29 @@ async function run(...args: string[]): Promise<{ code: number; out: string; err:
   const err: string[] = []
   const l = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')))
   const e = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')))
+  // commander writes its usage errors to stderr itself
+  const w = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => {
+    err.push(String(s))
+    return true
+  })
   try {
     const code = await main(['node', 'pulsegate', ...args])
     return { code, out: out.join('\n'), err: err.join('\n') }
   } finally {
     l.mockRestore()
     e.mockRestore()
+    w.mockRestore()
   }
+}
+
+/**
+ * The ledger's budget is per UTC day: a suite that ran across midnight would see it renewed half-way. Started within
+ * `marginMs` of midnight, it waits for the new day instead (the condition itself, not a guess of how long it takes).
+ */
+async function clearOfUtcMidnight(marginMs: number): Promise<void> {
+  const now = Date.now()
+  const toMidnight = 86_400_000 - (now % 86_400_000)
+  if (toMidnight < marginMs) await new Promise((r) => setTimeout(r, toMidnight + 1000))
 }
 
 /** Sets (or, for undefined, unsets) variables; returns the function that puts the old values back. */
@@ -241,6 +257,7 @@ describe.each<StoreKind>(['postgres', 'embedded'])('dp statistics on %s', (store
   const ev: EventInfo = { eventId: 'race', startsAt: STARTS, courseM: COURSE }
 
   beforeAll(async () => {
+    await clearOfUtcMidnight(4 * 60_000)
     if (store === 'postgres') {
       const t = await createTestDatabase()
       url = t.url
@@ -248,7 +265,7 @@ describe.each<StoreKind>(['postgres', 'embedded'])('dp statistics on %s', (store
     }
     db = await open(store, { url, dir })
     expected = await seed(db, 'race')
-  }, 60_000)
+  }, 6 * 60_000)
   afterAll(async () => {
     await db?.close().catch(() => {})
     await drop?.()
@@ -425,7 +442,9 @@ describe.each<StoreKind>(['postgres', 'embedded'])('dp statistics on %s', (store
         const refused = await run('stats', 'event', 'cli-ev')
         expect(refused.code).toBe(1)
         expect(refused.err).toMatch(/privacy budget .* would be exceeded/)
-        expect((await run('stats', 'event', 'cli-ev', '--epsilon', '0')).code).toBe(2)
+        const zero = await run('stats', 'event', 'cli-ev', '--epsilon', '0')
+        expect(zero.code).toBe(2)
+        expect(zero.err).toMatch(/--epsilon must be > 0/)
         expect((await run('stats', 'event', 'nope')).err).toMatch(/unknown event/)
         const ledger = JSON.parse((await run('stats', 'ledger', 'cli-ev')).out)
         expect(ledger.days[0]).toMatchObject({ spent: '1.5', remaining: '0', releases: 2 })
