@@ -40,6 +40,11 @@ export class DpPublisher {
 
   start(): void {
     if (!this.settings.enabled) return
+    if (this.epsilon > this.budget)
+      this.log.warn(
+        { epsilonPerRelease: epsilonNumber(this.epsilon), budgetPerDay: epsilonNumber(this.budget) },
+        'dp.epsilonPerRelease is larger than dp.budgetPerDay: no statistics will ever be released',
+      )
     // Counts as a round: the first release cannot be overwritten by an older restored one.
     this.running = this.restoreRetained().finally(() => {
       this.running = null
