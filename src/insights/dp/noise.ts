@@ -31,6 +31,8 @@ const TWO53 = 2 ** 53
 export class CryptoRandom {
   private readonly words = new Uint32Array(16_384)
   private i = this.words.length
+  private bits = 0
+  private nbits = 0
 
   private word(): number {
     if (this.i === this.words.length) {
@@ -40,12 +42,31 @@ export class CryptoRandom {
     return this.words[this.i++] as number
   }
 
+  /** One fair bit (32 per word). */
+  bit(): number {
+    if (this.nbits === 0) {
+      this.bits = this.word()
+      this.nbits = 32
+    }
+    this.nbits--
+    const b = this.bits & 1
+    this.bits >>>= 1
+    return b
+  }
+
   /** Uniform on {0, …, n−1}, n a positive safe integer. */
   below(n: number): number {
     if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`below(${n}): n must be a positive safe integer`)
+    return this.uniform(n)
+  }
+
+  /** below() without the argument check, for the sampler's own (valid) calls. */
+  uniform(n: number): number {
     if (n === 1) return 0
+    if (n === 2) return this.bit()
     if (n <= TWO32) {
-      // Reject the top TWO32 mod n values so every residue is equally likely.
+      // Powers of two take the low bits; otherwise reject the top TWO32 mod n values so every residue is as likely.
+      if (n <= 0x80000000 && (n & (n - 1)) === 0) return this.word() & (n - 1)
       const limit = TWO32 - (TWO32 % n)
       for (;;) {
         const x = this.word()
@@ -65,9 +86,15 @@ export const defaultRandom = new CryptoRandom()
 
 /** Bernoulli(num/den), exactly: one uniform integer below den compared with num. */
 export function bernoulli(num: number, den: number, rng: CryptoRandom = defaultRandom): boolean {
+  if (!Number.isSafeInteger(num) || !Number.isSafeInteger(den) || den < 1)
+    throw new RangeError(`bernoulli(${num}/${den}): need integers, den ≥ 1`)
+  return bern(num, den, rng)
+}
+
+function bern(num: number, den: number, rng: CryptoRandom): boolean {
   if (num <= 0) return false
   if (num >= den) return true
-  return rng.below(den) < num
+  return rng.uniform(den) < num
 }
 
 /** Bernoulli(exp(−n/d)) for n ≥ 0, d > 0 integers (CKS 2020, Algorithm 1). */
@@ -85,7 +112,7 @@ export function bernoulliExpNeg(n: number, d: number, rng: CryptoRandom = defaul
 function bernoulliExpNeg01(n: number, d: number, rng: CryptoRandom): boolean {
   let k = 1
   // Bernoulli(n/(d·k)); d·k stays far below 2^53 for the ε this code accepts (den ≤ 3·10⁶, k rarely above 10).
-  while (bernoulli(n, d * k, rng)) k++
+  while (bern(n, d * k, rng)) k++
   return k % 2 === 1
 }
 
@@ -97,12 +124,12 @@ export function discreteLaplace(s: number, t: number, rng: CryptoRandom = defaul
   if (!Number.isSafeInteger(s) || !Number.isSafeInteger(t) || s < 1 || t < 1)
     throw new RangeError(`discreteLaplace(${s}, ${t}): need positive integers`)
   for (;;) {
-    const u = rng.below(t)
+    const u = rng.uniform(t)
     if (!bernoulliExpNeg01(u, t, rng)) continue
     let v = 0
     while (bernoulliExpNeg01(1, 1, rng)) v++
     const y = Math.floor((u + t * v) / s)
-    const negative = rng.below(2) === 1
+    const negative = rng.bit() === 1
     if (negative && y === 0) continue
     return negative ? -y : y
   }
