@@ -5,6 +5,12 @@ import { z } from 'zod'
 
 const port = z.coerce.number().int().min(0).max(65535)
 const ms = z.coerce.number().int().min(0)
+/** a positive decimal with at most 6 decimals (ε budgets are exact micro-ε; see src/insights/dp/epsilon.ts) */
+const epsilon = z.coerce
+  .number()
+  .positive()
+  .max(1000)
+  .refine((v) => /^\d+(\.\d{1,6})?$/.test(String(v)), 'at most 6 decimals')
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')])
 
 export const configSchema = z.object({
@@ -89,6 +95,20 @@ export const configSchema = z.object({
      *  next year must not win its fields until next year */
     maxClockAheadMs: ms,
   }),
+  /** differentially private statistics on events/{eid}/stats and `pulsegate stats` (src/insights/dp/) */
+  dp: z.object({
+    enabled: bool,
+    /** ε of one release (split over its histograms), at most 6 decimals: kept exact, never a float, in the ledger */
+    epsilonPerRelease: epsilon,
+    /** ε an event may spend per UTC day, broker and operator releases together; then releases stop */
+    budgetPerDay: epsilon,
+    /** how often the broker releases for each event under way */
+    intervalMs: z.coerce.number().int().min(100),
+    /** cells whose noisy count is below this are withheld (post-processing: costs no privacy) */
+    suppressBelow: z.coerce.number().int().min(0),
+    /** an event is under way from starts_at for this long */
+    eventWindowMs: ms,
+  }),
   shutdownSignals: bool,
 })
 
@@ -137,6 +157,14 @@ export function defaults(): BrokerConfig {
       auditCheckpointMs: 5 * 60_000,
     },
     preferences: { maxClockAheadMs: 3600_000 },
+    dp: {
+      enabled: true,
+      epsilonPerRelease: 0.5,
+      budgetPerDay: 10,
+      intervalMs: 30_000,
+      suppressBelow: 10,
+      eventWindowMs: 8 * 3600_000,
+    },
     shutdownSignals: true,
   }
 }
@@ -174,6 +202,12 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_INGEST_COMMIT_TIMEOUT_MS: 'ingest.commitTimeoutMs',
   PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
   PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
+  PULSEGATE_DP_ENABLED: 'dp.enabled',
+  PULSEGATE_DP_EPSILON: 'dp.epsilonPerRelease',
+  PULSEGATE_DP_BUDGET_PER_DAY: 'dp.budgetPerDay',
+  PULSEGATE_DP_INTERVAL_MS: 'dp.intervalMs',
+  PULSEGATE_DP_SUPPRESS_BELOW: 'dp.suppressBelow',
+  PULSEGATE_DP_EVENT_WINDOW_MS: 'dp.eventWindowMs',
 }
 
 export class ConfigError extends Error {

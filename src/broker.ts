@@ -19,6 +19,7 @@ import { Tokens } from './identity/tokens.js'
 import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
+import { DpPublisher } from './insights/dp/publisher.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
@@ -59,6 +60,8 @@ export interface Pulsegate {
   /** synced user preferences; the PreferencesReader of the recommendation engine */
   preferences: PreferencesService
   leaderboard: LeaderboardStore
+  /** differentially private event statistics (events/{eid}/stats) */
+  dp: DpPublisher
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
   ports: { mqtt: number | null; mqtts: number | null; http: number }
@@ -133,6 +136,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     log.child({ stage: 'outputs' }),
   )
   ingest.onCommitted((batch) => outputs.onCommitted(batch))
+  const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
   const preferences = new PreferencesService(
     new PreferencesStore(db),
@@ -243,6 +247,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   if (db.kind === 'embedded') updateEmbeddedLock(config.dataDir, { httpPort: ports.http, host: config.host })
   outputs.start()
   audit.startCheckpoints(config.privacy.auditCheckpointMs)
+  dp.start()
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -250,6 +255,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     stopping ??= (async () => {
       log.info('shutting down: no new connections; finishing in-flight commits')
       for (const s of servers) s.close()
+      await dp.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
@@ -277,6 +283,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     outputs,
     preferences,
     leaderboard,
+    dp,
     timescale,
     ports,
     publish,

@@ -178,6 +178,35 @@ export function createMetrics() {
       labelNames: ['outcome'],
       registers: r,
     }),
+    dpReleases: new Counter({
+      name: 'pulsegate_dp_releases_total',
+      help: 'differentially private statistics releases, by series (broker, operator)',
+      labelNames: ['series'],
+      registers: r,
+    }),
+    dpEpsilonSpent: new Gauge({
+      name: 'pulsegate_dp_epsilon_spent',
+      help: "privacy budget spent today per event (ε), as of this process's last release attempt",
+      labelNames: ['event'],
+      registers: r,
+    }),
+    dpBudgetRefusals: new Counter({
+      name: 'pulsegate_dp_budget_refusals_total',
+      help: 'releases refused because the day’s privacy budget of the event was spent',
+      labelNames: ['series'],
+      registers: r,
+    }),
+    dpReleaseSeconds: new Histogram({
+      name: 'pulsegate_dp_release_seconds',
+      help: 'time to compute, record and publish one event statistics release',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: r,
+    }),
+    dpFailures: new Counter({
+      name: 'pulsegate_dp_failures_total',
+      help: 'statistics rounds that failed (database errors); retried at the next interval',
+      registers: r,
+    }),
   }
 }
 

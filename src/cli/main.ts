@@ -17,6 +17,7 @@ import { simulateCommand } from '../../simulators/cli.js'
 import { addAuditCommand } from './audit.js'
 import { withOps } from './ops.js'
 import { addUserCommands } from './users.js'
+import { addStatsCommands } from './stats.js'
 
 class UsageError extends Error {}
 
@@ -226,6 +227,7 @@ function buildProgram(): Command {
   const users = program.command('users').description('pseudonymous people and their consent')
   addUserCommands(users, { config, requireId, usage: (m) => new UsageError(m) })
 
+  addStatsCommands(program)
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   addAuditCommand(program)
   return program

@@ -55,7 +55,7 @@ export async function withOps<T>(
     }
     try {
       return await fn((req) =>
-        runRpc(registry, req, { services, source: 'cli', audit, actor: { role: 'cli', id: null } }),
+        runRpc(registry, req, { services, source: 'cli', audit, actor: { role: 'cli', id: null }, db, config: cfg }),
       )
     } finally {
       await audit.stop()

@@ -8,6 +8,9 @@ import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
+import { EpsilonError } from '../insights/dp/epsilon.js'
+import { dpRpcSchemas, runDpRpc } from '../insights/dp/rpc.js'
+import { StatsError } from '../insights/dp/stats.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { KeyError } from '../ops/keys.js'
@@ -95,6 +98,8 @@ export const rpcSchema = z.discriminatedUnion('op', [
   ...privacyRpcSchemas,
   z.object({ op: z.literal('auditVerify') }),
   z.object({ op: z.literal('auditCheckpoint') }),
+  // pulsegate stats event / ledger (differential privacy; src/insights/dp/rpc.ts)
+  ...dpRpcSchemas,
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -109,10 +114,13 @@ function toRegistration(d: z.infer<typeof deviceRegistration>): DeviceRegistrati
   }
 }
 
-/** Where an operation runs: the audit log it records processing steps in, who asked, and (for the privacy
- *  operations) the process's privacy services and the consent source. */
+/** Where an operation runs: the audit log it records processing steps in, who asked, (for the privacy operations)
+ *  the process's privacy services and the consent source, and (for the dp statistics) the store and the configuration. */
 export interface RpcContext extends Partial<RpcPrivacyContext> {
   audit?: AuditLog
+  db?: Db
+  config?: BrokerConfig
+  metrics?: Metrics
 }
 
 function requireAudit(ctx: RpcContext): AuditLog {
@@ -127,6 +135,10 @@ export async function runRpc(registry: Registry, req: RpcRequest, ctx: RpcContex
     return runPrivacyRpc(req, { services, source, actor })
   }
   switch (req.op) {
+    case 'dpRelease':
+    case 'dpLedger':
+      if (!ctx.db || !ctx.config) throw new Error(`${req.op} needs the store and the configuration`)
+      return runDpRpc({ db: ctx.db, dp: ctx.config.dp, ...(ctx.metrics ? { metrics: ctx.metrics } : {}) }, req)
     case 'registerDevice':
       return { deviceKey: await registry.registerDevice(toRegistration(req)) }
     case 'revokeDevice': {
@@ -325,6 +337,9 @@ export function createHttpRoutes(deps: RouteDeps) {
             source: 'rpc',
             ...(deps.audit ? { audit: deps.audit } : {}),
             actor,
+            db: deps.db,
+            config: deps.config,
+            metrics: deps.metrics,
           })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
@@ -332,8 +347,9 @@ export function createHttpRoutes(deps: RouteDeps) {
           else if (op.op === 'registerDevices') deps.onDevicesRegistered(op.devices.map((d) => d.deviceId))
           return send(res, 200, result)
         } catch (err) {
-          if (err instanceof RegistryError || isPrivacyRequestError(err))
+          if (err instanceof RegistryError || err instanceof StatsError || isPrivacyRequestError(err))
             return send(res, 409, { error: (err as Error).message })
+          if (err instanceof EpsilonError) return send(res, 400, { error: err.message })
           // A key that does not match the database: the operator's to fix, said plainly (never the key itself).
           if (err instanceof KeyError) return send(res, 503, { error: err.message })
           throw err

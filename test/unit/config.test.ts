@@ -42,6 +42,24 @@ describe('broker.config.ts', () => {
     expect((err as ConfigError).problems).toHaveLength(3)
   })
 
+  it('dp settings: defaults of issue #12, env overrides, ε with at most 6 decimals', () => {
+    expect(defaults().dp).toMatchObject({
+      epsilonPerRelease: 0.5,
+      budgetPerDay: 10,
+      intervalMs: 30_000,
+      suppressBelow: 10,
+    })
+    const c = loadConfig(
+      {},
+      { PULSEGATE_DP_EPSILON: '0.25', PULSEGATE_DP_BUDGET_PER_DAY: '4', PULSEGATE_DP_ENABLED: 'false' },
+    )
+    expect([c.dp.epsilonPerRelease, c.dp.budgetPerDay, c.dp.enabled]).toEqual([0.25, 4, false])
+    expect(() => loadConfig({}, { PULSEGATE_DP_EPSILON: '0.0000001' })).toThrow(
+      /dp.epsilonPerRelease \(PULSEGATE_DP_EPSILON\)/,
+    )
+    expect(() => loadConfig({}, { PULSEGATE_DP_EPSILON: '0' })).toThrow(/PULSEGATE_DP_EPSILON/)
+  })
+
   it('port 0 is allowed (picks a free port); out-of-range is not', () => {
     expect(loadConfig({}, { PULSEGATE_HTTP_PORT: '0' }).httpPort).toBe(0)
     expect(() => loadConfig({}, { PULSEGATE_HTTP_PORT: '70000' })).toThrow(/httpPort/)
