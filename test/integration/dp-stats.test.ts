@@ -454,7 +454,8 @@ describe.each<StoreKind>(['postgres', 'embedded'])('dp statistics on %s', (store
       }
 
       await tb.stop()
-      tb = await startTestBroker(store, { dp }, reuse)
+      // The same data dir: its key files are the ones this database was set up with (a fresh one would be refused).
+      tb = await startTestBroker(store, { dp }, { ...reuse, dataDir: tb.dataDir })
       const app2 = await connectWithToken(tb, await token(tb, 'c3', 'app'), 'app:c3:phone')
       const restored = nextMessage(app2, 'events/race/stats')
       await app2.subscribeAsync('events/race/stats', { qos: 0 })
