@@ -14,9 +14,9 @@ import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
+import { UsageError } from './errors.js'
 import { withOps } from './ops.js'
-
-class UsageError extends Error {}
+import { addPortabilityCommands } from './portability.js'
 
 function config(): BrokerConfig {
   return loadConfig()
@@ -220,6 +220,11 @@ function buildProgram(): Command {
       )
       console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
     })
+
+  const users =
+    program.commands.find((c) => c.name() === 'users') ??
+    program.command('users').description('people (pseudonymous user ids) and their data')
+  addPortabilityCommands(users)
 
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   return program

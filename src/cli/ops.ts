@@ -3,6 +3,7 @@
 import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
 import { createLogger } from '../log.js'
+import type { Db } from '../store/db.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
@@ -10,6 +11,29 @@ import { Registry } from '../store/registry.js'
 import { type RpcRequest, rpcSchema, runRpc } from '../transport/http-routes.js'
 
 export type RunOp = (req: RpcRequest) => Promise<unknown>
+
+/** The running broker that owns the embedded store (its HTTP base URL and an admin token), or null: go offline. */
+export async function liveBroker(cfg: BrokerConfig): Promise<{ baseUrl: string; token: string } | null> {
+  const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
+  if (!owner) return null
+  if (!owner.httpPort)
+    throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
+  const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
+  const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
+  return { baseUrl: `http://${host}:${owner.httpPort}`, token }
+}
+
+/** Runs fn against the configured store opened by this process (migrated), and closes it. */
+export async function withStore<T>(cfg: BrokerConfig, fn: (db: Db) => Promise<T>): Promise<T> {
+  const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
+  const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
+  try {
+    await migrate(db, log)
+    return await fn(db)
+  } finally {
+    await db.close()
+  }
+}
 
 /**
  * Runs registry operations where the data lives: the configured server; the embedded store directly when no broker
@@ -19,17 +43,12 @@ export async function withOps<T>(
   cfg: BrokerConfig,
   fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>,
 ): Promise<T> {
-  const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
-  const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
-  if (owner) {
-    if (!owner.httpPort)
-      throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
-    const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
-    const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
+  const live = await liveBroker(cfg)
+  if (live) {
     return fn(async (req) => {
-      const res = await fetch(`http://${host}:${owner.httpPort}/admin/rpc`, {
+      const res = await fetch(`${live.baseUrl}/admin/rpc`, {
         method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        headers: { authorization: `Bearer ${live.token}`, 'content-type': 'application/json' },
         body: JSON.stringify(rpcSchema.parse(req)),
       })
       const body = (await res.json()) as { error?: string }
@@ -37,12 +56,5 @@ export async function withOps<T>(
       return body
     })
   }
-  const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
-  try {
-    await migrate(db, log)
-    const registry = new Registry(db)
-    return await fn((req) => runRpc(registry, req))
-  } finally {
-    await db.close()
-  }
+  return withStore(cfg, (db) => fn((req) => runRpc(new Registry(db), req)))
 }

@@ -1,5 +1,6 @@
 // HTTP operations beside MQTT: /healthz (process up), /readyz (database reachable, listeners bound), /metrics
-// (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT).
+// (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT),
+// /admin/export and /admin/import (streamed, portability-routes.ts).
 import fs from 'node:fs'
 import type http from 'node:http'
 import { createRequire } from 'node:module'
@@ -10,9 +11,11 @@ import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import type { AuditSink } from '../ops/audit-types.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
+import { handlePortability } from './portability-routes.js'
 
 export interface RouteDeps {
   config: BrokerConfig
@@ -25,6 +28,8 @@ export interface RouteDeps {
   onDeviceRevoked(deviceId: string): void
   /** devices (re-)registered, possibly with a new certificate: cached verdicts about them go */
   onDevicesRegistered(deviceIds: readonly string[]): void
+  /** privacy operations served here (export, import) record through it when given */
+  audit?: AuditSink
   log: Logger
 }
 
@@ -241,6 +246,7 @@ export function createHttpRoutes(deps: RouteDeps) {
           throw err
         }
       }
+      if (await handlePortability(deps, req, res, url)) return
       if (req.method === 'GET' && url.pathname === '/')
         return send(res, 200, raceControlPage(), 'text/html; charset=utf-8')
       if (req.method === 'GET' && url.pathname === '/assets/mqtt.min.js') {
