@@ -4,13 +4,14 @@
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { Readable } from 'node:stream'
+import { Readable, Writable } from 'node:stream'
 import { parse as parseCsv } from 'csv-parse/sync'
 import { XMLParser } from 'fast-xml-parser'
 import tar from 'tar-stream'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { main } from '../../src/cli/main.js'
 import { createLogger } from '../../src/log.js'
+import type { AuditEntry, AuditSink } from '../../src/ops/audit-types.js'
 import { PortabilityError } from '../../src/ops/errors.js'
 import { type ExportFormat, exportUser } from '../../src/ops/export.js'
 import { importUser } from '../../src/ops/import.js'
@@ -217,6 +218,56 @@ describe.each(stores)('export and import on %s', (store) => {
     expect(geo.body.latitude?.unit).toBe('degree-decimal')
     // The same data exports to the same bytes: ids are derived from (device, metric, time).
     expect((await exportTo('ndjson')).text).toBe(text)
+  })
+
+  it('writes wait for drain: a slow reader never has more than a page waiting', async () => {
+    let maxBuffered = 0
+    let bytes = 0
+    const slow = new Writable({
+      highWaterMark: 1024,
+      write(chunk: Buffer, _enc, cb) {
+        bytes += chunk.length
+        setTimeout(cb, 15)
+      },
+    })
+    const sample = setInterval(() => {
+      maxBuffered = Math.max(maxBuffered, slow.writableLength)
+    }, 0)
+    const report = await exportUser(db, slow, { userId: USER, format: 'ndjson', pageRows: 100 })
+    clearInterval(sample)
+    // A page of 100 data points is ~45 kB; the whole export is ~3.8 MB.
+    expect(report.bytes).toBe(bytes)
+    expect(bytes).toBeGreaterThan(3_000_000)
+    expect(maxBuffered).toBeGreaterThan(0)
+    expect(maxBuffered).toBeLessThan(100_000)
+  })
+
+  it('records an audit entry for every export and import, also for one whose reader went away', async () => {
+    const entries: AuditEntry[] = []
+    const audit: AuditSink = {
+      async record(e) {
+        entries.push(e)
+      },
+    }
+    const c = collector()
+    const report = await exportUser(db, c.out, { userId: USER, format: 'gpx', audit })
+    // A reader that fails after the first chunk (a client that hung up).
+    const gone = new Writable({
+      write(_chunk, _enc, cb) {
+        cb(new Error('client went away'))
+      },
+    })
+    gone.on('error', () => {})
+    await expect(exportUser(db, gone, { userId: USER, format: 'ndjson', audit })).rejects.toThrow()
+    const imported = await importUser(db, Readable.from([c.buffer()]), { userId: USER, deviceId: TRK, audit })
+    expect(entries.map((e) => [e.action, e.subject, e.purpose, e.details?.outcome])).toEqual([
+      ['export', USER, 'export', 'complete'],
+      ['export', USER, 'export', 'failed'],
+      ['import', USER, 'import', 'complete'],
+    ])
+    expect(entries[0]?.details).toMatchObject({ format: 'gpx', rows: report.total })
+    expect(entries[2]?.details).toMatchObject({ format: 'gpx', imported: 0, duplicates: imported.duplicates })
+    expect(entries.every((e) => e.actor.role === 'cli')).toBe(true)
   })
 
   it('--from/--to select readings in [from, to); a steps interval still starts at the sample before the range', async () => {
@@ -581,6 +632,20 @@ describe('export and import through a running broker that owns the embedded stor
     await erase(tb.pg.db, keys)
     expect((await run('users', 'import', 'live-user', '--device', 'live-trk', bundle)).code).toBe(0)
     expect(await snapshot(tb.pg.db, keys)).toEqual(before)
+  })
+
+  it('users export and users import have --help', async () => {
+    for (const cmd of [['users'], ['users', 'export'], ['users', 'import']]) {
+      const writes: string[] = []
+      const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {
+        writes.push(String(s))
+        return true
+      })
+      const code = await main(['node', 'pulsegate', ...cmd, '--help'])
+      spy.mockRestore()
+      expect(code).toBe(0)
+      expect(writes.join('')).toMatch(/Usage: pulsegate users/)
+    }
   })
 
   it("the broker answers the caller's mistakes with 4xx (CLI exit 2) and needs an admin token", async () => {
