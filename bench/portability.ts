@@ -11,13 +11,16 @@
 // For every phase: this process's peak RSS (process.memoryUsage.rss() sampled every 20 ms) and the RSS before it,
 // and its CPU time (rows per CPU-second: what other load on a shared machine does not distort).
 // With the embedded store the database runs inside this process (PGlite/WASM), so its memory is in the RSS too;
-// with PostgreSQL it is not. Constant memory shows as a peak that does not grow with `--rows`: run it at two sizes.
+// with PostgreSQL it is not. Constant memory shows as a peak that does not grow with `--rows`: run it at two sizes,
+// or under a heap cap (uncapped, V8 lets its heap grow well past what is in use before it collects).
 //
 // How to run (from the repository root):
 //   npm run build
 //   node dist/bench/portability.js --store postgres --rows 50000
 //   node dist/bench/portability.js --store postgres --rows 500000
-//   node dist/bench/portability.js --store embedded --rows 10000000      # the full size (takes a while, ~5 GB disk)
+//   node dist/bench/portability.js --store embedded --rows 10000000      # the full size (~15 GB of temp disk)
+//   node --max-old-space-size=64 dist/bench/portability.js --store postgres   # the same under a heap cap: proof that
+//                                                                            # memory does not grow with the rows
 // Options: --page-rows (export page, default 10000), --batch-rows (import statement, default 50000).
 // Prints a human summary, then one line of JSON with every figure.
 import crypto from 'node:crypto'
