@@ -9,17 +9,18 @@ import { initPki, issueDeviceCert, pkiPaths } from '../identity/pki.js'
 import type { Role } from '../identity/principal.js'
 import { parseTtl, Tokens } from '../identity/tokens.js'
 import { createLogger } from '../log.js'
+import { openAuditLog } from '../ops/audit.js'
 import { isValidId } from '../topics/grammar.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
 import { addAuditCommand } from './audit.js'
+import { UsageError } from './errors.js'
 import { withOps } from './ops.js'
-import { addUserCommands } from './users.js'
+import { addPortabilityCommands } from './portability.js'
 import { addStatsCommands } from './stats.js'
-
-class UsageError extends Error {}
+import { addUserCommands } from './users.js'
 
 function config(): BrokerConfig {
   return loadConfig()
@@ -224,8 +225,12 @@ function buildProgram(): Command {
       console.log(`${userId} joined ${eventId}${consents.length ? ` (consent: ${consents.join(', ')})` : ''}`)
     })
 
-  const users = program.command('users').description('pseudonymous people and their consent')
+  const users = program.command('users').description('pseudonymous people, their consent and their data')
   addUserCommands(users, { config, requireId, usage: (m) => new UsageError(m) })
+  // Offline exports and imports are recorded in the audit log as the CLI's (records are durable once awaited).
+  addPortabilityCommands(users, {
+    auditFor: (db, cfg) => openAuditLog(db, cfg, createLogger(cfg.logLevel, 'pulsegate-cli')),
+  })
 
   addStatsCommands(program)
   program.addCommand(simulateCommand().copyInheritedSettings(program))

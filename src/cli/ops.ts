@@ -2,16 +2,40 @@
 // store directly when no broker holds it, or a running broker's admin RPC when it owns the embedded store.
 import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
-import { createLogger } from '../log.js'
+import { createLogger, type Logger } from '../log.js'
 import { openAuditLog } from '../ops/audit.js'
-import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
+import type { Db } from '../store/db.js'
+import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { Registry } from '../store/registry.js'
 import { type RpcRequest, rpcSchema, runRpc } from '../transport/http-routes.js'
 
 export type RunOp = (req: RpcRequest) => Promise<unknown>
+
+/** The running broker that owns the embedded store (its HTTP base URL and an admin token), or null: go offline. */
+export async function liveBroker(cfg: BrokerConfig): Promise<{ baseUrl: string; token: string } | null> {
+  const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
+  if (!owner) return null
+  if (!owner.httpPort)
+    throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
+  const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
+  const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
+  return { baseUrl: `http://${host}:${owner.httpPort}`, token }
+}
+
+/** Runs fn against the configured store opened by this process (migrated), and closes it. */
+export async function withStore<T>(cfg: BrokerConfig, fn: (db: Db, log: Logger) => Promise<T>): Promise<T> {
+  const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
+  const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
+  try {
+    await migrate(db, log)
+    return await fn(db, log)
+  } finally {
+    await db.close()
+  }
+}
 
 /**
  * Runs registry operations where the data lives: the configured server; the embedded store directly when no broker
@@ -21,17 +45,12 @@ export async function withOps<T>(
   cfg: BrokerConfig,
   fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>,
 ): Promise<T> {
-  const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
-  const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
-  if (owner) {
-    if (!owner.httpPort)
-      throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
-    const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
-    const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
+  const live = await liveBroker(cfg)
+  if (live) {
     return fn(async (req) => {
-      const res = await fetch(`http://${host}:${owner.httpPort}/admin/rpc`, {
+      const res = await fetch(`${live.baseUrl}/admin/rpc`, {
         method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        headers: { authorization: `Bearer ${live.token}`, 'content-type': 'application/json' },
         body: JSON.stringify(rpcSchema.parse(req)),
       })
       const body = (await res.json()) as { error?: string }
@@ -39,9 +58,7 @@ export async function withOps<T>(
       return body
     })
   }
-  const db = cfg.databaseUrl ? openPostgres(cfg.databaseUrl, 1, log) : await openEmbedded(cfg.dataDir, log)
-  try {
-    await migrate(db, log)
+  return withStore(cfg, async (db, log) => {
     const registry = new Registry(db)
     // Privacy operations derive pseudonyms and encrypt names here, with this process's keys (checked against the
     // database's key fingerprints, so a CLI holding another key is refused rather than writing unlinkable ids).
@@ -60,7 +77,5 @@ export async function withOps<T>(
     } finally {
       await audit.stop()
     }
-  } finally {
-    await db.close()
-  }
+  })
 }

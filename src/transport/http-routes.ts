@@ -1,5 +1,6 @@
 // HTTP operations beside MQTT: /healthz (process up), /readyz (database reachable, listeners bound), /metrics
-// (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT).
+// (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT),
+// /admin/export and /admin/import (streamed, portability-routes.ts).
 import fs from 'node:fs'
 import type http from 'node:http'
 import { createRequire } from 'node:module'
@@ -27,6 +28,7 @@ import type { AuditActor, AuditEntry } from '../ops/audit-types.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
+import { handlePortability } from './portability-routes.js'
 
 export interface RouteDeps {
   config: BrokerConfig
@@ -355,6 +357,7 @@ export function createHttpRoutes(deps: RouteDeps) {
           throw err
         }
       }
+      if (await handlePortability(deps, req, res, url)) return
       if (req.method === 'GET' && url.pathname === '/')
         return send(res, 200, raceControlPage(), 'text/html; charset=utf-8')
       if (req.method === 'GET' && url.pathname === '/assets/mqtt.min.js') {
