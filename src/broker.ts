@@ -18,6 +18,11 @@ import type { Principal } from './identity/principal.js'
 import { Tokens } from './identity/tokens.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
+import type { AuditActor, AuditSink } from './ops/audit-types.js'
+import type { ErasureReport, ErasureStage } from './ops/erase.js'
+import { createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
+import { ErasureGuard } from './ops/erasure-guard.js'
+import { logAuditSink, openPrivacyServices, type PrivacyServices } from './ops/privacy-services.js'
 import { OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
@@ -59,10 +64,23 @@ export interface Pulsegate {
   publish(topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean): void
   /** the principal of a connected client id, if any */
   principalOf(clientId: string): Principal | undefined
+  /** erases every trace of a user, live (src/ops/erase.ts); two erasures of one user run one after the other */
+  eraseUser(
+    userId: string,
+    opts?: { actor?: AuditActor; onStage?: (stage: ErasureStage) => void | Promise<void> },
+  ): Promise<ErasureReport>
+  /** what this process refuses because of erasures */
+  erasure: ErasureGuard
   stop(): Promise<void>
 }
 
-export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger } = {}): Promise<Pulsegate> {
+export interface StartOptions {
+  log?: Logger
+  /** where privacy-relevant steps (erasure, consent changes) are recorded; the log until the audit log is wired */
+  audit?: AuditSink
+}
+
+export async function startPulsegate(config: BrokerConfig, opts: StartOptions = {}): Promise<Pulsegate> {
   const log = opts.log ?? createLogger(config.logLevel)
   fs.mkdirSync(config.dataDir, { recursive: true })
   const metrics = createMetrics()
@@ -86,6 +104,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   const writer = new GroupCommitWriter(writerDb, config.ingest, metrics, log.child({ stage: 'commit' }))
   const principals: Principals = new WeakMap<Client, Principal>()
   const routing = new ConsumedRouting()
+  const erasure = new ErasureGuard(metrics.registry)
+  const audit = opts.audit ?? logAuditSink(log)
 
   // `broker` is assigned right below; the publisher is only called once clients are connected.
   let broker: Aedes | null = null
@@ -104,7 +124,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       },
     )
   }
-  const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest)
+  const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl)
     : new MemoryLeaderboard()
@@ -119,19 +139,51 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     connectTimeout: config.limits.connectTimeoutMs,
     drainTimeout: config.limits.drainTimeoutMs,
     maxClientsIdLength: maxClientIdLength,
-    authenticate: createAuthenticate({ lookups, tokens, principals, metrics, log, maxClientIdLength }),
-    authorizePublish: createAuthorizePublish({ lookups, principals, ingest, sync, routing, metrics, log }),
+    authenticate: createAuthenticate({ lookups, tokens, principals, metrics, log, maxClientIdLength, erasure }),
+    authorizePublish: createAuthorizePublish({ lookups, principals, ingest, sync, routing, metrics, log, erasure }),
     authorizeSubscribe: createAuthorizeSubscribe({ lookups, principals, routing, metrics, log }),
     authorizeForward: createAuthorizeForward({ metrics }),
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
 
   const aedes = broker
-  // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic.
-  indexRetained((aedes as unknown as { persistence: RetainedPersistence }).persistence)
+  // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic and
+  // the ids of its stored sessions (erasure finds a person's by client id).
+  const persistence = (aedes as unknown as { persistence: RetainedPersistence & SessionPersistence }).persistence
+  indexRetained(persistence)
+  const sessions = indexSessions(persistence)
   routing.install(aedes)
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
+
+  // Opened on first use (keys, key check), shared by the admin RPC and the erasure (consent cache).
+  let privacy: Promise<PrivacyServices> | null = null
+  const privacyServices = (): Promise<PrivacyServices> => {
+    privacy ??= openPrivacyServices(config, db, { audit, metrics: metrics.registry, log }).catch((err: unknown) => {
+      privacy = null
+      throw err
+    })
+    return privacy
+  }
+  const eraseLive = createBrokerErasure({
+    db,
+    aedes,
+    principals,
+    persistence,
+    sessions,
+    guard: erasure,
+    lookups,
+    writer,
+    ingest,
+    outputs,
+    audit,
+    log,
+    forgetConsent: (userId) =>
+      void privacy?.then(
+        (p) => p.consent.forget([userId]),
+        () => {},
+      ),
+  })
   const deps: TransportDeps = {
     handle: (stream, req) => aedes.handle(stream, req),
     maxPacketBytes: config.limits.maxPacketBytes,
@@ -158,6 +210,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     onDevicesRegistered: (deviceIds) => {
       for (const d of deviceIds) lookups.forgetDevice(d)
     },
+    privacy: privacyServices,
+    eraseUser: (userId, actor) => eraseLive(userId, { actor }),
     log,
   })
   const httpServer: http.Server = createHttpServer(
@@ -227,6 +281,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       const c = clientsById()[clientId]
       return c ? principals.get(c) : undefined
     },
+    eraseUser: eraseLive,
+    erasure,
     stop,
   }
 }

@@ -2,9 +2,12 @@
 // store directly when no broker holds it, or a running broker's admin RPC when it owns the embedded store.
 import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
+import type { AuditActor } from '../ops/audit-types.js'
 import { createLogger } from '../log.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
+import { eraseUser } from '../ops/erase.js'
 import { logAuditSink, openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
+import { RedisLeaderboard } from '../outputs/leaderboard.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { Registry } from '../store/registry.js'
@@ -19,16 +22,24 @@ export type RunOp = (req: RpcRequest) => Promise<unknown>
 export async function withOps<T>(
   cfg: BrokerConfig,
   fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>,
+  opts: { brokerUrl?: string } = {},
 ): Promise<T> {
   const log = createLogger(process.env.PULSEGATE_LOG_LEVEL ?? 'warn', 'pulsegate-cli')
   const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
-  if (owner) {
+  // A broker named by the caller (one on PostgreSQL, whose database the CLI could also reach directly) or the one
+  // owning the embedded store.
+  let base: string | null = opts.brokerUrl?.replace(/\/+$/, '') ?? null
+  if (!base && owner) {
     if (!owner.httpPort)
       throw new Error(`the embedded database is held by process ${owner.pid}, which is still starting; try again`)
     const host = !owner.host || owner.host === '0.0.0.0' || owner.host === '::' ? '127.0.0.1' : owner.host
+    base = `http://${host}:${owner.httpPort}`
+  }
+  if (base) {
+    const url = `${base}/admin/rpc`
     const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
     return fn(async (req) => {
-      const res = await fetch(`http://${host}:${owner.httpPort}/admin/rpc`, {
+      const res = await fetch(url, {
         method: 'POST',
         headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
         body: JSON.stringify(rpcSchema.parse(req)),
@@ -44,12 +55,25 @@ export async function withOps<T>(
     const registry = new Registry(db)
     // Privacy operations derive pseudonyms and encrypt names here, with this process's keys (checked against the
     // database's key fingerprints, so a CLI holding another key is refused rather than writing unlinkable ids).
+    const audit = logAuditSink(log)
     let privacy: Promise<PrivacyServices> | null = null
     const services = () => {
-      privacy ??= openPrivacyServices(cfg, db, { audit: logAuditSink(log), log })
+      privacy ??= openPrivacyServices(cfg, db, { audit, log })
       return privacy
     }
-    return await fn((req) => runRpc(registry, req, { services, source: 'cli', actor: { role: 'cli', id: null } }))
+    // Offline erasure: the database alone, and the leaderboards too when they live in Redis.
+    let redis: RedisLeaderboard | null = null
+    const erase = (userId: string, actor: AuditActor) => {
+      redis ??= cfg.redisUrl ? new RedisLeaderboard(cfg.redisUrl) : null
+      return eraseUser(db, userId, { audit, actor, log, ...(redis ? { leaderboard: redis } : {}) })
+    }
+    try {
+      return await fn((req) =>
+        runRpc(registry, req, { services, source: 'cli', actor: { role: 'cli', id: null }, erase }),
+      )
+    } finally {
+      await (redis as RedisLeaderboard | null)?.close()
+    }
   } finally {
     await db.close()
   }

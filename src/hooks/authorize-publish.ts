@@ -4,6 +4,7 @@
 import { type AclLookups, canPublish } from '../identity/acl.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import type { ErasureGuard } from '../ops/erasure-guard.js'
 import type { Done, IngestSource } from '../pipeline/ingest.js'
 import type { ConsumedRouting } from './consumed-routing.js'
 import type { AuthorizePublishHook, Principals } from './types.js'
@@ -27,10 +28,12 @@ export interface AuthorizePublishDeps {
   routing: Pick<ConsumedRouting, 'consume'>
   metrics: Pick<Metrics, 'packetsIn' | 'aclRefusals'>
   log: Logger
+  /** refuses publishes by, and to the topics of, people being erased (their wills included) */
+  erasure?: Pick<ErasureGuard, 'refusesPublish'>
 }
 
 export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePublishHook {
-  const { lookups, principals, ingest, sync, routing, metrics, log } = deps
+  const { lookups, principals, ingest, sync, routing, metrics, log, erasure } = deps
   return (client, packet, done) => {
     const p = client ? principals.get(client) : undefined
     if (!client || !p) {
@@ -48,6 +51,11 @@ export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePub
           return
         }
         const ref = decision.ref
+        if (erasure?.refusesPublish(p, ref)) {
+          log.info({ clientId: client.id, topic: packet.topic }, 'publish refused: erasure')
+          done(new Error(`publish to ${packet.topic} refused: the data of its user is being erased`))
+          return
+        }
         if (ref?.kind === 'user' && ref.leaf === 'sync/request') {
           // Acked at once; the answer comes on users/{uid}/sync/response.
           done()

@@ -1,5 +1,6 @@
 // HTTP operations beside MQTT: /healthz (process up), /readyz (database reachable, listeners bound), /metrics
-// (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT).
+// (Prometheus), /admin/rpc (registry and privacy operations for the CLI while a broker owns the embedded store, or
+// named with --broker; admin JWT).
 import fs from 'node:fs'
 import type http from 'node:http'
 import { createRequire } from 'node:module'
@@ -18,6 +19,8 @@ import {
   type RpcPrivacyContext,
   runPrivacyRpc,
 } from '../ops/privacy-rpc.js'
+import type { AuditActor } from '../ops/audit-types.js'
+import type { ErasureReport } from '../ops/erase.js'
 import { logAuditSink, openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
@@ -36,6 +39,8 @@ export interface RouteDeps {
   onDevicesRegistered(deviceIds: readonly string[]): void
   /** the broker's privacy services (shared with the outputs); unset → opened here on the first privacy RPC */
   privacy?: () => Promise<PrivacyServices>
+  /** the broker's live erasure (eraseUser RPC); unset → the RPC is refused */
+  eraseUser?(userId: string, actor: AuditActor): Promise<ErasureReport>
   log: Logger
 }
 
@@ -269,6 +274,7 @@ export function createHttpRoutes(deps: RouteDeps) {
             services: privacyServices,
             source: 'rpc',
             actor: { role: 'admin', id: admin },
+            ...(deps.eraseUser ? { erase: deps.eraseUser } : {}),
           })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
