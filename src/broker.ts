@@ -178,11 +178,13 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     outputs,
     audit,
     log,
-    forgetConsent: (userId) =>
-      void privacy?.then(
-        (p) => p.consent.forget([userId]),
-        () => {},
-      ),
+    forget: [
+      (userId) =>
+        void privacy?.then(
+          (p) => p.consent.forget([userId]),
+          () => {},
+        ),
+    ],
   })
   const deps: TransportDeps = {
     handle: (stream, req) => aedes.handle(stream, req),

@@ -1,5 +1,5 @@
 // Registry operations from outside the broker process (CLI, simulator): against the configured server, the embedded
-// store directly when no broker holds it, or a running broker's admin RPC when it owns the embedded store.
+// store directly when no broker holds it, or a running broker's admin RPC when it owns the embedded store or is named.
 import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
 import type { AuditActor } from '../ops/audit-types.js'
@@ -17,7 +17,7 @@ export type RunOp = (req: RpcRequest) => Promise<unknown>
 
 /**
  * Runs registry operations where the data lives: the configured server; the embedded store directly when no broker
- * holds it; or, when a running broker owns the embedded store, through that broker's admin RPC.
+ * holds it; or, when a running broker owns the embedded store (or `brokerUrl` names one), through its admin RPC.
  */
 export async function withOps<T>(
   cfg: BrokerConfig,

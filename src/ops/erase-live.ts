@@ -84,8 +84,8 @@ export interface LiveErasureDeps {
   sessions: SessionIndex
   /** publishes an empty retained message (clears the topic) */
   clearRetained(topic: string): Promise<void>
-  /** the consent cache, if the broker has opened it */
-  forgetConsent(userId: string): void
+  /** other holders of the person's data in memory, told after the deletion (the consent cache, …) */
+  forget: readonly ((userId: string) => void | Promise<void>)[]
 }
 
 const USER_LEAVES = [
@@ -221,7 +221,7 @@ export function createLiveEraser(deps: LiveErasureDeps): LiveEraser {
           (pkt) => ownSet.has(pkt.topic) || (events.has(pkt.topic) && mentions(pkt.payload, userId)),
         )
       }
-      deps.forgetConsent(userId)
+      for (const f of deps.forget) await f(userId)
       return { sessionsCut: 0, persistentSessions, queuedMessages, retainedCleared }
     },
 

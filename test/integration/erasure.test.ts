@@ -540,6 +540,7 @@ describe.each(stores)('erasure (%s)', (store) => {
       )
       expect(Number(tomb.rows[0]?.n)).toBe(1)
       expect((await run('users', 'erase', 'not valid!', '--yes')).code).toBe(2)
+      expect((await run('users', 'erase', A, '--yes', '--broker', 'ftp://x')).code).toBe(2)
     } finally {
       restore()
     }
