@@ -24,6 +24,10 @@ import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
 import { openPrivacyServices } from './ops/privacy-services.js'
+import type { AuditActor } from './ops/audit-types.js'
+import type { ErasureReport, ErasureStage } from './ops/erase.js'
+import { createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
+import { ErasureGuard } from './ops/erasure-guard.js'
 import { OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
@@ -69,10 +73,21 @@ export interface Pulsegate {
   publish(topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean): void
   /** the principal of a connected client id, if any */
   principalOf(clientId: string): Principal | undefined
+  /** erases every trace of a user, live (src/ops/erase.ts); two erasures of one user run one after the other */
+  eraseUser(
+    userId: string,
+    opts?: { actor?: AuditActor; onStage?: (stage: ErasureStage) => void | Promise<void> },
+  ): Promise<ErasureReport>
+  /** what this process refuses because of erasures */
+  erasure: ErasureGuard
   stop(): Promise<void>
 }
 
-export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger } = {}): Promise<Pulsegate> {
+export interface StartOptions {
+  log?: Logger
+}
+
+export async function startPulsegate(config: BrokerConfig, opts: StartOptions = {}): Promise<Pulsegate> {
   const log = opts.log ?? createLogger(config.logLevel)
   fs.mkdirSync(config.dataDir, { recursive: true })
   const metrics = createMetrics()
@@ -105,6 +120,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   const writer = new GroupCommitWriter(writerDb, config.ingest, metrics, log.child({ stage: 'commit' }))
   const principals: Principals = new WeakMap<Client, Principal>()
   const routing = new ConsumedRouting()
+  const erasure = new ErasureGuard(metrics.registry)
 
   // `broker` is assigned right below; the publisher is only called once clients are connected.
   let broker: Aedes | null = null
@@ -123,7 +139,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       },
     )
   }
-  const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest)
+  const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl)
     : new MemoryLeaderboard()
@@ -153,7 +169,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     connectTimeout: config.limits.connectTimeoutMs,
     drainTimeout: config.limits.drainTimeoutMs,
     maxClientsIdLength: maxClientIdLength,
-    authenticate: createAuthenticate({ lookups, tokens, principals, metrics, log, maxClientIdLength }),
+    authenticate: createAuthenticate({ lookups, tokens, principals, metrics, log, maxClientIdLength, erasure }),
     authorizePublish: createAuthorizePublish({
       lookups,
       principals,
@@ -166,6 +182,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       routing,
       metrics,
       log,
+      erasure,
     }),
     authorizeSubscribe: createAuthorizeSubscribe({
       lookups,
@@ -181,11 +198,30 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
   watchClientEvents(broker, { principals, routing, metrics, log })
 
   const aedes = broker
-  // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic.
-  indexRetained((aedes as unknown as { persistence: RetainedPersistence }).persistence)
+  // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic and
+  // the ids of its stored sessions (erasure finds a person's by client id).
+  const persistence = (aedes as unknown as { persistence: RetainedPersistence & SessionPersistence }).persistence
+  indexRetained(persistence)
+  const sessions = indexSessions(persistence)
   routing.install(aedes)
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
+
+  const eraseLive = createBrokerErasure({
+    db,
+    aedes,
+    principals,
+    persistence,
+    sessions,
+    guard: erasure,
+    lookups,
+    writer,
+    ingest,
+    outputs,
+    audit,
+    log,
+    forget: [(userId) => privacy.consent.forget([userId]), (userId) => void preferences.erase(userId)],
+  })
   const deps: TransportDeps = {
     handle: (stream, req) => aedes.handle(stream, req),
     maxPacketBytes: config.limits.maxPacketBytes,
@@ -215,6 +251,7 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
     // The outputs' consent cache is this service's: a change through the RPC reaches the next publish.
     privacy: () => Promise.resolve(privacy),
     audit,
+    eraseUser: (userId, actor) => eraseLive(userId, { actor }),
     log,
   })
   const httpServer: http.Server = createHttpServer(
@@ -291,6 +328,8 @@ export async function startPulsegate(config: BrokerConfig, opts: { log?: Logger 
       const c = clientsById()[clientId]
       return c ? principals.get(c) : undefined
     },
+    eraseUser: eraseLive,
+    erasure,
     stop,
   }
 }

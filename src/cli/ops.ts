@@ -4,18 +4,32 @@ import type { BrokerConfig } from '../../broker.config.js'
 import { Tokens } from '../identity/tokens.js'
 import { createLogger, type Logger } from '../log.js'
 import { openAuditLog } from '../ops/audit.js'
+import type { AuditActor } from '../ops/audit-types.js'
+import { eraseUser } from '../ops/erase.js'
 import { openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
 import type { Db } from '../store/db.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
+import { RedisLeaderboard } from '../outputs/leaderboard.js'
 import { Registry } from '../store/registry.js'
 import { type RpcRequest, rpcSchema, runRpc } from '../transport/http-routes.js'
 
 export type RunOp = (req: RpcRequest) => Promise<unknown>
 
-/** The running broker that owns the embedded store (its HTTP base URL and an admin token), or null: go offline. */
-export async function liveBroker(cfg: BrokerConfig): Promise<{ baseUrl: string; token: string } | null> {
+/**
+ * The running broker to go through (its HTTP base URL and an admin token): one named by the caller (`brokerUrl`: a
+ * broker on PostgreSQL, whose database the CLI could also reach directly) or the one owning the embedded store; or
+ * null: go offline.
+ */
+export async function liveBroker(
+  cfg: BrokerConfig,
+  brokerUrl?: string,
+): Promise<{ baseUrl: string; token: string } | null> {
+  if (brokerUrl) {
+    const token = await new Tokens(cfg).sign({ sub: 'cli', role: 'admin', ttl: 60 })
+    return { baseUrl: brokerUrl.replace(/\/+$/, ''), token }
+  }
   const owner = cfg.databaseUrl ? null : embeddedOwner(cfg.dataDir)
   if (!owner) return null
   if (!owner.httpPort)
@@ -44,8 +58,9 @@ export async function withStore<T>(cfg: BrokerConfig, fn: (db: Db, log: Logger) 
 export async function withOps<T>(
   cfg: BrokerConfig,
   fn: (op: (req: RpcRequest) => Promise<unknown>) => Promise<T>,
+  opts: { brokerUrl?: string } = {},
 ): Promise<T> {
-  const live = await liveBroker(cfg)
+  const live = await liveBroker(cfg, opts.brokerUrl)
   if (live) {
     return fn(async (req) => {
       const res = await fetch(`${live.baseUrl}/admin/rpc`, {
@@ -70,12 +85,27 @@ export async function withOps<T>(
       privacy ??= openPrivacyServices(cfg, db, { audit, log })
       return privacy
     }
+    // Offline erasure: the database alone, and the leaderboards too when they live in Redis.
+    let redis: RedisLeaderboard | null = null
+    const erase = (userId: string, actor: AuditActor) => {
+      redis ??= cfg.redisUrl ? new RedisLeaderboard(cfg.redisUrl) : null
+      return eraseUser(db, userId, { audit, actor, log, ...(redis ? { leaderboard: redis } : {}) })
+    }
     try {
       return await fn((req) =>
-        runRpc(registry, req, { services, source: 'cli', audit, actor: { role: 'cli', id: null }, db, config: cfg }),
+        runRpc(registry, req, {
+          services,
+          source: 'cli',
+          audit,
+          actor: { role: 'cli', id: null },
+          db,
+          config: cfg,
+          erase,
+        }),
       )
     } finally {
       await audit.stop()
+      await (redis as RedisLeaderboard | null)?.close()
     }
   })
 }

@@ -1,8 +1,10 @@
-// `pulsegate users add | consent | consents`: pseudonymous people and their consent, offline (against the store) and
-// live (a running broker's admin RPC), like every registry command (src/cli/ops.ts).
+// `pulsegate users add | consent | consents | erase`: pseudonymous people, their consent and their erasure, offline
+// (against the store) and live (a running broker's admin RPC), like every registry command (src/cli/ops.ts).
+import readline from 'node:readline/promises'
 import { type Command, Option } from 'commander'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { ConsentRecord, ConsentState, Purpose } from '../ops/consent.js'
+import type { ErasureReport } from '../ops/erase.js'
 import { PURPOSES } from '../ops/consent.js'
 import { normalizeTimeZone, PeopleError } from '../ops/people.js'
 import type { AddedUser } from '../ops/privacy-services.js'
@@ -14,6 +16,19 @@ export interface CliKit {
   config(): BrokerConfig
   requireId(kind: string, value: string): string
   usage(message: string): Error
+}
+
+/** Asks on the terminal; true only when the answer is the user id itself. */
+async function confirmErasure(userId: string): Promise<boolean> {
+  const rl = readline.createInterface({ input: process.stdin, output: process.stderr })
+  try {
+    const answer = await rl.question(
+      `Erase every trace of user ${userId} (readings, alerts, consents, devices, sessions)? This cannot be undone.\nType the user id to confirm: `,
+    )
+    return answer.trim() === userId
+  } finally {
+    rl.close()
+  }
 }
 
 function formatState(state: ConsentState): string {
@@ -117,5 +132,26 @@ export function addUserCommands(users: Command, kit: CliKit): void {
         return
       }
       console.log(`consent of ${userId}:\n${formatState(res.state)}\nhistory:\n${formatHistory(res.history)}`)
+    })
+
+  users
+    .command('erase <userId>')
+    .description(
+      'erase every trace of a user (docs/privacy.md "Erasure"): telemetry, rollups, alerts, consents (one tombstone), devices (certificates refused), sessions, leaderboard entries, retained messages; prints the counts per table as JSON',
+    )
+    .option('--yes', 'do not ask for confirmation (nothing is asked without a terminal either)')
+    .option('--broker <url>', "a running broker's HTTP address (http://host:8080): erase through it, live")
+    .action(async (userIdArg: string, opts: { yes?: boolean; broker?: string }) => {
+      const cfg = kit.config()
+      const userId = kit.requireId('user id', userIdArg)
+      if (opts.broker !== undefined && !/^https?:\/\/[^/\s]+\/?$/.test(opts.broker))
+        throw kit.usage(`--broker must be an http(s)://host:port address, not ${JSON.stringify(opts.broker)}`)
+      if (!opts.yes && process.stdin.isTTY && process.stderr.isTTY && !(await confirmErasure(userId)))
+        throw new Error('not confirmed: nothing was erased')
+      const report = (await withOps(cfg, (op) => op({ op: 'eraseUser', userId }), {
+        ...(opts.broker ? { brokerUrl: opts.broker } : {}),
+      })) as ErasureReport
+      console.log(JSON.stringify(report, null, 2))
+      for (const w of report.warnings) console.error(`pulsegate: note: ${w}`)
     })
 }

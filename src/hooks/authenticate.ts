@@ -6,6 +6,7 @@ import { clientIdAllowed, type Principal } from '../identity/principal.js'
 import { TokenError, type Tokens } from '../identity/tokens.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import type { ErasureGuard } from '../ops/erasure-guard.js'
 import type { CertificateRecord } from '../store/registry.js'
 import { connInfo } from '../transport/connection.js'
 import { type AuthenticateHook, authError, type Principals, refuse } from './types.js'
@@ -22,10 +23,12 @@ export interface AuthenticateDeps {
   metrics: Pick<Metrics, 'authRefusals' | 'connects'>
   log: Logger
   maxClientIdLength: number
+  /** refuses the people being erased, and tokens issued before their erasure */
+  erasure?: Pick<ErasureGuard, 'refusesConnect'>
 }
 
 export function createAuthenticate(deps: AuthenticateDeps): AuthenticateHook {
-  const { lookups, tokens, principals, metrics, log, maxClientIdLength } = deps
+  const { lookups, tokens, principals, metrics, log, maxClientIdLength, erasure } = deps
   return (client, _username, password, done) => {
     const info = connInfo(client.conn)
     if (!info) {
@@ -62,6 +65,7 @@ export function createAuthenticate(deps: AuthenticateDeps): AuthenticateHook {
       if (!clientIdAllowed(p, client.id, maxClientIdLength)) {
         return refuse(deps, listener, 'bad_client_id', 2, client.id, done)
       }
+      if (erasure?.refusesConnect(p)) return refuse(deps, listener, 'erased', 5, client.id, done)
       principals.set(client, p)
       metrics.connects.inc({ role: p.role, listener })
       done(null, true)

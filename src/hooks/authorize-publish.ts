@@ -8,6 +8,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { AuditSink } from '../ops/audit-types.js'
 import { ConsentError, type ConsentStateMessage } from '../ops/consent-model.js'
+import type { ErasureGuard } from '../ops/erasure-guard.js'
 import type { Done, IngestSource } from '../pipeline/ingest.js'
 import { topicFor } from '../topics/grammar.js'
 import type { ConsumedRouting } from './consumed-routing.js'
@@ -47,10 +48,13 @@ export interface AuthorizePublishDeps {
   routing: Pick<ConsumedRouting, 'consume'>
   metrics: Pick<Metrics, 'packetsIn' | 'aclRefusals'>
   log: Logger
+  /** refuses publishes by, and to the topics of, people being erased (their wills included) */
+  erasure?: Pick<ErasureGuard, 'refusesPublish'>
 }
 
 export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePublishHook {
-  const { lookups, principals, ingest, sync, consent, preferences, audit, publish, routing, metrics, log } = deps
+  const { lookups, principals, ingest, sync, consent, preferences, audit, publish, routing, metrics, log, erasure } =
+    deps
   const audited = (e: Parameters<AuditSink['record']>[0]) =>
     audit.record(e).catch((err: Error) => log.error({ err: err.message, action: e.action }, 'audit record failed'))
   return (client, packet, done) => {
@@ -70,6 +74,11 @@ export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePub
           return
         }
         const ref = decision.ref
+        if (erasure?.refusesPublish(p, ref)) {
+          log.info({ clientId: client.id, topic: packet.topic }, 'publish refused: erasure')
+          done(new Error(`publish to ${packet.topic} refused: the data of its user is being erased`))
+          return
+        }
         if (ref?.kind === 'user' && ref.leaf === 'sync/request') {
           // Acked at once; the answer comes on users/{uid}/sync/response.
           done()

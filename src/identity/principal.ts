@@ -11,6 +11,8 @@ export interface Principal {
   deviceKey: number | null
   /** medics: the events they may watch */
   events: readonly string[]
+  /** token clients: the token's `iat` (epoch seconds), when it has one (an erasure refuses tokens issued before it) */
+  issuedAt?: number
 }
 
 /**

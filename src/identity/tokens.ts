@@ -92,7 +92,14 @@ export class Tokens {
     const eventList = Array.isArray(events)
       ? events.filter((e): e is string => typeof e === 'string' && isValidId(e))
       : []
-    return { role: role as Role, userId: payload.sub, deviceId: null, deviceKey: null, events: eventList }
+    return {
+      role: role as Role,
+      userId: payload.sub,
+      deviceId: null,
+      deviceKey: null,
+      events: eventList,
+      ...(typeof payload.iat === 'number' ? { issuedAt: payload.iat } : {}),
+    }
   }
 }
 

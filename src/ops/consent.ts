@@ -307,6 +307,11 @@ export class ConsentService {
 
 export const consentStateTopic = (userId: string): string => topicFor.consentState(userId)
 
+/** Queues behind (or holds off) this user's consent writers; the erasure takes it before it locks the user's row. */
+export async function lockConsentWriters(q: Queryable, userId: string): Promise<void> {
+  await q.query(LOCK_SQL, [userId])
+}
+
 /**
  * For erasure, inside its transaction: deletes every consent row of the user and appends one tombstone without any
  * id (source 'erasure'). The append-only trigger lets DELETE through only while `pulsegate.erasure` is on, which is

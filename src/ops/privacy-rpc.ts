@@ -1,9 +1,10 @@
-// The admin RPC's people and consent operations (addUser, setConsent, getConsent), run where the data lives: by the
+// The admin RPC's people, consent and erasure operations (addUser, setConsent, getConsent, eraseUser), run where the data lives: by the
 // CLI against the store, or by the broker's /admin/rpc. The external id travels to the process holding the pseudonym
 // key and stops there: rpcAuditView() is the form of a request fit for audit details and logs.
 import { z } from 'zod'
 import type { AuditActor } from './audit-types.js'
 import { ConsentError, PURPOSES } from './consent.js'
+import { ErasureError, type ErasureReport } from './erase.js'
 import { PeopleError, PEOPLE_VALUE_MAX } from './people.js'
 import type { PrivacyServices } from './privacy-services.js'
 import { EXTERNAL_ID_MAX, ExternalIdError } from './pseudonym.js'
@@ -21,6 +22,7 @@ export const privacyRpcSchemas = [
   }),
   z.object({ op: z.literal('setConsent'), userId: id, purpose: z.enum(PURPOSES), granted: z.boolean() }),
   z.object({ op: z.literal('getConsent'), userId: id }),
+  z.object({ op: z.literal('eraseUser'), userId: id }),
 ] as const
 
 export type PrivacyRpcRequest = z.infer<(typeof privacyRpcSchemas)[number]>
@@ -35,11 +37,18 @@ export interface RpcPrivacyContext {
   services(): Promise<PrivacyServices>
   source: 'cli' | 'rpc'
   actor: AuditActor
+  /** erases a user where this runs: live in a broker, the database alone offline (src/ops/erase.ts) */
+  erase?(userId: string, actor: AuditActor): Promise<ErasureReport>
 }
 
 /** A refused request (unknown user, bad time zone, …) as opposed to a failure. */
 export function isPrivacyRequestError(err: unknown): boolean {
-  return err instanceof ConsentError || err instanceof PeopleError || err instanceof ExternalIdError
+  return (
+    err instanceof ConsentError ||
+    err instanceof PeopleError ||
+    err instanceof ExternalIdError ||
+    err instanceof ErasureError
+  )
 }
 
 /** A request as it may be recorded: addUser without its external id, name and e-mail (only whether they were set). */
@@ -50,6 +59,11 @@ export function rpcAuditView<R extends { op: string }>(req: R): Record<string, u
 }
 
 export async function runPrivacyRpc(req: PrivacyRpcRequest, ctx: RpcPrivacyContext): Promise<unknown> {
+  if (req.op === 'eraseUser') {
+    // Needs no keys: an operator must be able to erase a person even where the pseudonym key is not at hand.
+    if (!ctx.erase) throw new ErasureError('erasure is not available here')
+    return ctx.erase(req.userId, ctx.actor)
+  }
   const p = await ctx.services()
   switch (req.op) {
     case 'addUser': {

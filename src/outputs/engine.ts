@@ -48,6 +48,8 @@ export class OutputEngine {
   private readonly episodes: Episodes
   private readonly live: LiveSnapshots
   private readonly boards: LeaderboardTicks
+  /** users being forgotten (erasure): batches of theirs that still arrive are dropped */
+  private readonly forgetting = new Set<string>()
   private timer: NodeJS.Timeout | null = null
   private ticking = false
   private stopped = false
@@ -57,7 +59,7 @@ export class OutputEngine {
 
   constructor(
     private readonly db: Db,
-    leaderboard: LeaderboardStore,
+    private readonly leaderboard: LeaderboardStore,
     private readonly consent: ConsentGate,
     publisher: Publisher,
     metrics: Metrics,
@@ -110,7 +112,7 @@ export class OutputEngine {
 
   /** Called by the ingest stage after a commit; work is serialised per user. */
   onCommitted(batch: CommittedBatch): void {
-    if (this.stopped) return
+    if (this.stopped || this.forgetting.has(batch.userId)) return
     const u = this.users.get(batch.userId)
     const run = async (state: UserState) => this.apply(state, batch)
     if (u) {
@@ -178,6 +180,34 @@ export class OutputEngine {
   private evictIdle(): void {
     const cutoff = Date.now() - 3600_000
     for (const [id, u] of this.users) if (u.lastUse < cutoff && u.open.size === 0) this.users.delete(id)
+  }
+
+  /**
+   * Erasure: waits for the user's output work under way (an alert being written), then drops everything held about
+   * them: state, windows, open episodes, a pending live snapshot. Call once no more of their batches can commit.
+   */
+  async forget(userId: string): Promise<void> {
+    this.forgetting.add(userId)
+    try {
+      await this.users.get(userId)?.chain
+      this.users.delete(userId)
+      this.live.forget(userId)
+    } finally {
+      this.forgetting.delete(userId)
+    }
+  }
+
+  /**
+   * Erasure: takes the user off these events' boards (memory or Redis); each board is republished on the next tick.
+   * Returns on how many boards they were.
+   */
+  async removeFromBoards(userId: string, eventIds: readonly string[]): Promise<number> {
+    let removed = 0
+    for (const eventId of eventIds) {
+      if (await this.leaderboard.remove(eventId, userId)) removed++
+      this.boards.touch(eventId)
+    }
+    return removed
   }
 
   /** Test and ops hook: the distance pulsegate has for a user in their current event. */

@@ -41,6 +41,11 @@ export class LeaderboardTicks {
     this.dirty.add(eventId)
   }
 
+  /** The event's board goes out with the next tick (after a runner was removed from it). */
+  touch(eventId: string): void {
+    this.dirty.add(eventId)
+  }
+
   /** Publishes every board that changed since the last call. */
   async publish(): Promise<void> {
     const events = [...this.dirty]

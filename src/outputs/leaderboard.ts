@@ -16,7 +16,8 @@ export interface LeaderboardStore {
   top(eventId: string, n: number): Promise<{ runners: number; top: BoardEntry[] }>
   /** Private ranks (1 = first) among all runners of the event. */
   ranks(eventId: string, userIds: readonly string[]): Promise<Map<string, number>>
-  remove(eventId: string, userId: string): Promise<void>
+  /** Takes a runner off the event's boards (erasure); true when they were on it. */
+  remove(eventId: string, userId: string): Promise<boolean>
   /** Shows or hides a runner already ranked on the public board (consent changed); ranks are untouched. */
   setVisibility(eventId: string, userId: string, visible: boolean): Promise<void>
   close(): Promise<void>
@@ -99,11 +100,12 @@ export class MemoryLeaderboard implements LeaderboardStore {
     return out
   }
 
-  async remove(eventId: string, userId: string): Promise<void> {
+  async remove(eventId: string, userId: string): Promise<boolean> {
     const b = this.events.get(eventId)
-    if (!b?.byUser.delete(userId)) return
+    if (!b?.byUser.delete(userId)) return false
     b.order = b.order.filter((e) => e.userId !== userId)
     b.ranks = null
+    return true
   }
 
   async setVisibility(eventId: string, userId: string, visible: boolean): Promise<void> {
@@ -210,9 +212,16 @@ export class RedisLeaderboard implements LeaderboardStore {
     return out
   }
 
-  async remove(eventId: string, userId: string): Promise<void> {
-    this.pending.get(eventId)?.delete(userId)
-    await this.redis.multi().zrem(this.key(eventId, 'all'), userId).zrem(this.key(eventId, 'public'), userId).exec()
+  async remove(eventId: string, userId: string): Promise<boolean> {
+    const pending = this.pending.get(eventId)?.delete(userId) ?? false
+    const res = await this.redis
+      .multi()
+      .zrem(this.key(eventId, 'all'), userId)
+      .zrem(this.key(eventId, 'public'), userId)
+      .exec()
+    const [all] = res ?? []
+    if (all?.[0]) throw all[0]
+    return pending || Number(all?.[1] ?? 0) > 0
   }
 
   /** Test helper: forget an event entirely. */

@@ -37,6 +37,11 @@ export class LiveSnapshots {
     this.dirty.add(userId)
   }
 
+  /** Erasure: no snapshot of the user goes out any more (one marked is dropped). */
+  forget(userId: string): void {
+    this.dirty.delete(userId)
+  }
+
   /** Publishes a snapshot for every user marked since the last call. */
   async publish(): Promise<void> {
     const userIds = [...this.dirty]

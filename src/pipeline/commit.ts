@@ -116,6 +116,9 @@ export class GroupCommitWriter {
   private closed = false
   private readonly writers: number
   private drainWaiters: (() => void)[] = []
+  /** flushes being written, and the barriers waiting for some of them */
+  private readonly flying = new Set<Columns>()
+  private barriers: { waiting: Set<Columns>; resolve(): void }[] = []
   /** true while the last statement failed for connectivity: readiness reports it */
   healthy = true
 
@@ -185,9 +188,12 @@ export class GroupCommitWriter {
     while (this.inflight < this.writers && this.ready.length > 0) {
       const cols = this.ready.shift() as Columns
       this.inflight++
+      this.flying.add(cols)
       this.metrics.inflight.set(this.inflight)
       void this.flush(cols).finally(() => {
         this.inflight--
+        this.flying.delete(cols)
+        this.passBarriers(cols)
         this.metrics.inflight.set(this.inflight)
         if (this.ready.length === 0 && this.inflight < this.writers && this.current.rows > 0 && !this.timer) this.seal()
         this.pump()
@@ -301,6 +307,28 @@ export class GroupCommitWriter {
     this.queued -= cols.rows
     for (const h of halves) this.queued += h.rows
     for (const h of halves) await this.flush(h)
+  }
+
+  /**
+   * Resolves once every row queued before the call is committed or refused (its submit() promise settled); rows
+   * queued later do not hold it up beyond the flush they share. An erasure waits here after refusing new rows of the
+   * person, so nothing of theirs is still on its way to the database when it deletes.
+   */
+  flushBarrier(): Promise<void> {
+    const waiting = new Set<Columns>([...this.flying, ...this.ready])
+    if (this.current.rows > 0) waiting.add(this.current)
+    if (waiting.size === 0) return Promise.resolve()
+    return new Promise((resolve) => this.barriers.push({ waiting, resolve }))
+  }
+
+  private passBarriers(done: Columns): void {
+    if (this.barriers.length === 0) return
+    this.barriers = this.barriers.filter((b) => {
+      b.waiting.delete(done)
+      if (b.waiting.size > 0) return true
+      b.resolve()
+      return false
+    })
   }
 
   /** Resolves when nothing is queued or in flight (or the timeout passes); new submissions are refused. */

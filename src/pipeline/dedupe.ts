@@ -39,6 +39,10 @@ export class SeqWindow {
     return false
   }
 
+  forget(deviceKey: number): void {
+    this.byDevice.delete(deviceKey)
+  }
+
   /** Call only after the batch's rows are committed. */
   record(deviceKey: number, seq: number, hash: number): void {
     let ring = this.byDevice.get(deviceKey)

@@ -42,6 +42,11 @@ export type Done = (err?: Error | null) => void
 /** Refused unacked: Aedes closes the connection without a PUBACK and the device retries after reconnecting. */
 export class IngestRefusedError extends Error {}
 
+/** Asked right before a batch is queued: true refuses it (an erasure of its user is under way: src/ops/). */
+export interface IngestGate {
+  refusesReadings(src: IngestSource): boolean
+}
+
 const MAX_REJECTION_MESSAGES = 32
 
 interface DeviceState {
@@ -55,6 +60,8 @@ export class Ingest {
   private readonly lastDeadLetter = new Map<string, number>()
   private readonly rules: BrokerConfig['ingest']
   private readonly listeners: ((b: CommittedBatch) => void)[] = []
+  /** dead-letter and status writes under way (they go to the database directly, not through the writer) */
+  private readonly directWrites = new Set<Promise<unknown>>()
 
   constructor(
     private readonly db: Db,
@@ -63,8 +70,43 @@ export class Ingest {
     private readonly metrics: Metrics,
     private readonly log: Logger,
     config: BrokerConfig['ingest'],
+    private readonly gate?: IngestGate,
   ) {
     this.rules = config
+  }
+
+  /** Resolves once the dead-letter and status writes started before the call have finished (erasure's barrier). */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.directWrites])
+  }
+
+  /** Erasure: what is held in memory about these devices (last position, seq window, dead-letter clock) goes. */
+  forget(devices: readonly { deviceKey: number; deviceId: string }[]): void {
+    for (const d of devices) {
+      this.devices.delete(d.deviceKey)
+      this.seqs.forget(d.deviceKey)
+      this.lastDeadLetter.delete(d.deviceId)
+    }
+  }
+
+  private track<T>(write: Promise<T>): Promise<T> {
+    this.directWrites.add(write)
+    const untrack = () => this.directWrites.delete(write)
+    write.then(untrack, untrack)
+    return write
+  }
+
+  /** Refuses a batch of a user being erased: an error for QoS 1 (no PUBACK, not stored), a counted drop for QoS 0. */
+  private refusedByGate(src: IngestSource, durable: boolean, done: Done): boolean {
+    if (!this.gate?.refusesReadings(src)) return false
+    if (durable) {
+      this.metrics.refused.inc({ reason: 'erasure' })
+      done(new IngestRefusedError(`device ${src.deviceId}: its user's data is being erased; nothing is accepted`))
+    } else {
+      this.metrics.dropped.inc({ reason: 'erasure' })
+      done()
+    }
+    return true
   }
 
   /** Outputs subscribe here; they only ever see committed rows. */
@@ -85,6 +127,7 @@ export class Ingest {
   handleReadings(src: IngestSource, payload: Buffer, qos: number, done: Done): void {
     const durable = qos > 0
     this.metrics.batchesReceived.inc({ qos: durable ? '1' : '0' })
+    if (this.refusedByGate(src, durable, done)) return
     let batch: ReturnType<typeof decodeBatch>
     try {
       batch = decodeBatch(payload, { maxSamples: this.rules.maxSamplesPerBatch })
@@ -228,15 +271,12 @@ export class Ingest {
     }
     this.lastDeadLetter.set(src.deviceId, now)
     if (this.lastDeadLetter.size > 100_000) this.lastDeadLetter.clear()
-    const write = this.db
-      .query('INSERT INTO dead_letters (device_id, topic, reason, detail, payload) VALUES ($1, $2, $3, $4, $5)', [
-        src.deviceId,
-        topicFor.readings(src.deviceId),
-        reason,
-        detail.slice(0, 500),
-        payload.subarray(0, 64 * 1024),
-      ])
-      .then(() => this.metrics.deadLettered.inc({ reason }))
+    const write = this.track(
+      this.db.query(
+        'INSERT INTO dead_letters (device_id, topic, reason, detail, payload) VALUES ($1, $2, $3, $4, $5)',
+        [src.deviceId, topicFor.readings(src.deviceId), reason, detail.slice(0, 500), payload.subarray(0, 64 * 1024)],
+      ),
+    ).then(() => this.metrics.deadLettered.inc({ reason }))
     if (!durable) {
       done()
       write.catch((err: Error) => this.log.warn({ err: err.message }, 'dead-letter write failed'))
@@ -275,6 +315,7 @@ export class Ingest {
 
   /** `devices/{id}/status`: battery, firmware, buffered-sample count; the latest per device is kept. */
   handleStatus(src: IngestSource, payload: Buffer, qos: number, done: Done): void {
+    if (this.refusedByGate(src, qos > 0, done)) return
     let status: Record<string, unknown>
     try {
       const parsed: unknown = JSON.parse(payload.toString('utf8'))
@@ -287,10 +328,12 @@ export class Ingest {
       done()
       return
     }
-    const write = this.db.query(
-      `INSERT INTO device_status (device_key, status) VALUES ($1, $2)
-       ON CONFLICT (device_key) DO UPDATE SET status = EXCLUDED.status, updated_at = now()`,
-      [src.deviceKey, JSON.stringify(status)],
+    const write = this.track(
+      this.db.query(
+        `INSERT INTO device_status (device_key, status) VALUES ($1, $2)
+         ON CONFLICT (device_key) DO UPDATE SET status = EXCLUDED.status, updated_at = now()`,
+        [src.deviceKey, JSON.stringify(status)],
+      ),
     )
     if (qos === 0) {
       done()

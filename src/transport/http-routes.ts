@@ -1,6 +1,6 @@
 // HTTP operations beside MQTT: /healthz (process up), /readyz (database reachable, listeners bound), /metrics
-// (Prometheus), /admin/rpc (registry operations for the CLI while a broker owns the embedded store; admin JWT),
-// /admin/export and /admin/import (streamed, portability-routes.ts).
+// (Prometheus), /admin/rpc (registry and privacy operations for the CLI while a broker owns the embedded store, or
+// named with --broker; admin JWT), /admin/export and /admin/import (streamed, portability-routes.ts).
 import fs from 'node:fs'
 import type http from 'node:http'
 import { createRequire } from 'node:module'
@@ -22,6 +22,7 @@ import {
   type RpcPrivacyContext,
   runPrivacyRpc,
 } from '../ops/privacy-rpc.js'
+import type { ErasureReport } from '../ops/erase.js'
 import { logAuditSink, openPrivacyServices, type PrivacyServices } from '../ops/privacy-services.js'
 import type { AuditLog } from '../ops/audit.js'
 import type { AuditActor, AuditEntry } from '../ops/audit-types.js'
@@ -45,6 +46,8 @@ export interface RouteDeps {
   privacy?: () => Promise<PrivacyServices>
   /** when set, every /admin/rpc call is recorded (rpc.<op>) before it runs, and audit ops are served */
   audit?: AuditLog
+  /** the broker's live erasure (eraseUser RPC); unset → the RPC is refused */
+  eraseUser?(userId: string, actor: AuditActor): Promise<ErasureReport>
   log: Logger
 }
 
@@ -134,7 +137,7 @@ export async function runRpc(registry: Registry, req: RpcRequest, ctx: RpcContex
   if (isPrivacyRpc(req)) {
     const { services, source, actor } = ctx
     if (!services || !source || !actor) throw new Error(`${req.op} needs the privacy services`)
-    return runPrivacyRpc(req, { services, source, actor })
+    return runPrivacyRpc(req, { services, source, actor, ...(ctx.erase ? { erase: ctx.erase } : {}) })
   }
   switch (req.op) {
     case 'dpRelease':
@@ -342,6 +345,7 @@ export function createHttpRoutes(deps: RouteDeps) {
             db: deps.db,
             config: deps.config,
             metrics: deps.metrics,
+            ...(deps.eraseUser ? { erase: deps.eraseUser } : {}),
           })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)

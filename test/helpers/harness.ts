@@ -7,7 +7,7 @@ import path from 'node:path'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pg from 'pg'
 import { type BrokerConfig, type DeepPartial, ephemeralConfig } from '../../broker.config.js'
-import { type Pulsegate, startPulsegate } from '../../src/broker.js'
+import { type Pulsegate, type StartOptions, startPulsegate } from '../../src/broker.js'
 import { initPki, issueDeviceCert, pkiPaths } from '../../src/identity/pki.js'
 import type { Role } from '../../src/identity/principal.js'
 import { createLogger } from '../../src/log.js'
@@ -57,6 +57,7 @@ export async function startTestBroker(
   store: StoreKind,
   overrides: DeepPartial<BrokerConfig> = {},
   reuse?: { dataDir?: string; dbUrl?: string },
+  start: Omit<StartOptions, 'log'> = {},
 ): Promise<TestBroker> {
   const dataDir = reuse?.dataDir ?? tempDir()
   const database = store === 'postgres' && !reuse?.dbUrl ? await createTestDatabase() : null
@@ -72,7 +73,7 @@ export async function startTestBroker(
     overrides,
   )
   const log = createLogger(config.logLevel)
-  const instance = await startPulsegate(config, { log })
+  const instance = await startPulsegate(config, { log, ...start })
   let stopped = false
   return {
     pg: instance,

@@ -63,6 +63,7 @@ describe('pulsegate CLI', () => {
       ['users', 'add'],
       ['users', 'consent'],
       ['users', 'consents'],
+      ['users', 'erase'],
     ]) {
       const writes: string[] = []
       const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {

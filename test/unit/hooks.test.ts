@@ -181,6 +181,7 @@ describe('authenticate', () => {
       deviceId: null,
       deviceKey: null,
       events: [],
+      issuedAt: expect.any(Number),
     })
     expect(await count(metrics.connects, { role: 'app', listener: 'mqtt' })).toBe(1)
   })
