@@ -10,6 +10,9 @@ import {
   type ScalarSample,
   type ValidatedBatch,
 } from './types.js'
+import { acceptPositions, type DeviceTrack } from './validate-speed.js'
+
+export { type DeviceTrack, haversineMeters } from './validate-speed.js'
 
 export interface ValidationRules {
   /** epoch ms, injected for testability */
@@ -27,11 +30,6 @@ export const DEFAULT_RULES: Omit<ValidationRules, 'now'> = Object.freeze({
   lateWindowMs: 7 * 24 * 3_600_000,
   maxFootSpeedMps: 12.5,
 })
-
-/** Per-device state carried between batches for cross-batch plausibility (last accepted position). The caller keeps one per device. */
-export interface DeviceTrack {
-  lastPos?: { t: number; lat: number; lon: number }
-}
 
 export type RejectionReason =
   | 'not_an_object'
@@ -72,19 +70,6 @@ export const POOR_ACCURACY_M = 200
 export const MAX_SAMPLE_KEYS = 32
 /** Unknown key names are echoed back in `field`, cut to this length. */
 export const MAX_FIELD_NAME = 64
-
-const EARTH_RADIUS_M = 6_371_008.8
-const DEG = Math.PI / 180
-
-/** Great-circle distance in metres (mean Earth radius). */
-export function haversineMeters(lat1: number, lon1: number, lat2: number, lon2: number): number {
-  const dLat = (lat2 - lat1) * DEG
-  const dLon = (lon2 - lon1) * DEG
-  const s1 = Math.sin(dLat / 2)
-  const s2 = Math.sin(dLon / 2)
-  const a = s1 * s1 + Math.cos(lat1 * DEG) * Math.cos(lat2 * DEG) * s2 * s2
-  return 2 * EARTH_RADIUS_M * Math.asin(Math.min(1, Math.sqrt(a)))
-}
 
 // ---- internal slot tables: slots 1..6 are the scalar metric codes, 7..10 the position fields ----
 
@@ -149,243 +134,242 @@ function checkRules(rules: ValidationRules): void {
  * Judge every sample of a decoded batch. Never throws on a batch decodeBatch returned (throws RangeError only for
  * nonsensical `rules`, a programming error). Updates `track.lastPos` to the newest accepted position.
  */
+/** One batch's results as they are built; the per-kind steps below add to it. One object per batch, none per sample. */
+interface BatchWork {
+  seq: number
+  scalars: ScalarSample[]
+  positions: PositionSample[]
+  rejections: Rejection[]
+  duplicates: number
+  /** per metric code, the accepted t values; built only once a batch goes back in time for that metric */
+  seenT: (Set<number> | undefined)[] | undefined
+  /** position candidates (shape-valid), in sample order, with their sample index */
+  cands: PositionSample[] | undefined
+  candIdx: number[] | undefined
+  candsSorted: boolean
+}
+
+/** Unknown keys of the current sample (rare): one list for all samples, emptied for each. */
+const unknownKeys: string[] = []
+
+/**
+ * Validates a decoded batch sample by sample: the timestamp, then each kind of field — scalar metrics
+ * (judgeScalars), a GPS fix (judgePosition), then the fixes' speed in time order (acceptPositions). Valid samples of
+ * a batch are kept whatever happens to the others; every refusal says its reason, field and sample index.
+ */
 export function validateBatch(batch: DecodedBatch, rules: ValidationRules, track: DeviceTrack): ValidationResult {
   checkRules(rules)
-  const seq = batch.seq
   const samples = batch.samples
   const n = samples.length
   const minT = rules.now - rules.lateWindowMs
   const maxT = rules.now + rules.maxFutureSkewMs
-
-  const scalars: ScalarSample[] = []
-  const positions: PositionSample[] = []
-  const rejections: Rejection[] = []
-  let duplicates = 0
-
+  const w: BatchWork = {
+    seq: batch.seq,
+    scalars: [],
+    positions: [],
+    rejections: [],
+    duplicates: 0,
+    seenT: undefined,
+    cands: undefined,
+    candIdx: undefined,
+    candsSorted: true,
+  }
   lastT.fill(Number.NEGATIVE_INFINITY)
-  // per metric code, the accepted t values; built only once a batch goes back in time for that metric
-  let seenT: (Set<number> | undefined)[] | undefined
-
-  // position candidates (shape-valid), in sample order, with their sample index
-  let cands: PositionSample[] | undefined
-  let candIdx: number[] | undefined
-  let candsSorted = true
 
   for (let i = 0; i < n; i++) {
     const s = samples[i]
     if (!isPlainObject(s)) {
-      rejections.push({ seq, reason: 'not_an_object', field: null, index: i })
+      w.rejections.push({ seq: w.seq, reason: 'not_an_object', field: null, index: i })
       continue
     }
     const t = s['t']
-    if (typeof t !== 'number' || !Number.isSafeInteger(t)) {
-      rejections.push({ seq, reason: 'bad_timestamp', field: 't', index: i })
+    const bad = timeReason(t, minT, maxT)
+    if (bad !== null) {
+      w.rejections.push({ seq: w.seq, reason: bad, field: 't', index: i })
       continue
     }
-    if (t > maxT) {
-      rejections.push({ seq, reason: 'future_timestamp', field: 't', index: i })
+    const mask = sortFields(s)
+    if (mask < 0) {
+      w.rejections.push({ seq: w.seq, reason: 'too_many_fields', field: null, index: i })
       continue
     }
-    if (t < minT) {
-      rejections.push({ seq, reason: 'too_old', field: 't', index: i })
-      continue
-    }
-
-    // Pass 1: sort the keys into slots. Unknown keys are rare, so their list is allocated only when one shows up.
-    let mask = 0
-    let keys = 0
-    let unknown: string[] | undefined
-    for (const key in s) {
-      if (++keys > MAX_SAMPLE_KEYS) break
-      switch (key) {
-        case 't':
-          break
-        case 'hr':
-          scratch[1] = s[key]
-          mask |= 1 << 1
-          break
-        case 'spo2':
-          scratch[2] = s[key]
-          mask |= 1 << 2
-          break
-        case 'steps':
-          scratch[3] = s[key]
-          mask |= 1 << 3
-          break
-        case 'cadence':
-          scratch[4] = s[key]
-          mask |= 1 << 4
-          break
-        case 'skin_temp':
-          scratch[5] = s[key]
-          mask |= 1 << 5
-          break
-        case 'resp':
-          scratch[6] = s[key]
-          mask |= 1 << 6
-          break
-        case 'lat':
-          scratch[S_LAT] = s[key]
-          mask |= 1 << S_LAT
-          break
-        case 'lon':
-          scratch[S_LON] = s[key]
-          mask |= 1 << S_LON
-          break
-        case 'alt':
-          scratch[S_ALT] = s[key]
-          mask |= 1 << S_ALT
-          break
-        case 'acc':
-          scratch[S_ACC] = s[key]
-          mask |= 1 << S_ACC
-          break
-        default:
-          if (unknown === undefined) unknown = []
-          unknown.push(key)
-      }
-    }
-    if (keys > MAX_SAMPLE_KEYS) {
-      rejections.push({ seq, reason: 'too_many_fields', field: null, index: i })
-      continue
-    }
-
-    // Pass 2: judge.
-    if (unknown !== undefined) {
-      for (let k = 0; k < unknown.length; k++) {
-        const name = unknown[k]!
-        const field = name.length > MAX_FIELD_NAME ? name.slice(0, MAX_FIELD_NAME) : name
-        rejections.push({ seq, reason: 'unknown_field', field, index: i })
-      }
-    } else if (mask === 0) {
-      rejections.push({ seq, reason: 'empty_sample', field: null, index: i })
-      continue
-    }
-
-    if ((mask & SCALAR_BITS) !== 0) {
-      for (let code = 1; code <= 6; code++) {
-        if ((mask & (1 << code)) === 0) continue
-        const v = scratch[code]
-        const reason = checkValue(code, v)
-        if (reason !== null) {
-          rejections.push({ seq, reason, field: SLOT_NAME[code]!, index: i })
-          continue
-        }
-        if (t > lastT[code]!) {
-          lastT[code] = t
-          seenT?.[code]?.add(t)
-        } else {
-          // Out of order for this metric: consult (and if need be build) the set of accepted t.
-          if (seenT === undefined) seenT = []
-          let set = seenT[code]
-          if (set === undefined) {
-            set = new Set<number>()
-            for (let k = 0; k < scalars.length; k++) {
-              const sc = scalars[k]!
-              if (sc.metric === code) set.add(sc.t)
-            }
-            seenT[code] = set
-          }
-          if (set.has(t)) {
-            duplicates++
-            continue
-          }
-          set.add(t)
-        }
-        scalars.push({ metric: code as MetricCode, t, value: v as number })
-      }
-    }
-
-    if ((mask & POSITION_BITS) !== 0) {
-      const before = rejections.length
-      if ((mask & (1 << S_LAT)) === 0) rejections.push({ seq, reason: 'missing_field', field: 'lat', index: i })
-      if ((mask & (1 << S_LON)) === 0) rejections.push({ seq, reason: 'missing_field', field: 'lon', index: i })
-      for (let slot = S_LAT; slot <= S_ACC; slot++) {
-        if ((mask & (1 << slot)) === 0) continue
-        const reason = checkValue(slot, scratch[slot])
-        if (reason !== null) rejections.push({ seq, reason, field: SLOT_NAME[slot]!, index: i })
-      }
-      const hasAcc = (mask & (1 << S_ACC)) !== 0
-      if (rejections.length === before && hasAcc && (scratch[S_ACC] as number) > POOR_ACCURACY_M) {
-        rejections.push({ seq, reason: 'poor_accuracy', field: 'acc', index: i })
-      }
-      if (rejections.length === before) {
-        const p: PositionSample = {
-          t,
-          lat: scratch[S_LAT] as number,
-          lon: scratch[S_LON] as number,
-          alt: (mask & (1 << S_ALT)) !== 0 ? (scratch[S_ALT] as number) : null,
-          acc: hasAcc ? (scratch[S_ACC] as number) : null,
-        }
-        if (cands === undefined || candIdx === undefined) {
-          cands = [p]
-          candIdx = [i]
-        } else {
-          if (t < cands[cands.length - 1]!.t) candsSorted = false
-          cands.push(p)
-          candIdx.push(i)
-        }
-      }
-    }
+    if (!judgeFields(mask, w, i)) continue
+    if ((mask & SCALAR_BITS) !== 0) judgeScalars(mask, t as number, i, w)
+    if ((mask & POSITION_BITS) !== 0) judgePosition(mask, t as number, i, w)
   }
   scratch.fill(undefined) // drop references into the input
 
-  if (cands !== undefined && candIdx !== undefined) {
-    duplicates += acceptPositions(cands, candIdx, candsSorted, seq, rules.maxFootSpeedMps, track, positions, rejections)
+  if (w.cands !== undefined && w.candIdx !== undefined) {
+    w.duplicates += acceptPositions(
+      w.cands,
+      w.candIdx,
+      w.candsSorted,
+      w.seq,
+      rules.maxFootSpeedMps,
+      track,
+      w.positions,
+      w.rejections,
+    )
   }
-
-  return { seq, scalars, positions, rejections, inBatchDuplicates: duplicates }
+  return {
+    seq: w.seq,
+    scalars: w.scalars,
+    positions: w.positions,
+    rejections: w.rejections,
+    inBatchDuplicates: w.duplicates,
+  }
 }
 
-/** Speed plausibility in ascending t; returns the number of in-batch duplicate positions dropped. */
-function acceptPositions(
-  cands: PositionSample[],
-  candIdx: number[],
-  sorted: boolean,
-  seq: number,
-  maxSpeed: number,
-  track: DeviceTrack,
-  positions: PositionSample[],
-  rejections: Rejection[],
-): number {
-  let order: number[] | undefined
-  if (!sorted) {
-    // Array.prototype.sort is stable, so equal t keep sample order ("keep the first").
-    order = cands.map((_, k) => k).sort((a, b) => cands[a]!.t - cands[b]!.t)
-  }
-  const last = track.lastPos
-  let hasPrev = last !== undefined
-  let prevT = last !== undefined ? last.t : 0
-  let prevLat = last !== undefined ? last.lat : 0
-  let prevLon = last !== undefined ? last.lon : 0
-  let moved = false
-  let newestInBatch = Number.NEGATIVE_INFINITY
-  let duplicates = 0
+/** The timestamp: a safe integer (epoch ms) inside [now − late window, now + clock skew]. */
+function timeReason(t: unknown, minT: number, maxT: number): 'bad_timestamp' | 'future_timestamp' | 'too_old' | null {
+  if (typeof t !== 'number' || !Number.isSafeInteger(t)) return 'bad_timestamp'
+  if (t > maxT) return 'future_timestamp'
+  if (t < minT) return 'too_old'
+  return null
+}
 
-  for (let k = 0; k < cands.length; k++) {
-    const c = order === undefined ? k : order[k]!
-    const p = cands[c]!
-    if (p.t === newestInBatch) {
-      duplicates++
+/**
+ * Sorts the sample's keys into slots (scratch), returning the mask of slots present, or −1 past MAX_SAMPLE_KEYS.
+ * Unknown keys go to unknownKeys.
+ */
+function sortFields(s: Record<string, unknown>): number {
+  let mask = 0
+  let keys = 0
+  unknownKeys.length = 0
+  for (const key in s) {
+    if (++keys > MAX_SAMPLE_KEYS) return -1
+    switch (key) {
+      case 't':
+        break
+      case 'hr':
+        scratch[1] = s[key]
+        mask |= 1 << 1
+        break
+      case 'spo2':
+        scratch[2] = s[key]
+        mask |= 1 << 2
+        break
+      case 'steps':
+        scratch[3] = s[key]
+        mask |= 1 << 3
+        break
+      case 'cadence':
+        scratch[4] = s[key]
+        mask |= 1 << 4
+        break
+      case 'skin_temp':
+        scratch[5] = s[key]
+        mask |= 1 << 5
+        break
+      case 'resp':
+        scratch[6] = s[key]
+        mask |= 1 << 6
+        break
+      case 'lat':
+        scratch[S_LAT] = s[key]
+        mask |= 1 << S_LAT
+        break
+      case 'lon':
+        scratch[S_LON] = s[key]
+        mask |= 1 << S_LON
+        break
+      case 'alt':
+        scratch[S_ALT] = s[key]
+        mask |= 1 << S_ALT
+        break
+      case 'acc':
+        scratch[S_ACC] = s[key]
+        mask |= 1 << S_ACC
+        break
+      default:
+        unknownKeys.push(key)
+    }
+  }
+  return mask
+}
+
+/** Unknown fields are refused one by one (the known ones are still judged); a sample with no field is refused. */
+function judgeFields(mask: number, w: BatchWork, i: number): boolean {
+  if (unknownKeys.length > 0) {
+    for (let k = 0; k < unknownKeys.length; k++) {
+      const name = unknownKeys[k]!
+      const field = name.length > MAX_FIELD_NAME ? name.slice(0, MAX_FIELD_NAME) : name
+      w.rejections.push({ seq: w.seq, reason: 'unknown_field', field, index: i })
+    }
+    return true
+  }
+  if (mask === 0) {
+    w.rejections.push({ seq: w.seq, reason: 'empty_sample', field: null, index: i })
+    return false
+  }
+  return true
+}
+
+/** hr, spo2, steps, cadence, skin_temp, resp: bounds per metric, and one value per (metric, t) in the batch. */
+function judgeScalars(mask: number, t: number, i: number, w: BatchWork): void {
+  for (let code = 1; code <= 6; code++) {
+    if ((mask & (1 << code)) === 0) continue
+    const v = scratch[code]
+    const reason = checkValue(code, v)
+    if (reason !== null) {
+      w.rejections.push({ seq: w.seq, reason, field: SLOT_NAME[code]!, index: i })
       continue
     }
-    if (hasPrev && p.t > prevT) {
-      const meters = haversineMeters(prevLat, prevLon, p.lat, p.lon)
-      if (meters > (maxSpeed * (p.t - prevT)) / 1000) {
-        rejections.push({ seq, reason: 'implausible_speed', field: 'lat', index: candIdx[c]! })
+    if (t > lastT[code]!) {
+      lastT[code] = t
+      w.seenT?.[code]?.add(t)
+    } else {
+      // Out of order for this metric: consult (and if need be build) the set of accepted t.
+      if (w.seenT === undefined) w.seenT = []
+      let set = w.seenT[code]
+      if (set === undefined) {
+        set = new Set<number>()
+        for (let k = 0; k < w.scalars.length; k++) {
+          const sc = w.scalars[k]!
+          if (sc.metric === code) set.add(sc.t)
+        }
+        w.seenT[code] = set
+      }
+      if (set.has(t)) {
+        w.duplicates++
         continue
       }
+      set.add(t)
     }
-    positions.push(p)
-    newestInBatch = p.t
-    if (!hasPrev || p.t > prevT) {
-      hasPrev = true
-      prevT = p.t
-      prevLat = p.lat
-      prevLon = p.lon
-      moved = true
-    }
+    w.scalars.push({ metric: code as MetricCode, t, value: v as number })
   }
-  if (moved) track.lastPos = { t: prevT, lat: prevLat, lon: prevLon }
-  return duplicates
+}
+
+/** A GPS fix: lat and lon required, bounds on all four, accuracy no worse than POOR_ACCURACY_M; speed comes later. */
+function judgePosition(mask: number, t: number, i: number, w: BatchWork): void {
+  const rejections = w.rejections
+  const seq = w.seq
+  const before = rejections.length
+  if ((mask & (1 << S_LAT)) === 0) rejections.push({ seq, reason: 'missing_field', field: 'lat', index: i })
+  if ((mask & (1 << S_LON)) === 0) rejections.push({ seq, reason: 'missing_field', field: 'lon', index: i })
+  for (let slot = S_LAT; slot <= S_ACC; slot++) {
+    if ((mask & (1 << slot)) === 0) continue
+    const reason = checkValue(slot, scratch[slot])
+    if (reason !== null) rejections.push({ seq, reason, field: SLOT_NAME[slot]!, index: i })
+  }
+  const hasAcc = (mask & (1 << S_ACC)) !== 0
+  if (rejections.length === before && hasAcc && (scratch[S_ACC] as number) > POOR_ACCURACY_M) {
+    rejections.push({ seq, reason: 'poor_accuracy', field: 'acc', index: i })
+  }
+  if (rejections.length !== before) return
+  const p: PositionSample = {
+    t,
+    lat: scratch[S_LAT] as number,
+    lon: scratch[S_LON] as number,
+    alt: (mask & (1 << S_ALT)) !== 0 ? (scratch[S_ALT] as number) : null,
+    acc: hasAcc ? (scratch[S_ACC] as number) : null,
+  }
+  if (w.cands === undefined || w.candIdx === undefined) {
+    w.cands = [p]
+    w.candIdx = [i]
+  } else {
+    if (t < w.cands[w.cands.length - 1]!.t) w.candsSorted = false
+    w.cands.push(p)
+    w.candIdx.push(i)
+  }
 }
