@@ -65,8 +65,8 @@ export async function buildFixture(db: Db): Promise<Fixture> {
     )
   }
   await db.query(
-    `INSERT INTO consents (user_id, purpose, granted, source) VALUES ($1, 'leaderboard', true, 'app'),
-       ($1, 'research', false, 'app'), ($2, 'leaderboard', true, 'app')`,
+    `INSERT INTO consents (user_id, purpose, granted, source, version) VALUES ($1, 'leaderboard', true, 'app:fixture', 1),
+       ($1, 'research', false, 'app:fixture', 1), ($2, 'leaderboard', true, 'app:fixture', 1)`,
     [USER, OTHER],
   )
   for (const [user, device, kind] of [
