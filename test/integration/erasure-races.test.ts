@@ -8,7 +8,7 @@ import type { Db } from '../../src/store/db.js'
 import { migrate } from '../../src/store/migrate.js'
 import { openPostgres } from '../../src/store/postgres.js'
 import { Registry } from '../../src/store/registry.js'
-import { createTestDatabase, waitFor } from '../helpers/harness.js'
+import { createTestDatabase } from '../helpers/harness.js'
 
 const log = createLogger('silent')
 let database: Awaited<ReturnType<typeof createTestDatabase>>
