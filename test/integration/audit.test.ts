@@ -23,23 +23,10 @@ import { openPostgres } from '../../src/store/postgres.js'
 import { Registry } from '../../src/store/registry.js'
 import { createHttpRoutes } from '../../src/transport/http-routes.js'
 import { createTestDatabase, type StoreKind, tempDir, waitFor } from '../helpers/harness.js'
+import { runCli as cli } from '../helpers/cli.js'
 
 const log = createLogger('silent')
 const SECRET = 'test-secret-0123456789abcdef'
-
-async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = []
-  const err: string[] = []
-  const l = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')))
-  const e = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')))
-  try {
-    const code = await main(['node', 'pulsegate', ...args])
-    return { code, out: out.join('\n'), err: err.join('\n') }
-  } finally {
-    l.mockRestore()
-    e.mockRestore()
-  }
-}
 
 /** A fresh store of one kind, with the env the CLI reads pointing at it. */
 interface Store {

@@ -6,20 +6,7 @@ import { Tokens } from '../../src/identity/tokens.js'
 import { connackCode, connectDevice, type TestBroker, startTestBroker, tempDir } from '../helpers/harness.js'
 import fs from 'node:fs'
 import path from 'node:path'
-
-async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = []
-  const err: string[] = []
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')))
-  const error = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')))
-  try {
-    const code = await main(['node', 'pulsegate', ...args])
-    return { code, out: out.join('\n'), err: err.join('\n') }
-  } finally {
-    log.mockRestore()
-    error.mockRestore()
-  }
-}
+import { runCli as run } from '../helpers/cli.js'
 
 describe('pulsegate CLI', () => {
   const dataDir = tempDir('pulsegate-cli-')

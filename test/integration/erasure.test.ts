@@ -7,8 +7,7 @@ import crypto from 'node:crypto'
 import type { Readable } from 'node:stream'
 import { Redis } from 'ioredis'
 import type { MqttClient } from 'mqtt'
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
-import { main } from '../../src/cli/main.js'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ErasureReport } from '../../src/ops/erase.js'
 import { ERASURE_PLAN, FINDER_COLUMNS, KEPT_TABLES } from '../../src/ops/erasure-plan.js'
 import type { Db } from '../../src/store/db.js'
@@ -27,22 +26,9 @@ import {
   token,
   waitFor,
 } from '../helpers/harness.js'
+import { runCli as run } from '../helpers/cli.js'
 
 const SECRET = 'test-secret-0123456789abcdef'
-
-async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = []
-  const err: string[] = []
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')))
-  const error = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')))
-  try {
-    const code = await main(['node', 'pulsegate', ...args])
-    return { code, out: out.join('\n'), err: err.join('\n') }
-  } finally {
-    log.mockRestore()
-    error.mockRestore()
-  }
-}
 
 /** Sets env variables for the CLI; returns the restore. */
 function withEnv(vars: Record<string, string | undefined>): () => void {

@@ -5,8 +5,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { Registry as MetricsRegistry } from 'prom-client'
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
-import { main } from '../../src/cli/main.js'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { AuditEntry } from '../../src/ops/audit-types.js'
 import {
   type ConsentChange,
@@ -30,22 +29,9 @@ import {
   tempDir,
   token,
 } from '../helpers/harness.js'
+import { runCli as run } from '../helpers/cli.js'
 
 const SECRET = 'test-secret-0123456789abcdef'
-
-async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = []
-  const err: string[] = []
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')))
-  const error = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')))
-  try {
-    const code = await main(['node', 'pulsegate', ...args])
-    return { code, out: out.join('\n'), err: err.join('\n') }
-  } finally {
-    log.mockRestore()
-    error.mockRestore()
-  }
-}
 
 const stores: StoreKind[] = ['postgres', 'embedded']
 

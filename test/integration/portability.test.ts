@@ -42,6 +42,7 @@ import {
   TRK,
   USER,
 } from '../helpers/portability-fixture.js'
+import { runCli as run } from '../helpers/cli.js'
 
 const log = createLogger('silent')
 const KEYS: Record<number, string> = {
@@ -113,20 +114,6 @@ const WPT_ORDER = ['ele', 'time', 'magvar', 'geoidheight', 'name', 'cmt', 'desc'
 function inSchemaOrder(children: string[], order: string[]): boolean {
   const idx = children.map((c) => order.indexOf(c))
   return idx.every((i, k) => i >= 0 && (k === 0 || i >= (idx[k - 1] as number)))
-}
-
-async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = []
-  const err: string[] = []
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')))
-  const error = vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void err.push(a.join(' ')))
-  try {
-    const code = await main(['node', 'pulsegate', ...args])
-    return { code, out: out.join('\n'), err: err.join('\n') }
-  } finally {
-    log.mockRestore()
-    error.mockRestore()
-  }
 }
 
 const stores: StoreKind[] = ['postgres', 'embedded']
