@@ -182,6 +182,16 @@ describe.each(stores)('outputs (%s)', (_name, redis) => {
     expect(board.top[0]?.distanceM).toBeGreaterThan(140)
     expect(board.top[0]?.distanceM).toBeLessThan(160)
     expect(board.top[0]?.paceSPerKm).toBeGreaterThan(300)
+    // A snapshot goes out when its runner's state changes, with the rank of that moment. runner0's batches may have
+    // committed in an earlier output tick than the faster runners' (its snapshot then said rank 1, rightly); its next
+    // reading, sent now that the board holds everyone, must carry rank 3 (runner2 counts for ranks, not for the board).
+    const again = await connectDevice(tb, runners[0]!)
+    await again.publishAsync(
+      `devices/${runners[0]!.deviceId}/readings`,
+      JSON.stringify({ seq: 12, samples: [{ t: now + 56_000, hr: 150 }] }),
+      { qos: 1 },
+    )
+    await again.endAsync()
     await waitFor(() => lives.some((l) => l.rank === 3), 5000).catch((e) => {
       console.log(JSON.stringify(boards), JSON.stringify(lives))
       throw e
