@@ -1,14 +1,18 @@
-// The races an erasure must win, on a real PostgreSQL: a device registered to the person while the
+// The races an erasure must win, on a real PostgreSQL: the group-commit writer's barrier holds until rows queued before
+// it are committed (here: while a lock keeps their INSERT waiting), a device registered to the person while the
 // erasure runs is erased with the rest, and two erasures of one person at once erase once.
+import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLogger } from '../../src/log.js'
+import { createMetrics } from '../../src/metrics.js'
 import type { AuditEntry } from '../../src/ops/audit-types.js'
 import { eraseUser } from '../../src/ops/erase.js'
+import { GroupCommitWriter } from '../../src/pipeline/commit.js'
 import type { Db } from '../../src/store/db.js'
 import { migrate } from '../../src/store/migrate.js'
 import { openPostgres } from '../../src/store/postgres.js'
 import { Registry } from '../../src/store/registry.js'
-import { createTestDatabase } from '../helpers/harness.js'
+import { createTestDatabase, waitFor } from '../helpers/harness.js'
 
 const log = createLogger('silent')
 let database: Awaited<ReturnType<typeof createTestDatabase>>
@@ -22,6 +26,63 @@ beforeAll(async () => {
 afterAll(async () => {
   await db?.close()
   await database?.drop()
+})
+
+describe('GroupCommitWriter.flushBarrier', () => {
+  it('resolves at once when nothing is queued, and only after the rows queued before it are committed', async () => {
+    const writer = new GroupCommitWriter(
+      db,
+      { maxBatchRows: 1000, flushIntervalMs: 2, maxQueuedRows: 10_000, writers: 2 },
+      createMetrics(),
+      log,
+    )
+    await writer.flushBarrier()
+    const locker = new pg.Client({ connectionString: database.url })
+    await locker.connect()
+    // pg_stat_activity is read through a connection of its own: inside the locker's open transaction PostgreSQL would
+    // answer every poll from the snapshot taken at the first one (stats_fetch_consistency), never seeing the INSERT.
+    const watcher = new pg.Client({ connectionString: database.url })
+    await watcher.connect()
+    const waitingInserts = async (): Promise<number> => {
+      const r = await watcher.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
+      )
+      return r.rows[0]?.n ?? 0
+    }
+    try {
+      await locker.query('BEGIN')
+      await locker.query('LOCK TABLE samples IN EXCLUSIVE MODE')
+      const t = Date.now()
+      let committed = false
+      const commit = writer.submit(4242, [{ metric: 1, t, value: 70 }], []).then(() => {
+        committed = true
+      })
+      // The flush is out and waiting on the lock: the barrier cannot pass it.
+      await waitFor(async () => (await waitingInserts()) > 0)
+      let passed = false
+      const barrier = writer.flushBarrier().then(() => {
+        passed = true
+      })
+      // Rows queued after the barrier do not hold it up beyond the flush they end up in.
+      const later = writer.submit(4242, [{ metric: 1, t: t + 1, value: 71 }], [])
+      expect(await waitingInserts()).toBeGreaterThan(0)
+      expect(passed).toBe(false)
+      expect(committed).toBe(false)
+      await locker.query('COMMIT')
+      await barrier
+      expect(committed).toBe(true)
+      const r = await db.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM samples WHERE device_key = 4242 AND value = 70',
+      )
+      expect(r.rows[0]?.n).toBe(1)
+      await commit
+      await later
+    } finally {
+      await watcher.end()
+      await locker.end()
+      await writer.close(5000)
+    }
+  })
 })
 
 describe('eraseUser against races', () => {
