@@ -21,7 +21,17 @@ export const PSEUDONYM_NAMESPACE = 'pulsegate/user/v1\u0000'
  * row and index, so half of the 43-character full digest saves space everywhere; the chance that any two of n users
  * collide is about n²/2¹³³ (10⁹ users: 10⁻²²), far below any other failure. Fits the id grammar [A-Za-z0-9_-]{1,64}.
  */
-export const PSEUDONYM_LENGTH = 22
+export const PSEUDONYM_DIGEST_CHARS = 22
+
+/**
+ * Every pseudonym starts with this letter: base64url starts one digest in 64 with '-', and an id such as "-Xy…" is
+ * read as an option by every command line (ours included: `pulsegate users erase -Xy…` failed), by shells' tools and
+ * by scripts. A fixed letter also tells a pseudonym from an operator-chosen id at a glance.
+ */
+export const PSEUDONYM_PREFIX = 'u'
+
+/** The length of every pseudonym: the prefix and the digest characters. */
+export const PSEUDONYM_LENGTH = PSEUDONYM_PREFIX.length + PSEUDONYM_DIGEST_CHARS
 
 /** External ids are opaque strings of at most this many characters (e-mails are ≤ 254). */
 export const EXTERNAL_ID_MAX = 512
@@ -48,11 +58,13 @@ export function checkExternalId(externalId: string): string {
 /** The pseudonymous user id of an external account id under `key`: deterministic, grammar-valid. */
 export function pseudonymFor(key: SecretKey | Buffer, externalId: string): string {
   const bytes = Buffer.isBuffer(key) ? key : key.bytes
-  const id = crypto
-    .createHmac('sha256', bytes)
-    .update(PSEUDONYM_NAMESPACE + checkExternalId(externalId), 'utf8')
-    .digest('base64url')
-    .slice(0, PSEUDONYM_LENGTH)
+  const id =
+    PSEUDONYM_PREFIX +
+    crypto
+      .createHmac('sha256', bytes)
+      .update(PSEUDONYM_NAMESPACE + checkExternalId(externalId), 'utf8')
+      .digest('base64url')
+      .slice(0, PSEUDONYM_DIGEST_CHARS)
   // base64url's alphabet is the id grammar's; kept as an assertion so a change of either cannot go unnoticed.
   if (!ID_RE.test(id)) throw new Error('pseudonym outside the id grammar')
   return id

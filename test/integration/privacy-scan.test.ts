@@ -114,7 +114,7 @@ describe.each(['postgres', 'embedded'] as StoreKind[])('privacy scan (%s)', (sto
       timeZone: 'Europe/Berlin',
     })
     userId = added['userId'] as string
-    expect(userId).toMatch(/^[A-Za-z0-9_-]{22}$/)
+    expect(userId).toMatch(/^u[A-Za-z0-9_-]{22}$/)
     await rpc({ op: 'addUser', externalId: EXTERNAL_ID, email: EMAIL }) // again: same person, profile update
     await rpc({ op: 'setConsent', userId, purpose: 'medical_alerts', granted: true })
     await rpc({ op: 'setConsent', userId, purpose: 'research', granted: false })
