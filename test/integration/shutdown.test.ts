@@ -88,7 +88,7 @@ function refused(port: number): Promise<string> {
 }
 
 describe('stop() while devices publish', () => {
-  it('drains in time, keeps every acknowledged sample, disconnects everyone and closes the listeners', async () => {
+  it('drains, keeps every acknowledged sample, disconnects everyone and closes the listeners', async () => {
     const runs: DeviceRun[] = []
     for (const d of devs) {
       const client = await connectDevice(tb, d)
