@@ -113,7 +113,7 @@ export type BeforeConnect = (client: MqttClient) => void
 
 /**
  * MQTT.js's connectAsync, with a hook that runs before the first packet is read. A session's queued messages (clean:
- * false) follow the CONNACK at once, often in the same read: MQTT.js handles them on the next tick, before the code
+ * false) follow the CONNACK at once, and can arrive in the same read: MQTT.js handles them on a next tick, before the code
  * after `await connectAsync(…)` runs, so a 'message' listener attached there can miss them (and they are acked, so
  * gone). Tests that expect such messages attach their listener in `before`.
  */
@@ -122,17 +122,25 @@ function connect(url: string, opts: IClientOptions, before?: BeforeConnect): Pro
   return new Promise((resolve, reject) => {
     const client = mqtt.connect(url, opts)
     before(client)
-    const onConnect = () => {
+    const settle = () => {
+      client.off('connect', onConnect)
       client.off('error', onError)
+      client.off('close', onClose)
+    }
+    const onConnect = () => {
+      settle()
       resolve(client)
     }
     const onError = (err: Error) => {
-      client.off('connect', onConnect)
+      settle()
       client.end()
       reject(err)
     }
+    // Closed without a CONNACK (and without an error event): refused, not left hanging.
+    const onClose = () => onError(new Error('connection closed before its CONNACK'))
     client.once('connect', onConnect)
     client.once('error', onError)
+    client.once('close', onClose)
   })
 }
 
