@@ -118,7 +118,7 @@ describe.each(stores)('outputs (%s)', (_name, redis) => {
     const other = await connectWithToken(tb, await token(tb, 'doc2', 'medic', ['elsewhere']), 'medic:doc2', 'ws-header')
     expect(await subackCode(medic, `events/${ev}/alerts`)).toBe(1)
     expect(await subackCode(other, `events/${ev}/alerts`)).toBe(128)
-    const got = nextMessage(medic, `events/${ev}/alerts`, 10_000)
+    const got = nextMessage(medic, `events/${ev}/alerts`)
     const r = collapsed
     const dev = await connectDevice(tb, r)
     const now = Date.now()
