@@ -104,22 +104,65 @@ export async function provisionDevice(tb: TestBroker, deviceId: string, userId: 
   return { deviceId, userId, cert: issued.certPem, key: issued.keyPem, fingerprint: issued.fingerprint256 }
 }
 
-const base: IClientOptions = { reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 4, queueQoSZero: false }
+// Bounds, not waits: a broker and its clients share one event loop on a machine that can be 5× slower than usual
+// (a TLS handshake plus a registry look-up, a SUBACK after an ACL look-up in the database).
+const base: IClientOptions = { reconnectPeriod: 0, connectTimeout: 15_000, protocolVersion: 4, queueQoSZero: false }
+
+/** Called with the client before any packet of the broker is handled (see `connect`). */
+export type BeforeConnect = (client: MqttClient) => void
+
+/**
+ * MQTT.js's connectAsync, with a hook that runs before the first packet is read. A session's queued messages (clean:
+ * false) follow the CONNACK at once, and can arrive in the same read: MQTT.js handles them on a next tick, before the code
+ * after `await connectAsync(…)` runs, so a 'message' listener attached there can miss them (and they are acked, so
+ * gone). Tests that expect such messages attach their listener in `before`.
+ */
+function connect(url: string, opts: IClientOptions, before?: BeforeConnect): Promise<MqttClient> {
+  if (!before) return mqtt.connectAsync(url, opts)
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(url, opts)
+    before(client)
+    const settle = () => {
+      client.off('connect', onConnect)
+      client.off('error', onError)
+      client.off('close', onClose)
+    }
+    const onConnect = () => {
+      settle()
+      resolve(client)
+    }
+    const onError = (err: Error) => {
+      settle()
+      client.end()
+      reject(err)
+    }
+    // Closed without a CONNACK (and without an error event): refused, not left hanging.
+    const onClose = () => onError(new Error('connection closed before its CONNACK'))
+    client.once('connect', onConnect)
+    client.once('error', onError)
+    client.once('close', onClose)
+  })
+}
 
 export function connectDevice(
   tb: TestBroker,
   dev: { deviceId: string; cert: string; key: string },
   extra: IClientOptions = {},
+  before?: BeforeConnect,
 ): Promise<MqttClient> {
-  return mqtt.connectAsync(`mqtts://127.0.0.1:${tb.pg.ports.mqtts}`, {
-    ...base,
-    clientId: dev.deviceId,
-    cert: dev.cert,
-    key: dev.key,
-    ca: tb.ca,
-    servername: 'localhost',
-    ...extra,
-  })
+  return connect(
+    `mqtts://127.0.0.1:${tb.pg.ports.mqtts}`,
+    {
+      ...base,
+      clientId: dev.deviceId,
+      cert: dev.cert,
+      key: dev.key,
+      ca: tb.ca,
+      servername: 'localhost',
+      ...extra,
+    },
+    before,
+  )
 }
 
 export async function token(tb: TestBroker, sub: string, role: Role, events?: string[], ttl = 600): Promise<string> {
@@ -132,24 +175,22 @@ export function connectWithToken(
   clientId: string,
   via: 'tcp' | 'ws' | 'ws-header' = 'tcp',
   extra: IClientOptions = {},
+  before?: BeforeConnect,
 ): Promise<MqttClient> {
   if (via === 'tcp') {
-    return mqtt.connectAsync(`mqtt://127.0.0.1:${tb.pg.ports.mqtt}`, {
-      ...base,
-      clientId,
-      username: 'jwt',
-      password: jwt,
-      ...extra,
-    })
+    return connect(
+      `mqtt://127.0.0.1:${tb.pg.ports.mqtt}`,
+      { ...base, clientId, username: 'jwt', password: jwt, ...extra },
+      before,
+    )
   }
   const url = `ws://127.0.0.1:${tb.pg.ports.http}/mqtt`
-  if (via === 'ws') return mqtt.connectAsync(url, { ...base, clientId, username: 'jwt', password: jwt, ...extra })
-  return mqtt.connectAsync(url, {
-    ...base,
-    clientId,
-    wsOptions: { headers: { Authorization: `Bearer ${jwt}` } },
-    ...extra,
-  })
+  if (via === 'ws') return connect(url, { ...base, clientId, username: 'jwt', password: jwt, ...extra }, before)
+  return connect(
+    url,
+    { ...base, clientId, wsOptions: { headers: { Authorization: `Bearer ${jwt}` } }, ...extra },
+    before,
+  )
 }
 
 /** CONNACK return code of a refused connection (MQTT.js rejects with an error carrying `code`). */
@@ -184,7 +225,7 @@ export function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, everyMs
 export function nextMessage(
   client: MqttClient,
   topic: string,
-  timeoutMs = 5000,
+  timeoutMs = 15_000,
 ): Promise<{ topic: string; payload: Buffer }> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -204,7 +245,7 @@ export function nextMessage(
 /** SUBACK return code for one filter: the granted QoS, or 128 when refused (MQTT.js reports that as an error). */
 export function subackCode(c: MqttClient, topic: string): Promise<number> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no SUBACK for ${topic}`)), 5000)
+    const timer = setTimeout(() => reject(new Error(`no SUBACK for ${topic}`)), 15_000)
     c.subscribe(topic, { qos: 1 }, (err, _granted, packet) => {
       clearTimeout(timer)
       const code = packet?.granted[0]

@@ -4,7 +4,7 @@
 // after the store is closed and reopened and with two processes spending at once; an app receives the retained
 // events/{eid}/stats message with ε spent and remaining, and a restarted broker restores it and stays refused;
 // `pulsegate stats` works offline and through a running broker.
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
 import { main } from '../../src/cli/main.js'
 import { type CellLayout, countsOf, layoutFor } from '../../src/insights/dp/cells.js'
 import { parseEpsilon, share } from '../../src/insights/dp/epsilon.js'
@@ -36,6 +36,8 @@ const NOW = Math.floor(Date.now() / 1000) * 1000
 const YEAR = new Date(NOW).getUTCFullYear()
 const STARTS = NOW - 30 * 60_000
 const COURSE = 10_000
+/** the longest timeout of a test below (the broker test's, written out there) */
+const LONGEST_TEST_MS = 90_000
 
 interface Runner {
   id: string
@@ -220,7 +222,7 @@ async function run(...args: string[]): Promise<{ code: number; out: string; err:
 }
 
 /**
- * The ledger's budget is per UTC day: a suite that ran across midnight would see it renewed half-way. Started within
+ * The ledger's budget is per UTC day: a test that ran across midnight would see it renewed half-way. Started within
  * `marginMs` of midnight, it waits for the new day instead (the condition itself, not a guess of how long it takes).
  */
 async function clearOfUtcMidnight(marginMs: number): Promise<void> {
@@ -256,8 +258,11 @@ describe.each<StoreKind>(['postgres', 'embedded'])('dp statistics on %s', (store
   let expected: Expected
   const ev: EventInfo = { eventId: 'race', startsAt: STARTS, courseM: COURSE }
 
+  // Per test, with the longest test's timeout as the margin: a test that starts clear of midnight either ends before
+  // it or fails on its timeout, however slow the machine. (One margin for the whole suite, taken in beforeAll, was a
+  // guess at how long the suite takes, and a loaded machine can take longer; the tests share no ledger state.)
+  beforeEach(() => clearOfUtcMidnight(LONGEST_TEST_MS + 5000), LONGEST_TEST_MS + 30_000)
   beforeAll(async () => {
-    await clearOfUtcMidnight(4 * 60_000)
     if (store === 'postgres') {
       const t = await createTestDatabase()
       url = t.url

@@ -132,10 +132,16 @@ describe.runIf(RUN)('Mosquitto clients', () => {
       }
       tb.pg.broker.on('subscribe', on)
     })
-    const sub = run(MOSQUITTO_SUB, [
-      ...['-h', '127.0.0.1', '-p', String(tb.pg.ports.mqtt), '-i', clientId, '-u', 'jwt', '-P', jwt],
-      ...['-q', '1', '-t', topic, '-C', '1', '-W', '10'],
-    ])
+    // -W counts from mosquitto_sub's start and spans its connect, the device's TLS connect and the publish: a bound
+    // for a loaded machine (10 s was not), as is run()'s kill timeout above it.
+    const sub = run(
+      MOSQUITTO_SUB,
+      [
+        ...['-h', '127.0.0.1', '-p', String(tb.pg.ports.mqtt), '-i', clientId, '-u', 'jwt', '-P', jwt],
+        ...['-q', '1', '-t', topic, '-C', '1', '-W', '40'],
+      ],
+      50_000,
+    )
     const exitedEarly = sub.done.then((r) => Promise.reject(new Error(`mosquitto_sub exited: ${r.stderr}${r.stdout}`)))
     await Promise.race([subscribed, exitedEarly])
 
@@ -148,7 +154,7 @@ describe.runIf(RUN)('Mosquitto clients', () => {
     expect(JSON.parse(r.stdout.trim())).toEqual({ seq: 3, reason: 'out_of_range', field: 'hr', index: 0 })
     await device.endAsync()
     expect(await storedSamples(dev.deviceId)).toBe(3)
-  })
+  }, 60_000)
 
   it('mosquitto_pub trusting another CA refuses the server certificate and exits non-zero', async () => {
     const r = await mosquittoPub({ seq: 4, cafile: files.wrongCa, samples: [{ t: Date.now() - 50, hr: 80 }] })

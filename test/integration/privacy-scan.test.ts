@@ -219,9 +219,14 @@ describe.each(['postgres', 'embedded'] as StoreKind[])('privacy scan (%s)', (sto
     ])
       expect(scanned, col).toContain(col)
     expect(pseudonymRows).toBeGreaterThan(5)
-    // The audit trail names the person by pseudonym: their consent changes and their sync requests were recorded.
-    const trail = await tb.pg.db.query<{ action: string }>('SELECT action FROM audit_log WHERE subject = $1', [userId])
-    expect(trail.rows.map((r) => r.action)).toEqual(expect.arrayContaining(['consent.change', 'sync.request']))
+    // The audit trail names the person by pseudonym: their consent changes and their sync requests were recorded. The
+    // sync request is audited beside its answer, not before it (both start once it is acked): wait for its row.
+    const trail = await waitFor(async () => {
+      const r = await tb.pg.db.query<{ action: string }>('SELECT action FROM audit_log WHERE subject = $1', [userId])
+      const actions = r.rows.map((x) => x.action)
+      return actions.includes('consent.change') && actions.includes('sync.request') ? actions : null
+    })
+    expect(trail).toEqual(expect.arrayContaining(['consent.change', 'sync.request']))
     expect(hits).toEqual([])
 
     // Every log line, debug included, and every message the broker published.
