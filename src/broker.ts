@@ -87,6 +87,18 @@ export interface StartOptions {
   log?: Logger
 }
 
+/** Waits for `work` until `deadline` (at least 1 s); past it, logs what was left open and returns. */
+async function within(deadline: number, log: Logger, what: string, work: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'late'>((resolve) => {
+    timer = setTimeout(() => resolve('late'), Math.max(1000, deadline - Date.now()))
+    timer.unref()
+  })
+  const outcome = await Promise.race([work.then(() => 'done' as const), late])
+  clearTimeout(timer)
+  if (outcome === 'late') log.warn({ what }, 'shutdown timeout: closing it was abandoned')
+}
+
 export async function startPulsegate(config: BrokerConfig, opts: StartOptions = {}): Promise<Pulsegate> {
   const log = opts.log ?? createLogger(config.logLevel)
   fs.mkdirSync(config.dataDir, { recursive: true })
@@ -291,6 +303,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const stop = () => {
     stopping ??= (async () => {
       log.info('shutting down: no new connections; finishing in-flight commits')
+      const deadline = Date.now() + config.limits.shutdownTimeoutMs
       for (const s of servers) s.close()
       await dp.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
@@ -299,9 +312,11 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
         log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
       await new Promise<void>((r) => aedes.close(() => r()))
       httpServer.closeAllConnections()
-      await audit.stop()
-      if (writerDb !== db) await writerDb.close()
-      await db.close()
+      // A statement stuck in the database (a lock, a hung connection) would hold pool.end() forever: the closes share
+      // what is left of the grace period (at least 1 s), and what they leave open dies with the process.
+      await within(deadline, log, 'audit log', audit.stop())
+      if (writerDb !== db) await within(deadline, log, 'commit connections', writerDb.close())
+      await within(deadline, log, 'database', db.close())
       log.info('stopped')
     })()
     return stopping

@@ -153,3 +153,51 @@ describe('stop() while devices publish', () => {
     }
   })
 })
+
+describe('stop() while a commit is stuck in the database', () => {
+  it('returns although the stuck statement never finishes; the batch is not acknowledged', async () => {
+    const stuck = await startTestBroker('postgres', { limits: { shutdownTimeoutMs: 500 } })
+    const locker = new pg.Client({ connectionString: stuck.dbUrl! })
+    const watcher = new pg.Client({ connectionString: stuck.dbUrl! })
+    await locker.connect()
+    await watcher.connect()
+    let client: MqttClient | null = null
+    try {
+      const dev = await provisionDevice(stuck, 'sd-stuck', 'user-stuck')
+      client = await connectDevice(stuck, dev)
+      await locker.query('BEGIN')
+      await locker.query('LOCK TABLE samples IN EXCLUSIVE MODE')
+      let acked = false
+      client
+        .publishAsync('devices/sd-stuck/readings', JSON.stringify({ seq: 1, samples: [{ t: Date.now(), hr: 70 }] }), {
+          qos: 1,
+        })
+        .then(
+          () => {
+            acked = true
+          },
+          () => {},
+        )
+      // The commit is out and waits on the lock (seen from a connection outside the locker's transaction).
+      await waitFor(async () => {
+        const r = await watcher.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
+        )
+        return (r.rows[0]?.n ?? 0) > 0
+      })
+      // Before the bound on the closes, this never returned: pool.end() waited for the stuck connection.
+      await stuck.pg.stop()
+      const still = await watcher.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
+      )
+      expect(still.rows[0]?.n, 'the statement was still waiting when stop() returned').toBeGreaterThan(0)
+      expect(acked).toBe(false)
+    } finally {
+      await locker.query('ROLLBACK').catch(() => {})
+      await locker.end()
+      await watcher.end()
+      await client?.endAsync(true).catch(() => {})
+      await stuck.stop()
+    }
+  })
+})
