@@ -63,6 +63,8 @@ export interface WorkerOptions {
   bufferSamples: number
   durationS: number
   drainS: number
+  /** the drain also waits, within drainS, until every watched anomaly has its alert and the medic its copies */
+  awaitAlerts: boolean
   eventId: string | null
   raceStartMs: number
   seed: number

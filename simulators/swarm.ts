@@ -87,6 +87,11 @@ export interface SwarmOptions {
   bufferSamples?: number
   /** after the run, how long devices get to upload what they hold (default 30 s) */
   drainS?: number
+  /**
+   * With a broker in this process: the drain also waits (within drainS) until every watched anomaly has its alert and
+   * the medic its copies. Only for runs whose anomalies can all alert before the end (each rule needs its own time).
+   */
+  awaitAlerts?: boolean
   /** marathon: the race started at least this long before the run, at the top of an hour (default 1800 s) */
   raceClockS?: number
   seed?: number
@@ -228,6 +233,7 @@ function withDefaults(o: SwarmOptions) {
     inflight: o.inflight ?? 4,
     bufferSamples: o.bufferSamples ?? 3600,
     drainS: o.drainS ?? 30,
+    awaitAlerts: o.awaitAlerts ?? false,
     raceClockS: o.raceClockS ?? 1800,
     seed: o.seed ?? 1,
     embeddedBroker: o.embeddedBroker ?? false,
@@ -719,6 +725,7 @@ async function runAgainst(
     bufferSamples: o.bufferSamples,
     durationS: o.durationS,
     drainS: o.drainS,
+    awaitAlerts: o.awaitAlerts && instance !== null,
     eventId,
     raceStartMs,
     seed: o.seed,

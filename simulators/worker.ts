@@ -392,7 +392,11 @@ export class WorkerDriver {
         const now = Date.now()
         if (this.users.every((u) => !u.active || u.uplink.settled)) settledSince ??= now
         else settledSince = null
-        if (now >= deadline || (settledSince !== null && now - settledSince >= grace)) break
+        if (now >= deadline) break
+        // With a known alert engine the wait for alerts is a condition, not the grace alone: on a loaded machine the
+        // output engine may lag the last PUBACK by more than any fixed time.
+        if (settledSince !== null && now - settledSince >= grace && (!this.init.options.awaitAlerts || this.alertsIn()))
+          break
         await new Promise((r) => setTimeout(r, DRAIN_POLL_MS))
       }
       // Synchronously after the last check: no link can drop between it and the stop.
@@ -406,6 +410,18 @@ export class WorkerDriver {
       this.emit(this.finalMessage())
     })()
     return this.finishing
+  }
+
+  /** Every watched anomaly of this worker has its alert, and the medic (worker 0) at least as many copies. */
+  private alertsIn(): boolean {
+    let alerted = 0
+    for (const u of this.users) {
+      const o = u.outcome
+      if (!o?.watched) continue
+      if (o.alerts.length === 0) return false
+      alerted++
+    }
+    return !this.medic || this.counters.medicAlerts >= alerted
   }
 
   private gauges(): void {

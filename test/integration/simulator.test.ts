@@ -177,7 +177,9 @@ describe('simulator: marathon swarm against PostgreSQL', () => {
       anomalyAtS: 2,
       bridgeShare: 0,
       appShare: 0,
-      drainS: 10,
+      // The alerts are waited for as a condition (bounded by the drain), not for a fixed grace after the last PUBACK.
+      drainS: 60,
+      awaitAlerts: true,
       progress: false,
     })
     expectClean(r)
