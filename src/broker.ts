@@ -27,12 +27,7 @@ import { openAuditLog } from './ops/audit.js'
 import { openPrivacyServices } from './ops/privacy-services.js'
 import type { AuditActor } from './ops/audit-types.js'
 import type { ErasureReport, ErasureStage } from './ops/erase.js'
-import {
-  brokerLiveEraser,
-  createBrokerErasure,
-  indexSessions,
-  type SessionPersistence,
-} from './ops/erase-live.js'
+import { brokerLiveEraser, createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
 import { ErasureGuard } from './ops/erasure-guard.js'
 import { OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
