@@ -3,7 +3,8 @@
 -- it (a broker, the CLI against PULSEGATE_DATABASE_URL, psql): running brokers LISTEN, drop the affected cache entries
 -- and cut the sessions that are no longer allowed. Triggers rather than pg_notify in the write paths, so no writer can
 -- forget. A notification is sent at COMMIT (never for a rolled-back change) and carries ids only, never a reading.
--- Payload: JSON {"k": kind, …}: device {d, u, key}, user {u}, consent {u, p, v}, participant {e, u}, event {e}.
+-- Payload: JSON {"k": kind, "op": INSERT|UPDATE|DELETE, …}: device {d, u, key}, user {u}, consent {u, p, v, e},
+-- participant {e, u}, event {e}.
 CREATE OR REPLACE FUNCTION pulsegate_control_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   r jsonb;
@@ -19,7 +20,7 @@ BEGIN
     WHEN 'participants' THEN jsonb_build_object('k', 'participant', 'e', r->'event_id', 'u', r->'user_id')
     WHEN 'events' THEN jsonb_build_object('k', 'event', 'e', r->'event_id')
   END;
-  PERFORM pg_notify('pulsegate_control', msg::text);
+  PERFORM pg_notify('pulsegate_control', (msg || jsonb_build_object('op', TG_OP))::text);
   RETURN NULL;
 END
 $$;

@@ -261,9 +261,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       lookups.forgetDevice(deviceId)
       clientsById()[deviceId]?.close()
     },
-    onDevicesRegistered: (deviceIds) => {
-      for (const d of deviceIds) lookups.forgetDevice(d)
-    },
+    onDevicesRegistered: (deviceIds) => void control.devicesChanged(deviceIds),
     // The outputs' consent cache is this service's: a change through the RPC reaches the next publish.
     privacy: () => Promise.resolve(privacy),
     audit,

@@ -29,8 +29,9 @@ export const CONTROL_CHANNEL = 'pulsegate_control'
 export const CONTROL_APPLICATION_NAME = 'pulsegate-control'
 
 const str = z.string().min(1).max(200)
+const op = z.enum(['INSERT', 'UPDATE', 'DELETE']).optional()
 const messageSchema = z.discriminatedUnion('k', [
-  z.object({ k: z.literal('device'), d: str.nullable(), u: str.nullish(), key: z.number().int().nullish() }),
+  z.object({ k: z.literal('device'), op, d: str.nullable(), u: str.nullish(), key: z.number().int().nullish() }),
   z.object({ k: z.literal('user'), u: str }),
   z.object({
     k: z.literal('consent'),
@@ -39,7 +40,7 @@ const messageSchema = z.discriminatedUnion('k', [
     v: z.number().int().nullable(),
     e: str.nullish(),
   }),
-  z.object({ k: z.literal('participant'), e: str, u: str }),
+  z.object({ k: z.literal('participant'), op, e: str, u: str }),
   z.object({ k: z.literal('event'), e: str }),
   z.object({ k: z.literal('ping'), n: str }),
 ])
@@ -175,6 +176,15 @@ export class ControlPlane {
     }
   }
 
+  /** Devices (re-)registered through this broker: their verdicts go and their open sessions are checked again, also
+   * with the embedded store, where no notification comes. */
+  devicesChanged(deviceIds: readonly string[]): Promise<void> {
+    for (const d of deviceIds) this.deps.lookups.forgetDevice(d)
+    const run = this.chain.then(() => this.recheckDevices(deviceIds))
+    this.chain = run.catch((err: Error) => this.deps.log.error({ err: err.message }, 'control plane: re-check failed'))
+    return this.chain
+  }
+
   /** Everything cached goes and every connected device is checked again (notifications may have been missed). */
   flush(reason: string): Promise<void> {
     return this.enqueueFlush(reason)
@@ -236,12 +246,12 @@ export class ControlPlane {
           if (!m.d) break
           devices.add(m.d)
           this.deps.lookups.forgetDevice(m.d)
-          if (m.u && typeof m.key === 'number')
+          if (m.op === 'DELETE' && m.u && typeof m.key === 'number')
             this.pendingOf(m.u).devices.push({ deviceId: m.d, deviceKey: m.key, fingerprint: null })
           break
         case 'participant':
           this.deps.lookups.forgetParticipant(m.e, m.u)
-          this.pendingOf(m.u).events.add(m.e)
+          if (m.op === 'DELETE') this.pendingOf(m.u).events.add(m.e)
           break
         case 'event':
           this.deps.lookups.forgetEvent(m.e)

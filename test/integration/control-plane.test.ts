@@ -4,9 +4,11 @@
 // Conditions are waited for with generous bounds; the measured delays are printed, never asserted (the machine is
 // shared): the design makes them a few milliseconds.
 import fs from 'node:fs'
+import path from 'node:path'
 import type { MqttClient } from 'mqtt'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { issueDeviceCert } from '../../src/identity/pki.js'
 import type { AlertMessage, LeaderboardMessage } from '../../src/outputs/payloads.js'
 import {
   connackCode,
@@ -292,5 +294,27 @@ describe('control plane: embedded store', { timeout: 60_000 }, () => {
     expect(res.status).toBe(200)
     await cut
     expect(await connackCode(connectDevice(e, dev))).toBe(5)
+  })
+
+  it('a re-registration with a new certificate through the broker cuts the old one at once', async () => {
+    const old = await provisionDevice(e, 'trk-emb2', 'u-emb')
+    const conn = await connectDevice(e, old)
+    const cut = closed(conn)
+    const issued = await issueDeviceCert(path.join(e.dataDir, 'pki'), old.deviceId)
+    const res = await fetch(`http://127.0.0.1:${e.pg.ports.http}/admin/rpc`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${await token(e, 'ops', 'admin')}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        op: 'registerDevice',
+        deviceId: old.deviceId,
+        userId: old.userId,
+        fingerprint: issued.fingerprint256,
+      }),
+    })
+    expect(res.status).toBe(200)
+    await cut
+    expect(await connackCode(connectDevice(e, old))).toBe(5)
+    const fresh = { deviceId: old.deviceId, cert: issued.certPem, key: issued.keyPem }
+    expect(await connackCode(connectDevice(e, fresh))).toBe(0)
   })
 })
