@@ -130,6 +130,10 @@ describe('control plane: two brokers on one PostgreSQL, the CLI writing to it di
     const dev = await provisionDevice(a, 'trk-rev', 'u-rev')
     const onA = await connectDevice(a, dev)
     const onB = await connectDevice(b, dev)
+    // The owner's bridge on B relays for the device: its ownership look-up is cached (30 s) from this publish.
+    const bridge = await connectWithToken(b, await token(b, 'u-rev', 'bridge'), 'bridge:u-rev')
+    const reading = (seq: number) => JSON.stringify({ seq, samples: [{ t: Date.now() - 1000 * seq, hr: 70 }] })
+    await bridge.publishAsync(`devices/${dev.deviceId}/readings`, reading(1), { qos: 1 })
     const cutA = closed(onA)
     const cutB = closed(onB)
     const t = await timedCli(a, 'pki', 'revoke', dev.deviceId)
@@ -139,6 +143,10 @@ describe('control plane: two brokers on one PostgreSQL, the CLI writing to it di
     expect(await connackCode(connectDevice(a, dev))).toBe(5)
     expect(await connackCode(connectDevice(b, dev))).toBe(5)
     expect(await metric(a, 'pulsegate_control_sessions_cut_total', { reason: 'certificate' })).toBeGreaterThanOrEqual(1)
+    // The bridge's next batch for the revoked device is refused (a refused publish closes the connection).
+    const bridgeCut = closed(bridge)
+    bridge.publish(`devices/${dev.deviceId}/readings`, reading(2), { qos: 1 })
+    await bridgeCut
     expect(await metric(b, 'pulsegate_control_notifications_total', { kind: 'device' })).toBeGreaterThanOrEqual(1)
   })
 
@@ -240,6 +248,21 @@ describe('control plane: two brokers on one PostgreSQL, the CLI writing to it di
     expect(await connackCode(connectDevice(a, dev))).toBe(5)
     expect(await connackCode(connectWithToken(b, jwt, 'app:u-erase', 'ws'))).toBe(5)
     expect(await connackCode(connectWithToken(a, jwt, 'app:u-erase', 'tcp'))).toBe(5)
+  })
+
+  it('an unreadable notification is counted and ignored; the next change still applies', async () => {
+    const invalid = await metric(a, 'pulsegate_control_notifications_total', { kind: 'invalid' })
+    const dev = await provisionDevice(a, 'trk-bad', 'u-bad')
+    const conn = await connectDevice(a, dev)
+    const cut = closed(conn)
+    await a.pg.db.query(
+      `SELECT pg_notify('pulsegate_control', 'not json'), pg_notify('pulsegate_control', '{"k":"x"}')`,
+    )
+    await waitFor(
+      async () => (await metric(a, 'pulsegate_control_notifications_total', { kind: 'invalid' })) >= invalid + 2,
+    )
+    await cli(a, 'pki', 'revoke', dev.deviceId)
+    await cut
   })
 
   it('a killed LISTEN session reconnects (caches flushed) and a later revocation still cuts', async () => {
