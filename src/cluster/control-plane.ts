@@ -148,6 +148,13 @@ export class ControlPlane {
         void this.selfTest()
       },
       onLost: () => this.listening.set(0),
+      onUnsupported: (err) => {
+        this.listener = null
+        log.error(
+          { err: err.message },
+          'control plane: the database refuses LISTEN: in-process paths only; changes written by other processes reach this broker when its caches expire',
+        )
+      },
     })
     let timer: NodeJS.Timeout | undefined
     await Promise.race([

@@ -5,6 +5,7 @@
 // and the owner flushes whatever it caches.
 import pg from 'pg'
 import type { Logger } from '../log.js'
+import { isConnectionError } from '../store/db.js'
 
 export interface PgListenerOptions {
   url: string
@@ -19,6 +20,8 @@ export interface PgListenerOptions {
   /** LISTEN is in force; `resumed`: after a lost connection (notifications may have been missed) */
   onListening(resumed: boolean): void
   onLost?(err: Error): void
+  /** the server refused LISTEN itself (a proxy or an engine without it): no retry; the owner falls back */
+  onUnsupported?(err: Error): void
 }
 
 const CHANNEL_RE = /^[a-z_][a-z0-9_]{0,62}$/
@@ -92,8 +95,10 @@ export class PgListener {
     c.on('notification', (n) => {
       if (n.channel === this.opts.channel && n.payload !== undefined) this.opts.onNotification(n.payload)
     })
+    let phase: 'connect' | 'listen' = 'connect'
     try {
       await c.connect()
+      phase = 'listen'
       await c.query(`LISTEN ${this.opts.channel}`)
       const r = await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')
       if (lost) return
@@ -110,6 +115,15 @@ export class PgListener {
       this.opts.onListening(resumed)
       this.resolveFirst()
     } catch (err) {
+      if (phase === 'listen' && !lost && !isConnectionError(err) && (err as { code?: string }).code) {
+        // A SQL error to LISTEN (not a lost connection): asking again would only fail again.
+        lost = true
+        this.stopped = true
+        void c.end().catch(() => {})
+        this.resolveFirst()
+        this.opts.onUnsupported?.(err as Error)
+        return
+      }
       onLost(err as Error)
     }
   }
