@@ -109,6 +109,13 @@ export const configSchema = z.object({
     /** an event is under way from starts_at for this long */
     eventWindowMs: ms,
   }),
+  /** the control plane (src/cluster/control-plane.ts): LISTEN/NOTIFY on a server database */
+  control: z.object({
+    /** listen for changes written by other processes; off: they reach this broker when its caches expire */
+    listen: bool,
+    /** the listener's reconnect backoff stops growing here */
+    reconnectMaxMs: z.coerce.number().int().min(100),
+  }),
   shutdownSignals: bool,
 })
 
@@ -165,6 +172,7 @@ export function defaults(): BrokerConfig {
       suppressBelow: 10,
       eventWindowMs: 8 * 3600_000,
     },
+    control: { listen: true, reconnectMaxMs: 5000 },
     shutdownSignals: true,
   }
 }
@@ -208,6 +216,8 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_DP_INTERVAL_MS: 'dp.intervalMs',
   PULSEGATE_DP_SUPPRESS_BELOW: 'dp.suppressBelow',
   PULSEGATE_DP_EVENT_WINDOW_MS: 'dp.eventWindowMs',
+  PULSEGATE_CONTROL_LISTEN: 'control.listen',
+  PULSEGATE_CONTROL_RECONNECT_MAX_MS: 'control.reconnectMaxMs',
 }
 
 export class ConfigError extends Error {

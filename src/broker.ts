@@ -6,6 +6,7 @@ import type http from 'node:http'
 import type net from 'node:net'
 import { Aedes, type Client } from 'aedes'
 import type { BrokerConfig } from '../broker.config.js'
+import { CONTROL_CHANNEL, ControlPlane } from './cluster/control-plane.js'
 import { createAuthenticate } from './hooks/authenticate.js'
 import { createAuthorizePublish } from './hooks/authorize-publish.js'
 import { createAuthorizeSubscribe } from './hooks/authorize-subscribe.js'
@@ -26,7 +27,7 @@ import { openAuditLog } from './ops/audit.js'
 import { openPrivacyServices } from './ops/privacy-services.js'
 import type { AuditActor } from './ops/audit-types.js'
 import type { ErasureReport, ErasureStage } from './ops/erase.js'
-import { createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
+import { brokerLiveEraser, createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
 import { ErasureGuard } from './ops/erasure-guard.js'
 import { OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
@@ -80,6 +81,8 @@ export interface Pulsegate {
   ): Promise<ErasureReport>
   /** what this process refuses because of erasures */
   erasure: ErasureGuard
+  /** changes written by other processes (LISTEN/NOTIFY), src/cluster/control-plane.ts */
+  control: ControlPlane
   stop(): Promise<void>
 }
 
@@ -219,8 +222,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
 
-  const eraseLive = createBrokerErasure({
-    db,
+  const liveDeps = {
     aedes,
     principals,
     persistence,
@@ -230,10 +232,24 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     writer,
     ingest,
     outputs,
-    audit,
-    log,
-    forget: [(userId) => privacy.consent.forget([userId]), (userId) => void preferences.erase(userId)],
+    forget: [(userId: string) => privacy.consent.forget([userId]), (userId: string) => void preferences.erase(userId)],
+  }
+  const control = new ControlPlane({
+    url: db.kind === 'postgres' ? (config.databaseUrl ?? null) : null,
+    enabled: config.control.listen,
+    reconnectMaxMs: config.control.reconnectMaxMs,
+    lookups,
+    consent: privacy.consent,
+    publish,
+    clients: clientsById,
+    principals,
+    live: brokerLiveEraser(liveDeps),
+    notify: async (payload) => void (await db.query('SELECT pg_notify($1, $2)', [CONTROL_CHANNEL, payload])),
+    metrics: metrics.registry,
+    log: log.child({ stage: 'control' }),
   })
+  const eraseBroker = createBrokerErasure({ ...liveDeps, db, audit, log })
+  const eraseLive: typeof eraseBroker = (userId, o) => control.localErasure(userId, () => eraseBroker(userId, o))
   const deps: TransportDeps = {
     handle: (stream, req) => aedes.handle(stream, req),
     maxPacketBytes: config.limits.maxPacketBytes,
@@ -257,9 +273,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       lookups.forgetDevice(deviceId)
       clientsById()[deviceId]?.close()
     },
-    onDevicesRegistered: (deviceIds) => {
-      for (const d of deviceIds) lookups.forgetDevice(d)
-    },
+    onDevicesRegistered: (deviceIds) => void control.devicesChanged(deviceIds),
     // The outputs' consent cache is this service's: a change through the RPC reaches the next publish.
     privacy: () => Promise.resolve(privacy),
     audit,
@@ -272,6 +286,8 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   )
 
   try {
+    // Before the listeners: a change written elsewhere from now on is heard.
+    await control.start()
     if (config.mqttEnabled) {
       const s = createTcpServer(deps)
       servers.push(s)
@@ -286,6 +302,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     ports.http = await listen(httpServer, config.httpPort, config.host)
   } catch (err) {
     for (const s of servers) s.close()
+    await control.stop()
     await new Promise<void>((r) => aedes.close(() => r()))
     await leaderboard.close()
     await audit.stop()
@@ -310,6 +327,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
         log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
+      await control.stop()
       await new Promise<void>((r) => aedes.close(() => r()))
       httpServer.closeAllConnections()
       // A statement stuck in the database (a lock, a hung connection) would hold pool.end() forever: the closes share
@@ -345,6 +363,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     },
     eraseUser: eraseLive,
     erasure,
+    control,
     stop,
   }
 }

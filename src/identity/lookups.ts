@@ -18,6 +18,9 @@ class TtlCache<V> {
   delete(key: string): void {
     this.map.delete(key)
   }
+  clear(): void {
+    this.map.clear()
+  }
 }
 
 /** Largest batch of certificate look-ups sent in one query. */
@@ -31,9 +34,9 @@ const CERT_BATCH_MAX = 1000
  *
  * Revocation: only known devices are cached, for `ttlMs` (10 s by default), keyed by device and fingerprint.
  * forget() (a revocation or re-registration through this broker) drops the device at once, and a query that was
- * already out when it happened is asked again. A revocation written to the database by another process (or another broker node) is
- * honoured at connects once the entry expires, so within ttlMs; so is a device's re-registration with a new
- * certificate, for connects still presenting the old one.
+ * already out when it happened is asked again. A revocation or re-registration written to the database by another
+ * process reaches forget() through the control plane's notification (src/cluster/control-plane.ts), within
+ * milliseconds; the TTL bounds what a lost notification could leave (the control plane flushes on reconnect anyway).
  */
 export class CertificateLookups {
   /** deviceId → fingerprint → verdict: forget() drops a device in O(1), whatever the cache holds */
@@ -74,6 +77,13 @@ export class CertificateLookups {
       this.cached -= entries.size
       this.cache.delete(deviceId)
     }
+  }
+
+  /** Drops every verdict (the control plane may have missed a change); a query already out is asked again. */
+  clear(): void {
+    this.epoch++
+    this.cache.clear()
+    this.cached = 0
   }
 
   private async drain(): Promise<void> {
@@ -160,9 +170,25 @@ export class CachedLookups implements AclLookups {
     )
   }
 
-  /** A device was revoked through this broker: its cached ownership and certificate verdicts go at once. */
+  /** A device was revoked or re-registered (here or, told by the control plane, anywhere): its verdicts go at once. */
   forgetDevice(deviceId: string): void {
     this.owners.delete(deviceId)
     this.certificates.forget(deviceId)
+  }
+
+  forgetParticipant(eventId: string, userId: string): void {
+    this.participants.delete(`${eventId}\u0000${userId}`)
+  }
+
+  forgetEvent(eventId: string): void {
+    this.publicEvents.delete(eventId)
+  }
+
+  /** Everything goes (src/cluster/control-plane.ts: notifications may have been missed). */
+  flush(): void {
+    this.owners.clear()
+    this.participants.clear()
+    this.publicEvents.clear()
+    this.certificates.clear()
   }
 }

@@ -220,6 +220,59 @@ export class ConsentService {
     }
   }
 
+  /**
+   * A change written elsewhere (another broker, the CLI against the database), told by the control plane
+   * (src/cluster/control-plane.ts): the users are read again and every purpose whose state moved goes to the listeners,
+   * as a change through this service would. A hint naming a version the cache already holds is skipped (this process
+   * wrote it); one without a purpose re-reads the user (a flush: notifications may have been missed). Returns the
+   * changed users' state messages (to publish, retained, on their consent/state topic).
+   */
+  async refresh(
+    hints: readonly { userId: string; purpose?: Purpose; version?: number }[],
+  ): Promise<Map<string, ConsentStateMessage>> {
+    const stale = new Set<string>()
+    for (const h of hints) {
+      const cur = h.purpose !== undefined ? this.cache.get(h.userId)?.get(h.purpose) : undefined
+      if (cur && h.version !== undefined && cur.version >= h.version) continue
+      stale.add(h.userId)
+    }
+    const ids = [...stale]
+    const before = new Map(ids.map((id) => [id, this.cache.has(id) ? this.cachedState(id) : null]))
+    await this.load(ids)
+    const out = new Map<string, ConsentStateMessage>()
+    for (const id of ids) {
+      const was = before.get(id) ?? null
+      const now = this.cachedState(id)
+      for (const p of PURPOSES) {
+        if (was && was[p].version === now[p].version) continue
+        // Unknown before: only the hinted purposes (and a set one) are news; an unset default is no change.
+        if (!was && now[p].version === 0 && !hints.some((h) => h.userId === id && h.purpose === p)) continue
+        out.set(id, this.stateMessage(id, now))
+        const c: ConsentChange = {
+          userId: id,
+          purpose: p,
+          granted: now[p].granted,
+          version: now[p].version,
+          at: now[p].at ?? new Date().toISOString(),
+          source: now[p].source ?? 'peer',
+        }
+        for (const l of this.listeners) {
+          try {
+            l(c)
+          } catch (err) {
+            this.log?.error({ err: (err as Error).message, userId: id, purpose: p }, 'consent listener failed')
+          }
+        }
+      }
+    }
+    return out
+  }
+
+  /** Users in the cache (the control plane re-reads them all after it may have missed notifications). */
+  cachedUsers(): string[] {
+    return [...this.cache.keys()]
+  }
+
   isLoaded(userId: string): boolean {
     return this.cache.has(userId)
   }

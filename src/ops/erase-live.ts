@@ -244,12 +244,12 @@ export type EraseLive = (
   opts?: { actor?: AuditActor; onStage?: (stage: ErasureStage) => void | Promise<void> },
 ) => Promise<ErasureReport>
 
-/** The broker's erasure: live, and one at a time per user (a second request waits, then finds nothing). */
-export function createBrokerErasure(deps: BrokerErasureDeps): EraseLive {
+/** The broker's live side over Aedes; also run by the control plane for an erasure another process wrote. */
+export function brokerLiveEraser(deps: Omit<BrokerErasureDeps, 'db' | 'audit' | 'log'>): LiveEraser {
   const { aedes, principals } = deps
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clients = () => Object.values((aedes as unknown as { clients: Record<string, Client | undefined> }).clients)
-  const live = createLiveEraser({
+  return createLiveEraser({
     ...deps,
     *connected() {
       for (const c of clients())
@@ -262,6 +262,11 @@ export function createBrokerErasure(deps: BrokerErasureDeps): EraseLive {
         ),
       ),
   })
+}
+
+/** The broker's erasure: live, and one at a time per user (a second request waits, then finds nothing). */
+export function createBrokerErasure(deps: BrokerErasureDeps): EraseLive {
+  const live = brokerLiveEraser(deps)
   const running = new Map<string, Promise<unknown>>()
   return (userId, opts = {}) => {
     const run = (running.get(userId) ?? Promise.resolve())

@@ -303,7 +303,7 @@ export async function eraseUser(db: Db, userId: string, opts: EraseOptions): Pro
       liveCounts.sessionsCut = sessionsCut
     } else {
       warnings.push(
-        'no broker was reached: sessions still open on a running broker, its retained messages, stored sessions and memory were not cleared (its devices are refused when they next connect); run the erasure through the broker when one is running',
+        'no broker was reached: brokers listening on this PostgreSQL (the control plane) cut the sessions and clear their memory when they hear of the deletion; one that is not (the embedded store, control.listen off, a broker down meanwhile) keeps its sessions, retained messages and stored sessions until it disconnects them (its devices are refused when they next connect); run the erasure through a broker (--broker) to have its live report',
       )
       if (opts.leaderboard) {
         for (const e of eventIds) if (await opts.leaderboard.remove(e, userId)) leaderboardEntries++
