@@ -68,6 +68,8 @@ export class PreferencesService implements PreferencesReader {
   /** Per user: how many times erased, so a load that raced an erasure can tell. */
   private readonly erasures = new Map<string, number>()
   private readonly now: () => number
+  /** told after a user's cached state changed (merged, loaded or erased): derived caches (privacy zones) recompute */
+  private readonly listeners = new Set<(userId: string) => void>()
 
   constructor(
     private readonly store: PreferencesStore,
@@ -81,6 +83,12 @@ export class PreferencesService implements PreferencesReader {
 
   get(userId: string): Preferences {
     return project(this.cache.get(userId) ?? EMPTY)
+  }
+
+  /** Calls `listener(userId)` after each change of a user's cached state; returns an unsubscribe. */
+  onChange(listener: (userId: string) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
   }
 
   /** Brings the cache up to date with the database for these users (edits merged by other broker processes too). */
@@ -122,6 +130,7 @@ export class PreferencesService implements PreferencesReader {
       this.erasures.set(userId, (this.erasures.get(userId) ?? 0) + 1)
       this.cache.delete(userId)
       this.published.delete(userId)
+      this.changed(userId)
       await this.publisher.publish(topicFor.preferencesState(userId), '', true) // an empty retained payload clears it
     })
   }
@@ -166,6 +175,11 @@ export class PreferencesService implements PreferencesReader {
 
   private absorb(userId: string, map: PrefsMap): void {
     this.cache.set(userId, join(this.cache.get(userId) ?? EMPTY, map))
+    this.changed(userId)
+  }
+
+  private changed(userId: string): void {
+    for (const l of this.listeners) l(userId)
   }
 
   /** Publishes the cached state retained, unless this process last published exactly that. */
