@@ -10,14 +10,16 @@ import type { CliKit } from './users.js'
 function formatZones(userId: string, zones: readonly PrivacyZone[]): string {
   if (zones.length === 0) return `${userId}: no privacy zones`
   const lines = zones.map(
-    (z) => `  ${z.id.padEnd(16)}${z.lat.toFixed(6)}, ${z.lon.toFixed(6)}  r ${z.radiusM} m${z.label ? `  ${z.label}` : ''}`,
+    (z) =>
+      `  ${z.id.padEnd(16)}${z.lat.toFixed(6)}, ${z.lon.toFixed(6)}  r ${z.radiusM} m${z.label ? `  ${z.label}` : ''}`,
   )
   return `privacy zones of ${userId}:\n${lines.join('\n')}`
 }
 
 function coordinate(kit: CliKit, flag: string, text: string | undefined, bound: number): number {
   const v = text === undefined ? Number.NaN : Number(text)
-  if (!Number.isFinite(v) || Math.abs(v) > bound) throw kit.usage(`${flag} must be a number between -${bound} and ${bound}`)
+  if (!Number.isFinite(v) || Math.abs(v) > bound)
+    throw kit.usage(`${flag} must be a number between -${bound} and ${bound}`)
   return v
 }
 

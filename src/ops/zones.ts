@@ -63,7 +63,8 @@ export class ZoneOperations {
 
   private async edit(userId: string, zoneId: string, value: Omit<PrivacyZone, 'id'> | null): Promise<void> {
     await this.checkUser(userId)
-    if (!isValidId(zoneId)) throw new ZoneError(`invalid zone id ${JSON.stringify(zoneId)} (expected [A-Za-z0-9_-]{1,64})`)
+    if (!isValidId(zoneId))
+      throw new ZoneError(`invalid zone id ${JSON.stringify(zoneId)} (expected [A-Za-z0-9_-]{1,64})`)
     const field = `${ZONE_PREFIX}${zoneId}`
     const stored = (await this.store.read([userId])).get(userId)?.get(field)
     const now = Date.now()
@@ -86,6 +87,6 @@ export class ZoneOperations {
   private async checkUser(userId: string): Promise<void> {
     if (!isValidId(userId)) throw new ZoneError(`invalid user id ${JSON.stringify(userId)}`)
     const res = await this.db.query('SELECT 1 FROM users WHERE user_id = $1', [userId])
-    if (res.rowCount === 0) throw new ZoneError(`unknown user ${userId}`)
+    if (res.rows.length === 0) throw new ZoneError(`unknown user ${userId}`)
   }
 }

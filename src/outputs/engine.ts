@@ -78,7 +78,9 @@ export class OutputEngine {
     this.positions = new PositionFeed(this.users, consent, zones, publisher, metrics)
     this.episodes = new Episodes(db, publisher, consent, metrics, settings, zones)
     // Zones load with consent, before any output of the user: both are asked synchronously at publish time.
-    const gates = { load: async (ids: readonly string[]) => void (await Promise.all([consent.load(ids), zones.load(ids)])) }
+    const gates = {
+      load: async (ids: readonly string[]) => void (await Promise.all([consent.load(ids), zones.load(ids)])),
+    }
     this.loader = new StateLoader(db, this.users, this.boards, gates, settings.windowMs)
     this.unsubscribe = consent.onChange((c) => {
       if (c.purpose === 'leaderboard') void this.leaderboardConsentChanged(c.userId)

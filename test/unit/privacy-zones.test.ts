@@ -19,7 +19,7 @@ function destination(lat: number, lon: number, m: number, bearingDeg: number): [
   const l1 = (lon * Math.PI) / 180
   const p2 = Math.asin(Math.sin(p1) * Math.cos(d) + Math.cos(p1) * Math.sin(d) * Math.cos(th))
   const l2 = l1 + Math.atan2(Math.sin(th) * Math.sin(d) * Math.cos(p1), Math.cos(d) - Math.sin(p1) * Math.sin(p2))
-  return [(p2 * 180) / Math.PI, ((((l2 * 180) / Math.PI + 540) % 360) + 360) % 360 - 180]
+  return [(p2 * 180) / Math.PI, (((((l2 * 180) / Math.PI + 540) % 360) + 360) % 360) - 180]
 }
 
 describe('point in zone', () => {
@@ -89,7 +89,11 @@ describe('zone field of the preferences', () => {
 
   it('accepts a circle (normalised key order) or null, one register per zone id', () => {
     const r = parse([
-      { field: 'privacyZones.home', value: { radiusM: 150, label: 'Home', lon: 13.4, lat: 52.5 }, hlc: `${NOW}:0:phone-1` },
+      {
+        field: 'privacyZones.home',
+        value: { radiusM: 150, label: 'Home', lon: 13.4, lat: 52.5 },
+        hlc: `${NOW}:0:phone-1`,
+      },
       { field: 'privacyZones.work', value: null, hlc: `${NOW}:0:phone-1` },
     ])
     expect(r.ok).toBe(true)

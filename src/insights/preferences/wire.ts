@@ -62,7 +62,12 @@ const zone = z
     label: z.string().min(1).max(ZONE_LABEL_MAX).optional(),
   })
   // Fixed key order (canonical JSON), the label left out when absent.
-  .transform((c) => ({ lat: c.lat, lon: c.lon, radiusM: c.radiusM, ...(c.label !== undefined ? { label: c.label } : {}) }))
+  .transform((c) => ({
+    lat: c.lat,
+    lon: c.lon,
+    radiusM: c.radiusM,
+    ...(c.label !== undefined ? { label: c.label } : {}),
+  }))
   .nullable()
 
 /** The schema of a field's value, or null if there is no such field. */
