@@ -9,7 +9,7 @@ import type { PrivacyZone } from '../insights/preferences/reader.js'
 import { project } from '../insights/preferences/crdt.js'
 import type { HandleOutcome } from '../insights/preferences/service.js'
 import type { PreferencesStore } from '../insights/preferences/store.js'
-import { parsePreferencesMessage } from '../insights/preferences/wire.js'
+import { MAX_PRIVACY_ZONES, parsePreferencesMessage } from '../insights/preferences/wire.js'
 import type { Queryable } from '../store/db.js'
 import { isValidId } from '../topics/grammar.js'
 import type { AuditActor, AuditSink } from './audit-types.js'
@@ -39,6 +39,9 @@ export class ZoneOperations {
   /** Adds the zone, or replaces the one with its id. Returns the user's zones after it. */
   async set(userId: string, zone: PrivacyZone, actor: AuditActor): Promise<PrivacyZone[]> {
     const { id, ...circle } = zone
+    const current = await this.list(userId)
+    if (!current.some((z) => z.id === id) && current.length >= MAX_PRIVACY_ZONES)
+      throw new ZoneError(`${userId} has ${current.length} privacy zones, the most there may be`)
     await this.edit(userId, id, circle)
     // The zone's id and size only: an audit row outlives an erasure, a home address must not.
     await this.audit.record({

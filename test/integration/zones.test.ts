@@ -225,7 +225,12 @@ describe.each(['postgres', 'embedded'] as StoreKind[])('privacy zones (%s)', (st
     await waitFor(() => mapHas(B, (p) => near(p, work, 100)), 20_000)
 
     const states: Record<string, unknown>[] = []
-    app.on('message', (_t, p) => states.push(JSON.parse(p.toString()).state ?? {}))
+    const refusals: { error: string; detail: string }[] = []
+    app.on('message', (_t, p) => {
+      const m = JSON.parse(p.toString())
+      if (m.error) refusals.push(m)
+      else states.push(m.state ?? {})
+    })
     await app.subscribeAsync(`users/${B}/preferences/state`, { qos: 1 })
     await app.publishAsync(
       `users/${B}/preferences`,
@@ -259,6 +264,16 @@ describe.each(['postgres', 'embedded'] as StoreKind[])('privacy zones (%s)', (st
     await waitFor(() => mapHas(B, (p) => near(p, out, 1)), 20_000)
     const after = received.slice(from).flatMap((m) => points(m.body))
     expect(after.filter((p) => near(p, work, 300))).toEqual([])
+
+    // Every position is checked against each zone: twenty at most, an edit making more is refused whole.
+    const many = Array.from({ length: 20 }, (_, i) => ({
+      field: `privacyZones.z${i}`,
+      value: { lat: 10 + i, lon: 10, radiusM: 50 },
+      hlc: `${Date.now()}:${i}:phone`,
+    }))
+    await app.publishAsync(`users/${B}/preferences`, JSON.stringify({ node: 'phone', edits: many }), { qos: 1 })
+    await waitFor(() => refusals.some((x) => x.error === 'bad_payload' && x.detail.includes('at most 20')))
+    expect(tb.pg.preferences.get(B).privacyZones?.map((z) => z.id)).toEqual(['work'])
     await Promise.all([app.endAsync(), r.tracker.endAsync()])
   })
 

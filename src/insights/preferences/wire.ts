@@ -54,6 +54,8 @@ const muted = z.boolean()
 /** A zone larger than a town would hide a whole race: 10 km is the bound (docs/privacy.md "Privacy zones"). */
 export const MAX_ZONE_RADIUS_M = 10_000
 export const ZONE_LABEL_MAX = 64
+/** zones per user (the service refuses an edit that would make more) */
+export const MAX_PRIVACY_ZONES = 20
 const zone = z
   .strictObject({
     lat: z.number().min(-90).max(90),
