@@ -14,9 +14,16 @@ import type { ZoneGate } from './zone-gate.js'
 /** runners per message: a 50,000-runner race must not become one 4 MB message per second */
 export const POSITIONS_PER_MESSAGE = 500
 
-/** May medics see this user's positions inside their zones now? An open alert they get a copy of. */
+/**
+ * May medics see this user's positions inside their zones now? While an alert of the user's current event is open
+ * (one the event's medics got: the user has not withdrawn `medical_alerts`).
+ */
 export function medicsOverrideZones(u: UserState, consent: Pick<ConsentGate, 'allows'>): boolean {
-  return u.open.size > 0 && consent.allows(u.userId, 'medical_alerts')
+  const eventId = u.event?.eventId
+  if (eventId === undefined || u.open.size === 0) return false
+  let open = false
+  for (const ep of u.open.values()) if (ep.eventId === eventId) open = true
+  return open && consent.allows(u.userId, 'medical_alerts')
 }
 
 export class PositionFeed {

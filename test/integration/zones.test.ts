@@ -248,8 +248,9 @@ describe.each(['postgres', 'embedded'] as StoreKind[])('privacy zones (%s)', (st
     ) // resolves on the PUBACK: the zone is merged and in the broker's zone index
     const from = received.length
     // The merged state comes back retained to the user's devices with the zone in it.
-    await waitFor(() =>
-      states.some((st) => JSON.stringify(st['privacyZones.work']) === JSON.stringify({ ...work, radiusM: 300 })),
+    await waitFor(
+      () => states.some((st) => JSON.stringify(st['privacyZones.work']) === JSON.stringify({ ...work, radiusM: 300 })),
+      20_000,
     )
 
     const before = await withheld('event_positions', 'privacy_zone')
@@ -272,7 +273,7 @@ describe.each(['postgres', 'embedded'] as StoreKind[])('privacy zones (%s)', (st
       hlc: `${Date.now()}:${i}:phone`,
     }))
     await app.publishAsync(`users/${B}/preferences`, JSON.stringify({ node: 'phone', edits: many }), { qos: 1 })
-    await waitFor(() => refusals.some((x) => x.error === 'bad_payload' && x.detail.includes('at most 20')))
+    await waitFor(() => refusals.some((x) => x.error === 'bad_payload' && x.detail.includes('at most 20')), 20_000)
     expect(tb.pg.preferences.get(B).privacyZones?.map((z) => z.id)).toEqual(['work'])
     await Promise.all([app.endAsync(), r.tracker.endAsync()])
   })
@@ -347,7 +348,7 @@ describe.each(['postgres', 'embedded'] as StoreKind[])('privacy zones (%s)', (st
       [C],
     )
     expect(rows.rows[0]?.n).toBe(0)
-    await waitFor(() => tb.pg.preferences.get(C).privacyZones === undefined)
+    await waitFor(() => tb.pg.preferences.get(C).privacyZones === undefined, 20_000)
     const gone = await cli('users', 'zones', C, 'list')
     expect(gone.code).not.toBe(0)
     expect(gone.err).toContain('unknown user')
