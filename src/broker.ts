@@ -25,11 +25,13 @@ import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
 import { openPrivacyServices } from './ops/privacy-services.js'
+import { PrivacyZoneIndex } from './ops/privacy-zones.js'
+import { ZoneOperations } from './ops/zones.js'
 import type { AuditActor } from './ops/audit-types.js'
 import type { ErasureReport, ErasureStage } from './ops/erase.js'
 import { brokerLiveEraser, createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
 import { ErasureGuard } from './ops/erasure-guard.js'
-import { OutputEngine } from './outputs/engine.js'
+import { DEFAULT_OUTPUT_SETTINGS, OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
 import { SyncService } from './outputs/sync.js'
@@ -158,17 +160,6 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl)
     : new MemoryLeaderboard()
-  const outputs = new OutputEngine(
-    db,
-    leaderboard,
-    privacy.consent,
-    { publish },
-    metrics,
-    log.child({ stage: 'outputs' }),
-  )
-  ingest.onCommitted((batch) => outputs.onCommitted(batch))
-  const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
-  const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
   const preferences = new PreferencesService(
     new PreferencesStore(db),
     aedesPublisher(() => broker),
@@ -176,6 +167,21 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     createPreferencesMetrics(metrics.registry),
     log.child({ stage: 'preferences' }),
   )
+  // Privacy zones are preference fields: the outputs ask this index, which follows the preferences' cache.
+  const zones = new PrivacyZoneIndex(preferences)
+  const outputs = new OutputEngine(
+    db,
+    leaderboard,
+    privacy.consent,
+    { publish },
+    metrics,
+    log.child({ stage: 'outputs' }),
+    DEFAULT_OUTPUT_SETTINGS,
+    zones,
+  )
+  ingest.onCommitted((batch) => outputs.onCommitted(batch))
+  const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
+  const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
 
   const { maxClientIdLength } = config.limits
   broker = await Aedes.createBroker({
@@ -261,6 +267,10 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   let ready = false
   let stopping: Promise<void> | null = null
 
+  const livePrivacy = {
+    ...privacy,
+    zones: new ZoneOperations(db, new PreferencesStore(db), audit, (u, p) => preferences.handle(u, p)),
+  }
   const routes = createHttpRoutes({
     config,
     metrics,
@@ -275,7 +285,8 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     },
     onDevicesRegistered: (deviceIds) => void control.devicesChanged(deviceIds),
     // The outputs' consent cache is this service's: a change through the RPC reaches the next publish.
-    privacy: () => Promise.resolve(privacy),
+    // Zone edits through the RPC go through the preferences service, so the zone index has them at once.
+    privacy: () => Promise.resolve(livePrivacy),
     audit,
     eraseUser: (userId, actor) => eraseLive(userId, { actor }),
     log,

@@ -21,6 +21,7 @@ import { withOps } from './ops.js'
 import { addPortabilityCommands } from './portability.js'
 import { addStatsCommands } from './stats.js'
 import { addUserCommands } from './users.js'
+import { addZoneCommands } from './zones.js'
 
 function config(): BrokerConfig {
   return loadConfig()
@@ -227,6 +228,7 @@ function buildProgram(): Command {
 
   const users = program.command('users').description('pseudonymous people, their consent and their data')
   addUserCommands(users, { config, requireId, usage: (m) => new UsageError(m) })
+  addZoneCommands(users, { config, requireId, usage: (m) => new UsageError(m) })
   // Offline exports and imports are recorded in the audit log as the CLI's (records are durable once awaited).
   addPortabilityCommands(users, {
     auditFor: (db, cfg) => openAuditLog(db, cfg, createLogger(cfg.logLevel, 'pulsegate-cli')),

@@ -69,7 +69,8 @@ export async function canSubscribe(p: Principal, filter: string, lookups: AclLoo
       return deny('not_your_user')
     case 'event': {
       if (p.role === 'medic') return p.events.includes(ref.eventId) ? allow(ref) : deny('not_your_event')
-      if (ref.leaf === 'alerts') return deny('medics_only')
+      // Alerts and the runners' positions (the race-control map) are for the event's medics only.
+      if (ref.leaf === 'alerts' || ref.leaf === 'positions') return deny('medics_only')
       if (p.role === 'device') return deny('not_your_event')
       if (p.userId && (await lookups.isParticipant(ref.eventId, p.userId))) return allow(ref)
       return (await lookups.eventIsPublic(ref.eventId)) ? allow(ref) : deny('not_your_event')

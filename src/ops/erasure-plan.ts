@@ -44,7 +44,7 @@ export const ERASURE_PLAN: readonly PlanEntry[] = [
   { table: 'recommendations', by: ['user_id'], action: 'delete', optional: true },
   { table: 'daily_features', by: ['user_id'], action: 'delete', optional: true },
   { table: 'insight_episodes', by: ['user_id'], action: 'delete', optional: true },
-  // preferences synced across a user's devices (migration 0010)
+  // preferences synced across a user's devices, their privacy zones among them (migration 0010)
   { table: 'user_preferences', by: ['user_id'], action: 'delete', optional: true },
   { table: 'consents', by: ['user_id'], action: 'consent' },
   { table: 'participants', by: ['user_id'], action: 'delete' },

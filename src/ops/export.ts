@@ -71,6 +71,8 @@ const SIDE_FILES = [
   { file: 'consents.ndjson', tables: ['consents'], users: ['user_id'] },
   { file: 'alerts.ndjson', tables: ['alerts'], users: ['user_id'] },
   { file: 'recommendations.ndjson', tables: ['recommendations'], users: ['user_id', 'subject'] },
+  // synced preferences, the privacy zones among them (a home's centre is personal data)
+  { file: 'preferences.ndjson', tables: ['user_preferences'], users: ['user_id'] },
   { file: 'audit.ndjson', tables: ['audit_log', 'audit'], users: ['subject', 'subject_pseudo', 'user_id'] },
 ] as const
 

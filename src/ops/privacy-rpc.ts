@@ -8,6 +8,8 @@ import { ErasureError, type ErasureReport } from './erase.js'
 import { PeopleError, PEOPLE_VALUE_MAX } from './people.js'
 import type { PrivacyServices } from './privacy-services.js'
 import { EXTERNAL_ID_MAX, ExternalIdError } from './pseudonym.js'
+import { ZoneError } from './zones.js'
+import { MAX_ZONE_RADIUS_M, ZONE_LABEL_MAX } from '../insights/preferences/wire.js'
 
 const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)
 
@@ -23,6 +25,18 @@ export const privacyRpcSchemas = [
   z.object({ op: z.literal('setConsent'), userId: id, purpose: z.enum(PURPOSES), granted: z.boolean() }),
   z.object({ op: z.literal('getConsent'), userId: id }),
   z.object({ op: z.literal('eraseUser'), userId: id }),
+  // privacy zones (src/ops/zones.ts)
+  z.object({
+    op: z.literal('setZone'),
+    userId: id,
+    zoneId: id,
+    lat: z.number().min(-90).max(90),
+    lon: z.number().min(-180).max(180),
+    radiusM: z.number().min(1).max(MAX_ZONE_RADIUS_M),
+    label: z.string().min(1).max(ZONE_LABEL_MAX).optional(),
+  }),
+  z.object({ op: z.literal('removeZone'), userId: id, zoneId: id }),
+  z.object({ op: z.literal('listZones'), userId: id }),
 ] as const
 
 export type PrivacyRpcRequest = z.infer<(typeof privacyRpcSchemas)[number]>
@@ -47,7 +61,8 @@ export function isPrivacyRequestError(err: unknown): boolean {
     err instanceof ConsentError ||
     err instanceof PeopleError ||
     err instanceof ExternalIdError ||
-    err instanceof ErasureError
+    err instanceof ErasureError ||
+    err instanceof ZoneError
   )
 }
 
@@ -74,5 +89,13 @@ export async function runPrivacyRpc(req: PrivacyRpcRequest, ctx: RpcPrivacyConte
       return { state: await p.consent.set(req.userId, req.purpose, req.granted, ctx.source, ctx.actor) }
     case 'getConsent':
       return { state: await p.consent.state(req.userId), history: await p.consent.history(req.userId) }
+    case 'setZone': {
+      const { op: _op, userId, zoneId, ...circle } = req
+      return { zones: await p.zones.set(userId, { id: zoneId, ...circle }, ctx.actor) }
+    }
+    case 'removeZone':
+      return p.zones.remove(req.userId, req.zoneId, ctx.actor)
+    case 'listZones':
+      return { zones: await p.zones.list(req.userId) }
   }
 }

@@ -11,6 +11,8 @@ import { ConsentService } from './consent.js'
 import { checkKeyIds, registeredKeyIds, type SecretKey } from './keys.js'
 import { loadPeopleKey, normalizeTimeZone, PeopleStore } from './people.js'
 import { loadPseudonymKey, pseudonymFor } from './pseudonym.js'
+import { ZoneOperations } from './zones.js'
+import { PreferencesStore } from '../insights/preferences/store.js'
 
 export interface AddUserInput {
   /** the app backend's account id or e-mail: used to derive the id, then dropped (never stored, logged or audited) */
@@ -31,6 +33,8 @@ export interface PrivacyServices {
   peopleKey: SecretKey
   people: PeopleStore
   consent: ConsentService
+  /** privacy zones; offline straight into the store (the broker replaces it with one through its preferences) */
+  zones: ZoneOperations
   /** Derives the pseudonym, creates or updates the user and their encrypted name/e-mail; idempotent. */
   addUser(input: AddUserInput, actor: AuditActor): Promise<AddedUser>
 }
@@ -107,5 +111,6 @@ export async function openPrivacyServices(
     return { userId, created }
   }
 
-  return { pseudonymKey, peopleKey, people, consent, addUser }
+  const zones = new ZoneOperations(db, new PreferencesStore(db), opts.audit)
+  return { pseudonymKey, peopleKey, people, consent, zones, addUser }
 }

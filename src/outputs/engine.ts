@@ -15,9 +15,11 @@ import { Episodes } from './episodes.js'
 import type { LeaderboardStore } from './leaderboard.js'
 import { LeaderboardTicks } from './leaderboard-tick.js'
 import { LiveSnapshots } from './live.js'
+import { PositionFeed } from './positions.js'
 import { DEFAULT_RULES, type RuleSettings } from './rules.js'
 import { StateLoader } from './state-load.js'
 import { addScalar, blankState, pushCompact, trimWindow, type UserState } from './user-state.js'
+import { NO_ZONES, type ZoneGate } from './zone-gate.js'
 
 export { pushCompact } from './user-state.js'
 
@@ -48,6 +50,7 @@ export class OutputEngine {
   private readonly episodes: Episodes
   private readonly live: LiveSnapshots
   private readonly boards: LeaderboardTicks
+  private readonly positions: PositionFeed
   /** users being forgotten (erasure): batches of theirs that still arrive are dropped */
   private readonly forgetting = new Set<string>()
   private timer: NodeJS.Timeout | null = null
@@ -65,13 +68,20 @@ export class OutputEngine {
     metrics: Metrics,
     private readonly log: Logger,
     private readonly settings: OutputSettings = DEFAULT_OUTPUT_SETTINGS,
+    /** the users' privacy zones: positions inside go to nobody but the user (docs/privacy.md "Privacy zones") */
+    zones: ZoneGate = NO_ZONES,
   ) {
     const r = settings.rules
     this.shortHorizonMs = Math.min(settings.windowMs, 2 * Math.max(r.stoppedMs, r.spo2SustainedMs, 60_000))
     this.boards = new LeaderboardTicks(leaderboard, consent, publisher, metrics, this.users, settings.leaderboardTopN)
     this.live = new LiveSnapshots(leaderboard, publisher, metrics, this.users)
-    this.episodes = new Episodes(db, publisher, consent, metrics, settings)
-    this.loader = new StateLoader(db, this.users, this.boards, consent, settings.windowMs)
+    this.positions = new PositionFeed(this.users, consent, zones, publisher, metrics)
+    this.episodes = new Episodes(db, publisher, consent, metrics, settings, zones)
+    // Zones load with consent, before any output of the user: both are asked synchronously at publish time.
+    const gates = {
+      load: async (ids: readonly string[]) => void (await Promise.all([consent.load(ids), zones.load(ids)])),
+    }
+    this.loader = new StateLoader(db, this.users, this.boards, gates, settings.windowMs)
     this.unsubscribe = consent.onChange((c) => {
       if (c.purpose === 'leaderboard') void this.leaderboardConsentChanged(c.userId)
     })
@@ -158,6 +168,7 @@ export class OutputEngine {
       }
     }
     this.live.mark(u.userId)
+    if (b.positions.length > 0) this.positions.mark(u.userId)
     if (newest >= Date.now() - this.settings.alertRecencyMs) await this.episodes.review(u, newest)
   }
 
@@ -168,6 +179,7 @@ export class OutputEngine {
     try {
       await this.boards.publish()
       await this.live.publish()
+      this.positions.publish()
       this.evictIdle()
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'output tick failed')
@@ -192,6 +204,7 @@ export class OutputEngine {
       await this.users.get(userId)?.chain
       this.users.delete(userId)
       this.live.forget(userId)
+      this.positions.forget(userId)
     } finally {
       this.forgetting.delete(userId)
     }

@@ -8,8 +8,10 @@ import type { Queryable } from '../store/db.js'
 import { topicFor } from '../topics/grammar.js'
 import type { ConsentGate } from './consent-gate.js'
 import type { AlertMessage } from './payloads.js'
+import { medicsOverrideZones } from './positions.js'
 import { evaluate, type RuleSettings } from './rules.js'
 import type { OpenEpisode, UserState } from './user-state.js'
+import { NO_ZONES, type ZoneGate } from './zone-gate.js'
 
 export interface EpisodeSettings {
   rules: RuleSettings
@@ -24,6 +26,7 @@ export class Episodes {
     private readonly consent: Pick<ConsentGate, 'allows'>,
     private readonly metrics: Pick<Metrics, 'alertsOpened' | 'alertsResolved' | 'outputsWithheld'>,
     private readonly settings: EpisodeSettings,
+    private readonly zones: Pick<ZoneGate, 'withheld'> = NO_ZONES,
   ) {}
 
   /** Evaluates the rules on the user's window as of `now` (its newest sample) and opens or resolves episodes. */
@@ -93,7 +96,20 @@ export class Episodes {
     if (!ep.eventId) return
     // Asked at publish time, so a withdrawal stops the medics' copies from the next alert on.
     if (this.consent.allows(u.userId, 'medical_alerts'))
-      this.publisher.publish(topicFor.eventAlerts(ep.eventId), payload, 1, false)
+      this.publisher.publish(topicFor.eventAlerts(ep.eventId), this.forMedics(u, msg) ?? payload, 1, false)
     else this.metrics.outputsWithheld.inc({ output: 'event_alerts', reason: 'consent' })
+  }
+
+  /**
+   * The medics' copy without the position when it lies in one of the runner's privacy zones and the runner has no
+   * open alert (an opening alert is open: medics get its position whatever the zones); null: send the user's copy.
+   */
+  private forMedics(u: UserState, msg: AlertMessage): string | null {
+    const { lat, lon } = msg.evidence
+    if (lat === undefined || lon === undefined || medicsOverrideZones(u, this.consent)) return null
+    if (!this.zones.withheld(u.userId, lat, lon)) return null
+    this.metrics.outputsWithheld.inc({ output: 'event_alerts', reason: 'privacy_zone' })
+    const { lat: _lat, lon: _lon, ...evidence } = msg.evidence
+    return JSON.stringify({ ...msg, evidence })
   }
 }

@@ -55,3 +55,15 @@ export interface LeaderboardMessage {
   runners: number
   top: { rank: number; userId: string; distanceM: number; paceSPerKm: number | null; etaS: number | null }[]
 }
+
+/**
+ * `events/{eid}/positions` (QoS 0, not retained), the race-control map's feed, for the event's medics: each output
+ * tick, the newest committed position of every runner who moved since the last one, in messages of at most
+ * POSITIONS_PER_MESSAGE runners. Only runners who granted `live_sharing`; a position inside one of the runner's
+ * privacy zones is left out unless the runner has an open alert (`alert: true`), docs/privacy.md "Privacy zones".
+ */
+export interface PositionsMessage {
+  eventId: string
+  t: number
+  runners: { userId: string; t: number; lat: number; lon: number; alert: boolean }[]
+}

@@ -12,7 +12,7 @@ export type UserLeaf =
   | 'consent/state'
   | 'preferences'
   | 'preferences/state'
-export type EventLeaf = 'leaderboard' | 'alerts' | 'stats'
+export type EventLeaf = 'leaderboard' | 'alerts' | 'stats' | 'positions'
 
 export type TopicRef =
   | { kind: 'device'; deviceId: string; leaf: DeviceLeaf }
@@ -29,7 +29,7 @@ const USER_SUBLEAVES = new Map<string, ReadonlySet<string>>([
 ])
 /** User topics a client publishes to (the rest are the broker's outputs). */
 export const INBOUND_USER_LEAVES: ReadonlySet<UserLeaf> = new Set<UserLeaf>(['sync/request', 'consent', 'preferences'])
-const EVENT_LEAVES = new Set<string>(['leaderboard', 'alerts', 'stats'])
+const EVENT_LEAVES = new Set<string>(['leaderboard', 'alerts', 'stats', 'positions'])
 
 export function isValidId(id: string): boolean {
   return ID_RE.test(id)
@@ -72,6 +72,7 @@ export const topicFor = {
   leaderboard: (eventId: string) => `events/${eventId}/leaderboard`,
   eventAlerts: (eventId: string) => `events/${eventId}/alerts`,
   stats: (eventId: string) => `events/${eventId}/stats`,
+  eventPositions: (eventId: string) => `events/${eventId}/positions`,
 }
 
 /**

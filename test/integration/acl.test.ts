@@ -98,6 +98,9 @@ const SUBSCRIBE_ALLOWED: Record<string, readonly Who[]> = {
   'events/race1/leaderboard': ['bridgeAlice', 'appAlice', 'medicRace1', 'admin'],
   'events/race1/alerts': ['medicRace1', 'admin'],
   'events/race1/stats': ['bridgeAlice', 'appAlice', 'medicRace1', 'admin'],
+  // the race-control map's feed: medics only, even of a public event (docs/privacy.md "Privacy zones")
+  'events/race1/positions': ['medicRace1', 'admin'],
+  'events/open1/positions': ['admin'],
   // open1 is public: any user; medics are scoped to their token's events; devices never subscribe to events
   'events/open1/leaderboard': ['bridgeAlice', 'appAlice', 'appBob', 'admin'],
   'foo/bar': ['admin'],
@@ -162,6 +165,7 @@ const PUBLISH_ALLOWED: Record<string, readonly Who[]> = {
   'events/race1/leaderboard': ['admin'],
   'events/race1/alerts': ['admin'],
   'events/race1/stats': ['admin'],
+  'events/race1/positions': ['admin'],
   // '$' topics belong to the broker: refused for everyone, admin included
   '$SYS/x': [],
   'foo/bar': ['admin'],

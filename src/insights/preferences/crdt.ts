@@ -3,10 +3,10 @@
 // so merging is commutative, associative and idempotent and every device converges whatever the order of arrival
 // (test/unit/preferences-crdt.test.ts checks it over random edit sets, orders and duplications).
 import { compareHlc, formatHlc, type Hlc } from './hlc.js'
-import type { Preferences, QuietHours } from './reader.js'
+import type { Preferences, PrivacyZone, QuietHours, ZoneCircle } from './reader.js'
 
 /** null clears a field (a tombstone: its clock still orders later edits). */
-export type FieldValue = QuietHours | string | number | boolean | null
+export type FieldValue = QuietHours | ZoneCircle | string | number | boolean | null
 
 export interface Entry {
   readonly value: FieldValue
@@ -57,16 +57,27 @@ export function equalStates(a: PrefsMap, b: PrefsMap): boolean {
 }
 
 export const MUTED_PREFIX = 'mutedRules.'
+/** `privacyZones.<zoneId>`: one register per zone, so zones added on two devices never collide (null removes one) */
+export const ZONE_PREFIX = 'privacyZones.'
+
+function isCircle(v: FieldValue): v is ZoneCircle {
+  return v !== null && typeof v === 'object' && 'radiusM' in v
+}
 
 export function project(map: PrefsMap): Preferences {
   const out: Preferences = { mutedRules: [] }
+  const zones: PrivacyZone[] = []
   for (const [field, { value }] of map) {
-    if (field === 'quietHours' && value !== null && typeof value === 'object') out.quietHours = { ...value }
+    if (field === 'quietHours' && value !== null && typeof value === 'object' && 'start' in value)
+      out.quietHours = { ...value }
     else if (field === 'timeZone' && typeof value === 'string') out.timeZone = value
     else if (field === 'goals.steps' && typeof value === 'number') out.goals = { ...out.goals, steps: value }
     else if (field.startsWith(MUTED_PREFIX) && value === true) out.mutedRules.push(field.slice(MUTED_PREFIX.length))
+    else if (field.startsWith(ZONE_PREFIX) && isCircle(value))
+      zones.push({ id: field.slice(ZONE_PREFIX.length), ...value })
   }
   out.mutedRules.sort()
+  if (zones.length > 0) out.privacyZones = zones.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   return out
 }
 

@@ -8,6 +8,21 @@ export interface QuietHours {
   end: string
 }
 
+/** A privacy zone's circle (docs/privacy.md "Privacy zones"): positions inside are stored, never published to others. */
+export interface ZoneCircle {
+  /** WGS 84 degrees */
+  lat: number
+  lon: number
+  /** metres */
+  radiusM: number
+  label?: string
+}
+
+export interface PrivacyZone extends ZoneCircle {
+  /** the zone's id, e.g. `home` */
+  id: string
+}
+
 export interface Preferences {
   quietHours?: QuietHours
   /** IANA name, e.g. Europe/Berlin */
@@ -15,6 +30,8 @@ export interface Preferences {
   /** ids of the rules muted (on any of the user's devices, and not unmuted since), sorted */
   mutedRules: string[]
   goals?: { steps?: number }
+  /** the user's privacy zones by id, present only when there are any */
+  privacyZones?: PrivacyZone[]
 }
 
 export interface PreferencesReader {

@@ -5,11 +5,11 @@
 import type { Aedes } from 'aedes'
 import type { Logger } from '../../log.js'
 import { topicFor } from '../../topics/grammar.js'
-import { applyEntry, type Entry, join, type PrefsMap, project, stateMessage } from './crdt.js'
+import { applyEntry, type Entry, join, type PrefsMap, project, stateMessage, ZONE_PREFIX } from './crdt.js'
 import type { PreferencesMetrics } from './metrics.js'
 import type { Preferences, PreferencesReader } from './reader.js'
 import type { PreferencesStore } from './store.js'
-import { parsePreferencesMessage } from './wire.js'
+import { MAX_PRIVACY_ZONES, type ParsedMessage, parsePreferencesMessage } from './wire.js'
 
 /** The broker's own publishes; resolves once the message is stored (retained) and routed. */
 export interface StatePublisher {
@@ -68,6 +68,8 @@ export class PreferencesService implements PreferencesReader {
   /** Per user: how many times erased, so a load that raced an erasure can tell. */
   private readonly erasures = new Map<string, number>()
   private readonly now: () => number
+  /** told after a user's cached state changed (merged, loaded or erased): derived caches (privacy zones) recompute */
+  private readonly listeners = new Set<(userId: string) => void>()
 
   constructor(
     private readonly store: PreferencesStore,
@@ -81,6 +83,12 @@ export class PreferencesService implements PreferencesReader {
 
   get(userId: string): Preferences {
     return project(this.cache.get(userId) ?? EMPTY)
+  }
+
+  /** Calls `listener(userId)` after each change of a user's cached state; returns an unsubscribe. */
+  onChange(listener: (userId: string) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
   }
 
   /** Brings the cache up to date with the database for these users (edits merged by other broker processes too). */
@@ -122,13 +130,15 @@ export class PreferencesService implements PreferencesReader {
       this.erasures.set(userId, (this.erasures.get(userId) ?? 0) + 1)
       this.cache.delete(userId)
       this.published.delete(userId)
+      this.changed(userId)
       await this.publisher.publish(topicFor.preferencesState(userId), '', true) // an empty retained payload clears it
     })
   }
 
   private async merge(userId: string, payload: Buffer): Promise<HandleOutcome> {
     const now = this.now()
-    const parsed = parsePreferencesMessage(payload, now, this.opts.maxClockAheadMs)
+    let parsed = parsePreferencesMessage(payload, now, this.opts.maxClockAheadMs)
+    if (parsed.ok) parsed = this.checkZoneCount(userId, parsed)
     if (!parsed.ok) {
       this.metrics.refused.inc({ reason: parsed.reason })
       this.log.info({ userId, node: parsed.node, reason: parsed.reason, detail: parsed.detail }, 'preferences refused')
@@ -164,8 +174,32 @@ export class PreferencesService implements PreferencesReader {
     return { outcome: 'merged', applied, stale }
   }
 
+  /**
+   * Every published position is checked against each of the user's zones: their number is bounded (counted on the
+   * cached state, so a state this process has not loaded yet may pass a little over; removals always pass).
+   */
+  private checkZoneCount(userId: string, parsed: ParsedMessage & { ok: true }): ParsedMessage {
+    if (!parsed.entries.some((e) => e.field.startsWith(ZONE_PREFIX) && e.entry.value !== null)) return parsed
+    const zones = new Map<string, Entry>()
+    for (const [field, e] of this.cache.get(userId) ?? EMPTY) if (field.startsWith(ZONE_PREFIX)) zones.set(field, e)
+    for (const { field, entry } of parsed.entries) if (field.startsWith(ZONE_PREFIX)) applyEntry(zones, field, entry)
+    const count = [...zones.values()].filter((e) => e.value !== null).length
+    if (count <= MAX_PRIVACY_ZONES) return parsed
+    return {
+      ok: false,
+      reason: 'bad_payload',
+      detail: `at most ${MAX_PRIVACY_ZONES} privacy zones per user (this would make ${count})`,
+      node: parsed.node,
+    }
+  }
+
   private absorb(userId: string, map: PrefsMap): void {
     this.cache.set(userId, join(this.cache.get(userId) ?? EMPTY, map))
+    this.changed(userId)
+  }
+
+  private changed(userId: string): void {
+    for (const l of this.listeners) l(userId)
   }
 
   /** Publishes the cached state retained, unless this process last published exactly that. */

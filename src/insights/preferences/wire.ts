@@ -5,7 +5,7 @@
 // would otherwise let one device with a wrong clock win a field for as long as its clock is ahead.
 import { z } from 'zod'
 import { ID_RE } from '../../topics/grammar.js'
-import { type Entry, entry, type FieldValue, MUTED_PREFIX } from './crdt.js'
+import { type Entry, entry, type FieldValue, MUTED_PREFIX, ZONE_PREFIX } from './crdt.js'
 import { parseHlc } from './hlc.js'
 
 export const MAX_EDITS_PER_MESSAGE = 64
@@ -51,6 +51,26 @@ const timeZone = z
 const steps = z.number().int().min(1).max(100_000).nullable()
 /** true mutes the rule, false unmutes it; one register per rule, so edits of different rules never collide. */
 const muted = z.boolean()
+/** A zone larger than a town would hide a whole race: 10 km is the bound (docs/privacy.md "Privacy zones"). */
+export const MAX_ZONE_RADIUS_M = 10_000
+export const ZONE_LABEL_MAX = 64
+/** zones per user (the service refuses an edit that would make more) */
+export const MAX_PRIVACY_ZONES = 20
+const zone = z
+  .strictObject({
+    lat: z.number().min(-90).max(90),
+    lon: z.number().min(-180).max(180),
+    radiusM: z.number().min(1).max(MAX_ZONE_RADIUS_M),
+    label: z.string().min(1).max(ZONE_LABEL_MAX).optional(),
+  })
+  // Fixed key order (canonical JSON), the label left out when absent.
+  .transform((c) => ({
+    lat: c.lat,
+    lon: c.lon,
+    radiusM: c.radiusM,
+    ...(c.label !== undefined ? { label: c.label } : {}),
+  }))
+  .nullable()
 
 /** The schema of a field's value, or null if there is no such field. */
 export function fieldSchema(field: string): z.ZodType<FieldValue> | null {
@@ -63,6 +83,7 @@ export function fieldSchema(field: string): z.ZodType<FieldValue> | null {
       return steps
   }
   if (field.startsWith(MUTED_PREFIX) && RULE_ID_RE.test(field.slice(MUTED_PREFIX.length))) return muted
+  if (field.startsWith(ZONE_PREFIX) && RULE_ID_RE.test(field.slice(ZONE_PREFIX.length))) return zone
   return null
 }
 
