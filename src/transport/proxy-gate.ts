@@ -140,6 +140,7 @@ export function installProxyGate(server: net.Server, deps: GateDeps, peers: Peer
 function gate(sock: net.Socket, deps: GateDeps, admit: (peer: Peer) => void): void {
   const { settings, listener, log } = deps
   const trusted = deps.trusted.has(sock.remoteAddress)
+  let timer: NodeJS.Timeout | undefined
   const refuse = (reason: string, extra: Record<string, unknown> = {}) => {
     cleanup()
     deps.refusals.inc({ reason, listener })
@@ -150,10 +151,9 @@ function gate(sock: net.Socket, deps: GateDeps, admit: (peer: Peer) => void): vo
     sock.destroy()
   }
   sock.on('error', () => {})
-  if (settings.mode === 'required' && !trusted) return refuse('untrusted_source')
   let buf: Buffer = Buffer.alloc(0)
-  const timer = setTimeout(() => refuse('header_timeout'), settings.headerTimeoutMs)
-  const cleanup = () => {
+  timer = setTimeout(() => refuse('header_timeout'), settings.headerTimeoutMs)
+  function cleanup() {
     clearTimeout(timer)
     sock.off('data', onData)
     sock.off('close', cleanup)
@@ -185,6 +185,8 @@ function gate(sock: net.Socket, deps: GateDeps, admit: (peer: Peer) => void): vo
   }
   sock.on('data', onData)
   sock.on('close', cleanup)
+  // Only load balancers may connect here; no need to read what a stranger sends.
+  if (settings.mode === 'required' && !trusted) refuse('untrusted_source')
 }
 
 function peerOf(sock: net.Socket, h: ProxyHeader): Peer {
