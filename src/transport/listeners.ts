@@ -19,6 +19,7 @@ import {
   type Peer,
   PeerTable,
   type ProxyMode,
+  type Replay,
   proxyRefusals,
   TrustList,
 } from './proxy-gate.js'
@@ -45,7 +46,12 @@ export interface TransportDeps {
 }
 
 /** One peer table per listener: a load balancer may use one source port towards two of our ports at once. */
-function gateFor(server: net.Server, deps: TransportDeps, which: 'mqtt' | 'mqtts' | 'http'): PeerTable {
+function gateFor(
+  server: net.Server,
+  deps: TransportDeps,
+  which: 'mqtt' | 'mqtts' | 'http',
+  replay: Replay = 'unshift',
+): PeerTable {
   const peers = new PeerTable()
   const p = deps.proxy
   if (p && p[which] !== 'off') {
@@ -61,6 +67,7 @@ function gateFor(server: net.Server, deps: TransportDeps, which: 'mqtt' | 'mqtts
       server,
       { listener: which, settings, trusted: new TrustList(p.trusted), refusals, log: deps.log },
       peers,
+      replay,
     )
   }
   return peers
@@ -146,7 +153,7 @@ export function createTlsServer(deps: TransportDeps, material: TlsMaterial): tls
       admit(deps, 'mqtts', sock, peers.get(sock) ?? directPeer(sock), { peerCert: cert?.raw ? cert : null })
     },
   )
-  const peers = gateFor(server, deps, 'mqtts')
+  const peers = gateFor(server, deps, 'mqtts', 'pause')
   server.on('tlsClientError', (err, sock) => {
     const reason = /certificate required|peer did not return a certificate/i.test(err.message)
       ? 'no_certificate'
@@ -177,7 +184,7 @@ export function createHttpServer(deps: HttpDeps, tlsMaterial: TlsMaterial | null
     ? https.createServer({ key: tlsMaterial.key, cert: tlsMaterial.cert }, deps.onRequest)
     : http.createServer(deps.onRequest)
   const listener: ListenerName = tlsMaterial ? 'wss' : 'ws'
-  const peers = gateFor(server, deps, 'http')
+  const peers = gateFor(server, deps, 'http', tlsMaterial ? 'pause' : 'emit')
   // maxPayload bounds a single WebSocket message; the packet guard bounds MQTT packets spanning several messages.
   const wss = new WebSocketServer({ noServer: true, maxPayload: deps.maxPacketBytes + 1024, perMessageDeflate: false })
   server.on('upgrade', (req, socket, head) => {

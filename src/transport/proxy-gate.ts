@@ -125,19 +125,30 @@ export interface GateDeps {
  * Puts the gate in front of a server's own connection handling: the server's 'connection' listeners run once the
  * header is read (the bytes after it are unshifted back for them). With mode off nothing changes.
  */
-export function installProxyGate(server: net.Server, deps: GateDeps, peers: PeerTable): void {
+export function installProxyGate(
+  server: net.Server,
+  deps: GateDeps,
+  peers: PeerTable,
+  /** how the bytes after the header reach the server: 'unshift' back into the socket's stream, which keeps
+   *  flowing into the listener's 'data' handler (net); 'pause' and unshift, for a TLS server that wraps the socket;
+   *  or 'emit' them as a 'data' event after the server attached (plain HTTP reads the native handle directly —
+   *  llhttp's consume — so an unshifted buffer would never be parsed) */
+  replay: Replay = 'unshift',
+): void {
   if (deps.settings.mode === 'off') return
   const inner = server.listeners('connection') as Array<(sock: net.Socket) => void>
   server.removeAllListeners('connection')
   server.on('connection', (sock: net.Socket) => {
-    gate(sock, deps, (peer) => {
+    gate(sock, deps, replay, (peer) => {
       peers.set(sock, peer)
       for (const fn of inner) fn.call(server, sock)
     })
   })
 }
 
-function gate(sock: net.Socket, deps: GateDeps, admit: (peer: Peer) => void): void {
+export type Replay = 'unshift' | 'pause' | 'emit'
+
+function gate(sock: net.Socket, deps: GateDeps, replay: Replay, admit: (peer: Peer) => void): void {
   const { settings, listener, log } = deps
   const trusted = deps.trusted.has(sock.remoteAddress)
   let timer: NodeJS.Timeout | undefined
@@ -179,8 +190,15 @@ function gate(sock: net.Socket, deps: GateDeps, admit: (peer: Peer) => void): vo
   }
   const handOver = (consumed: number, peer: Peer) => {
     cleanup()
-    sock.pause()
-    if (consumed < buf.length) sock.unshift(buf.subarray(consumed))
+    const rest = consumed < buf.length ? buf.subarray(consumed) : null
+    if (replay === 'emit') {
+      admit(peer)
+      if (rest) sock.emit('data', rest)
+      return
+    }
+    // An explicit pause() would stick: a 'data' listener added later does not resume a paused stream.
+    if (replay === 'pause') sock.pause()
+    if (rest) sock.unshift(rest)
     admit(peer)
   }
   sock.on('data', onData)
