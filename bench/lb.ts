@@ -13,7 +13,7 @@
 // Modes run one after the other in one process (passthrough first); between them every connection is closed and the
 // broker waits until it holds none. Caveat: Node does not hand the first mode's memory back to the OS, so the
 // second mode's pulsegate RSS delta reads low (even negative); for that figure run the mode alone
-// (`--mode terminate`). HAProxy's figures are not affected (each mode uses other frontends' memory from scratch). Small sizes are the point (a per-connection figure, not a ceiling): HAProxy
+// (`--mode terminate`). HAProxy keeps freed pool memory as well, so its second-mode figure may read low too. Small sizes are the point (a per-connection figure, not a ceiling): HAProxy
 // needs two descriptors per connection and the fd limit here is 20,000.
 //
 // How to run (from the repository root):
