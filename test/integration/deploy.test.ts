@@ -12,7 +12,14 @@ import mqtt, { type MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { initPki, issueDeviceCert, pkiPaths } from '../../src/identity/pki.js'
 import { clientAddress, connInfo } from '../../src/transport/connection.js'
-import { buildV2Header } from '../../src/transport/proxy-protocol.js'
+import {
+  buildSslTlv,
+  buildV2Header,
+  PP2_CLIENT_CERT_CONN,
+  PP2_CLIENT_SSL,
+  PP2_TYPE_SSL,
+  PP2_TYPE_UNIQUE_ID,
+} from '../../src/transport/proxy-protocol.js'
 import { checkHaproxyConfig, type Haproxy, haproxyEnv, startHaproxy } from '../helpers/haproxy.js'
 import {
   connackCode,
@@ -241,6 +248,43 @@ describe('pulsegate behind a real HAProxy', () => {
     const res = await fetch(`http://127.0.0.1:${tb.pg.ports.http}/metrics`)
     expect(res.status).toBe(200)
     expect(await res.text()).toContain('node="edge-test-node"')
+  })
+
+  it('from the load balancer’s address: no header on a required listener, or an unverified certificate claim, is refused', async () => {
+    const closedFromLb = (bytes: Buffer) =>
+      new Promise<boolean>((resolve) => {
+        const s = net.connect({ port: tb.pg.ports.mqtt as number, host: '127.0.0.1', localAddress: LB_SOURCE }, () =>
+          s.write(bytes),
+        )
+        let data = ''
+        s.on('data', (d) => {
+          data += d.toString()
+        })
+        s.on('error', () => {})
+        s.on('close', () => resolve(data === ''))
+      })
+    // An MQTT CONNECT (client id "x", MQTT 3.1.1) with no PROXY header in front of it.
+    const connect = Buffer.from([0x10, 13, 0, 4, 0x4d, 0x51, 0x54, 0x54, 4, 2, 0, 60, 0, 1, 0x78])
+    const missing = await refusals('missing_header', 'mqtt')
+    expect(await closedFromLb(connect)).toBe(true)
+    await waitFor(async () => (await refusals('missing_header', 'mqtt')) === missing + 1)
+    // A client certificate the balancer says it could not verify (verify = 1) never becomes an identity.
+    const unverified = buildV2Header({
+      addresses: {
+        family: 'IPv4',
+        sourceAddress: '127.0.0.1',
+        sourcePort: 5555,
+        destAddress: '127.0.0.1',
+        destPort: 1,
+      },
+      tlvs: [
+        [PP2_TYPE_UNIQUE_ID, Buffer.from('ab'.repeat(32))],
+        [PP2_TYPE_SSL, buildSslTlv({ client: PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN, verify: 1, cn: 'lb-pass-1' })],
+      ],
+    })
+    const before = await refusals('lb_certificate_unverified', 'mqtt')
+    expect(await closedFromLb(Buffer.concat([unverified, connect]))).toBe(true)
+    await waitFor(async () => (await refusals('lb_certificate_unverified', 'mqtt')) === before + 1)
   })
 
   it('a WebSocket app through HAProxy connects and is recorded with its own address', async () => {
