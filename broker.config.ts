@@ -1,5 +1,7 @@
 // Every pulsegate setting, with its default, in one typed place. Environment variables (PULSEGATE_*) override the
 // defaults; `loadConfig` validates the result and names each wrong field, so a typo fails at start, not at 3 a.m.
+import net from 'node:net'
+import os from 'node:os'
 import path from 'node:path'
 import { z } from 'zod'
 
@@ -11,113 +13,165 @@ const epsilon = z.coerce
   .positive()
   .max(1000)
   .refine((v) => /^\d+(\.\d{1,6})?$/.test(String(v)), 'at most 6 decimals')
+const proxyMode = z.enum(['off', 'optional', 'required'])
+/** an IPv4/IPv6 address or CIDR; a comma-separated list from the environment */
+const cidr = z.string().refine((v) => {
+  const [addr = '', bits, extra] = v.split('/')
+  const ver = net.isIP(addr)
+  if (!ver || extra !== undefined) return false
+  return bits === undefined || (/^\d{1,3}$/.test(bits) && Number(bits) <= (ver === 4 ? 32 : 128))
+}, 'an IP address or CIDR')
+const cidrList = z.preprocess(
+  (v) =>
+    typeof v === 'string'
+      ? v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : v,
+  z.array(cidr),
+)
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')])
 
-export const configSchema = z.object({
-  /** embedded database, dev PKI, JWT dev secret, caches */
-  dataDir: z.string().min(1),
-  /** PostgreSQL/TimescaleDB server; unset → embedded TimescaleDB (PGlite) under dataDir/db */
-  databaseUrl: z.string().url().optional(),
-  /** connections in the pg pool for registry look-ups and outputs (the writer has its own, ingest.writers) */
-  databasePoolSize: z.coerce.number().int().min(1).max(64),
-  /** Redis (leaderboards); unset → in-process */
-  redisUrl: z.string().url().optional(),
-  host: z.string().min(1),
-  mqttPort: port,
-  mqttsPort: port,
-  httpPort: port,
-  /** set false to skip a listener */
-  mqttEnabled: bool,
-  mqttsEnabled: bool,
-  tls: z.object({
-    /** PEM paths; unset → the dev PKI in dataDir/pki (created on first start) */
-    caFile: z.string().optional(),
-    certFile: z.string().optional(),
-    keyFile: z.string().optional(),
-    /** serve the WebSocket listener as WSS with the same server certificate */
-    wss: bool,
-  }),
-  jwt: z.object({
-    /** HS256 secret; unset (and no JWKS URL) → a dev secret generated into dataDir/jwt.secret */
-    secret: z.string().min(16).optional(),
-    jwksUrl: z.string().url().optional(),
-    issuer: z.string().min(1),
-    audience: z.string().min(1),
-  }),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
-  limits: z.object({
-    /** largest MQTT packet accepted; cut off at the fixed header, before the body is buffered */
-    maxPacketBytes: z.coerce
-      .number()
-      .int()
-      .min(1024)
-      .max(256 * 1024 * 1024),
-    /** ids in topics and client ids: [A-Za-z0-9_-]{1,64}; client ids of token clients may add ':' parts */
-    maxClientIdLength: z.coerce.number().int().min(8).max(256),
-    connectTimeoutMs: ms,
-    /** a client whose socket does not drain for this long is disconnected (Aedes drainTimeout) */
-    drainTimeoutMs: ms,
-    /** grace period for in-flight commits on SIGTERM */
-    shutdownTimeoutMs: ms,
-  }),
-  ingest: z.object({
-    /** rows per INSERT statement at most */
-    maxBatchRows: z.coerce.number().int().min(1).max(100_000),
-    /** how long the first queued row waits for company before a flush */
-    flushIntervalMs: z.coerce.number().min(0).max(1000),
-    /** rows waiting for the database, across all devices; above it QoS 1 is refused (device retries) and QoS 0 dropped */
-    maxQueuedRows: z.coerce.number().int().min(100),
-    /** statements in flight at once (pg pool); the embedded store always uses 1 */
-    writers: z.coerce.number().int().min(1).max(32),
-    /** a QoS 1 batch not committed by then is refused: the device reconnects and retries (idempotent) */
-    commitTimeoutMs: ms,
-    maxSamplesPerBatch: z.coerce.number().int().min(1).max(100_000),
-    maxFutureSkewMs: ms,
-    /** samples older than this are refused; compression starts after it so late rows never hit compressed chunks */
-    lateWindowMs: ms,
-    maxFootSpeedMps: z.coerce.number().positive(),
-    /** at most one dead-letter row per device per interval: a device stuck sending garbage is counted, not stored 10×/s */
-    deadLetterIntervalMs: ms,
-  }),
-  privacy: z.object({
-    /** HMAC-SHA256 key (≥ 32 bytes, hex or base64) deriving pseudonymous user ids from external account ids; unset →
-     *  a key file generated into dataDir/keys/pseudonym.key. Never stored in the database. */
-    pseudonymKey: z.string().min(32).optional(),
-    /** AES-256-GCM key (32 bytes, hex or base64) for names and e-mails in `people`; unset → dataDir/keys/people.key */
-    peopleKey: z.string().min(32).optional(),
-    /** Ed25519 private key (PEM file) signing audit checkpoints; unset → dataDir/keys/audit-ed25519.pem */
-    auditKeyFile: z.string().optional(),
-    /** a signed checkpoint of the audit chain's head every so often (a broker writes them; 0 = only on demand) */
-    auditCheckpointMs: ms,
-  }),
-  preferences: z.object({
-    /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
-     *  next year must not win its fields until next year */
-    maxClockAheadMs: ms,
-  }),
-  /** differentially private statistics on events/{eid}/stats and `pulsegate stats` (src/insights/dp/) */
-  dp: z.object({
-    enabled: bool,
-    /** ε of one release (split over its histograms), at most 6 decimals: kept exact, never a float, in the ledger */
-    epsilonPerRelease: epsilon,
-    /** ε an event may spend per UTC day, broker and operator releases together; then releases stop */
-    budgetPerDay: epsilon,
-    /** how often the broker releases for each event under way */
-    intervalMs: z.coerce.number().int().min(100),
-    /** cells whose noisy count is below this are withheld (post-processing: costs no privacy) */
-    suppressBelow: z.coerce.number().int().min(0),
-    /** an event is under way from starts_at for this long */
-    eventWindowMs: ms,
-  }),
-  /** the control plane (src/cluster/control-plane.ts): LISTEN/NOTIFY on a server database */
-  control: z.object({
-    /** listen for changes written by other processes; off: they reach this broker when its caches expire */
-    listen: bool,
-    /** the listener's reconnect backoff stops growing here */
-    reconnectMaxMs: z.coerce.number().int().min(100),
-  }),
-  shutdownSignals: bool,
-})
+export const configSchema = z
+  .object({
+    /** embedded database, dev PKI, JWT dev secret, caches */
+    dataDir: z.string().min(1),
+    /** PostgreSQL/TimescaleDB server; unset → embedded TimescaleDB (PGlite) under dataDir/db */
+    databaseUrl: z.string().url().optional(),
+    /** connections in the pg pool for registry look-ups and outputs (the writer has its own, ingest.writers) */
+    databasePoolSize: z.coerce.number().int().min(1).max(64),
+    /** Redis (leaderboards); unset → in-process */
+    redisUrl: z.string().url().optional(),
+    host: z.string().min(1),
+    mqttPort: port,
+    mqttsPort: port,
+    httpPort: port,
+    /** set false to skip a listener */
+    mqttEnabled: bool,
+    mqttsEnabled: bool,
+    tls: z.object({
+      /** PEM paths; unset → the dev PKI in dataDir/pki (created on first start) */
+      caFile: z.string().optional(),
+      certFile: z.string().optional(),
+      keyFile: z.string().optional(),
+      /** serve the WebSocket listener as WSS with the same server certificate */
+      wss: bool,
+    }),
+    jwt: z.object({
+      /** HS256 secret; unset (and no JWKS URL) → a dev secret generated into dataDir/jwt.secret */
+      secret: z.string().min(16).optional(),
+      jwksUrl: z.string().url().optional(),
+      issuer: z.string().min(1),
+      audience: z.string().min(1),
+    }),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    limits: z.object({
+      /** largest MQTT packet accepted; cut off at the fixed header, before the body is buffered */
+      maxPacketBytes: z.coerce
+        .number()
+        .int()
+        .min(1024)
+        .max(256 * 1024 * 1024),
+      /** ids in topics and client ids: [A-Za-z0-9_-]{1,64}; client ids of token clients may add ':' parts */
+      maxClientIdLength: z.coerce.number().int().min(8).max(256),
+      connectTimeoutMs: ms,
+      /** a client whose socket does not drain for this long is disconnected (Aedes drainTimeout) */
+      drainTimeoutMs: ms,
+      /** grace period for in-flight commits on SIGTERM */
+      shutdownTimeoutMs: ms,
+    }),
+    ingest: z.object({
+      /** rows per INSERT statement at most */
+      maxBatchRows: z.coerce.number().int().min(1).max(100_000),
+      /** how long the first queued row waits for company before a flush */
+      flushIntervalMs: z.coerce.number().min(0).max(1000),
+      /** rows waiting for the database, across all devices; above it QoS 1 is refused (device retries) and QoS 0 dropped */
+      maxQueuedRows: z.coerce.number().int().min(100),
+      /** statements in flight at once (pg pool); the embedded store always uses 1 */
+      writers: z.coerce.number().int().min(1).max(32),
+      /** a QoS 1 batch not committed by then is refused: the device reconnects and retries (idempotent) */
+      commitTimeoutMs: ms,
+      maxSamplesPerBatch: z.coerce.number().int().min(1).max(100_000),
+      maxFutureSkewMs: ms,
+      /** samples older than this are refused; compression starts after it so late rows never hit compressed chunks */
+      lateWindowMs: ms,
+      maxFootSpeedMps: z.coerce.number().positive(),
+      /** at most one dead-letter row per device per interval: a device stuck sending garbage is counted, not stored 10×/s */
+      deadLetterIntervalMs: ms,
+    }),
+    privacy: z.object({
+      /** HMAC-SHA256 key (≥ 32 bytes, hex or base64) deriving pseudonymous user ids from external account ids; unset →
+       *  a key file generated into dataDir/keys/pseudonym.key. Never stored in the database. */
+      pseudonymKey: z.string().min(32).optional(),
+      /** AES-256-GCM key (32 bytes, hex or base64) for names and e-mails in `people`; unset → dataDir/keys/people.key */
+      peopleKey: z.string().min(32).optional(),
+      /** Ed25519 private key (PEM file) signing audit checkpoints; unset → dataDir/keys/audit-ed25519.pem */
+      auditKeyFile: z.string().optional(),
+      /** a signed checkpoint of the audit chain's head every so often (a broker writes them; 0 = only on demand) */
+      auditCheckpointMs: ms,
+    }),
+    preferences: z.object({
+      /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
+       *  next year must not win its fields until next year */
+      maxClockAheadMs: ms,
+    }),
+    /** differentially private statistics on events/{eid}/stats and `pulsegate stats` (src/insights/dp/) */
+    dp: z.object({
+      enabled: bool,
+      /** ε of one release (split over its histograms), at most 6 decimals: kept exact, never a float, in the ledger */
+      epsilonPerRelease: epsilon,
+      /** ε an event may spend per UTC day, broker and operator releases together; then releases stop */
+      budgetPerDay: epsilon,
+      /** how often the broker releases for each event under way */
+      intervalMs: z.coerce.number().int().min(100),
+      /** cells whose noisy count is below this are withheld (post-processing: costs no privacy) */
+      suppressBelow: z.coerce.number().int().min(0),
+      /** an event is under way from starts_at for this long */
+      eventWindowMs: ms,
+    }),
+    /** the control plane (src/cluster/control-plane.ts): LISTEN/NOTIFY on a server database */
+    control: z.object({
+      /** listen for changes written by other processes; off: they reach this broker when its caches expire */
+      listen: bool,
+      /** the listener's reconnect backoff stops growing here */
+      reconnectMaxMs: z.coerce.number().int().min(100),
+    }),
+    shutdownSignals: bool,
+    /** this process in a cluster: the `node` label on every metric, and log lines */
+    node: z.object({ name: z.string().min(1).max(128) }),
+    /** PROXY protocol from load balancers (docs/load-balancer.md) */
+    proxy: z.object({
+      /** per listener: off (no header), optional (trusted peers may send one), required (only load balancers) */
+      mqtt: proxyMode,
+      mqtts: proxyMode,
+      http: proxyMode,
+      /** the load balancers: the only peers whose PROXY header (client address, TLS identity) is believed */
+      trusted: cidrList,
+      /** a trusted connection must finish its header within this */
+      headerTimeoutMs: ms,
+      /** plain MQTT listener: a device is authenticated by the certificate identity the load balancer verified (TLS
+       *  terminated there) and passed in PROXY v2 TLVs: CN + SHA-256 fingerprint, checked against the registry */
+      tlsIdentity: bool,
+    }),
+    readiness: z.object({
+      /** /readyz turns false once the broker's Redis connection has been down for longer than this */
+      redisDownMs: ms,
+    }),
+  })
+  .superRefine((c, ctx) => {
+    const used = [c.proxy.mqtt, c.proxy.mqtts, c.proxy.http].some((m) => m !== 'off')
+    if (used && c.proxy.trusted.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['proxy', 'trusted'],
+        message: 'list the load balancers when a listener accepts PROXY headers',
+      })
+    }
+    if (c.proxy.tlsIdentity && c.proxy.mqtt === 'off') {
+      ctx.addIssue({ code: 'custom', path: ['proxy', 'tlsIdentity'], message: 'needs proxy.mqtt optional or required' })
+    }
+  })
 
 export type BrokerConfig = z.infer<typeof configSchema>
 
@@ -174,6 +228,9 @@ export function defaults(): BrokerConfig {
     },
     control: { listen: true, reconnectMaxMs: 5000 },
     shutdownSignals: true,
+    node: { name: os.hostname() },
+    proxy: { mqtt: 'off', mqtts: 'off', http: 'off', trusted: [], headerTimeoutMs: 5000, tlsIdentity: false },
+    readiness: { redisDownMs: 5000 },
   }
 }
 
@@ -218,6 +275,14 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_DP_EVENT_WINDOW_MS: 'dp.eventWindowMs',
   PULSEGATE_CONTROL_LISTEN: 'control.listen',
   PULSEGATE_CONTROL_RECONNECT_MAX_MS: 'control.reconnectMaxMs',
+  PULSEGATE_NODE_NAME: 'node.name',
+  PULSEGATE_PROXY_MQTT: 'proxy.mqtt',
+  PULSEGATE_PROXY_MQTTS: 'proxy.mqtts',
+  PULSEGATE_PROXY_HTTP: 'proxy.http',
+  PULSEGATE_PROXY_TRUSTED: 'proxy.trusted',
+  PULSEGATE_PROXY_HEADER_TIMEOUT_MS: 'proxy.headerTimeoutMs',
+  PULSEGATE_PROXY_TLS_IDENTITY: 'proxy.tlsIdentity',
+  PULSEGATE_READY_REDIS_DOWN_MS: 'readiness.redisDownMs',
 }
 
 export class ConfigError extends Error {

@@ -51,6 +51,7 @@ import {
   listen,
   type TransportDeps,
 } from './transport/listeners.js'
+import { RedisReadiness } from './transport/readiness.js'
 import { loadTls } from './transport/tls-material.js'
 
 export interface Pulsegate {
@@ -108,6 +109,8 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const log = opts.log ?? createLogger(config.logLevel)
   fs.mkdirSync(config.dataDir, { recursive: true })
   const metrics = createMetrics()
+  // One node of several behind a load balancer: every series says which (Prometheus also adds `instance`).
+  metrics.registry.setDefaultLabels({ node: config.node.name })
   const needTls = config.mqttsEnabled || config.tls.wss
   const tlsMaterial = needTls ? await loadTls(config, log) : null
 
@@ -160,6 +163,8 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl)
     : new MemoryLeaderboard()
+  const redisReadiness = new RedisReadiness(config.readiness.redisDownMs)
+  if (leaderboard instanceof RedisLeaderboard) redisReadiness.watch(leaderboard.connection)
   const preferences = new PreferencesService(
     new PreferencesStore(db),
     aedesPublisher(() => broker),
@@ -261,6 +266,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     maxPacketBytes: config.limits.maxPacketBytes,
     metrics,
     log,
+    proxy: config.proxy,
   }
   const servers: net.Server[] = []
   const ports: Pulsegate['ports'] = { mqtt: null, mqtts: null, http: 0 }
@@ -279,6 +285,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     db,
     writer,
     isReady: () => ready && !stopping,
+    redis: redisReadiness,
     onDeviceRevoked: (deviceId) => {
       lookups.forgetDevice(deviceId)
       clientsById()[deviceId]?.close()

@@ -4,6 +4,7 @@ import type { EventEmitter } from 'node:events'
 import type { Aedes, Client } from 'aedes'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { clientAddress } from '../transport/connection.js'
 import type { ConsumedRouting } from './consumed-routing.js'
 import type { Principals } from './types.js'
 
@@ -19,6 +20,8 @@ export function watchClientEvents(broker: Aedes, deps: ClientEventDeps): void {
   broker.on('client', (client: Client) => {
     const p = principals.get(client)
     if (p) metrics.connections.inc({ role: p.role })
+    // The client's own address: after a trusted load balancer's PROXY header, not the balancer's.
+    log.debug({ clientId: client.id, remote: clientAddress(client) }, 'client connected')
   })
   broker.on('clientDisconnect', (client: Client) => {
     routing.untap(client)

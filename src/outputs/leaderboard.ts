@@ -131,6 +131,11 @@ export class RedisLeaderboard implements LeaderboardStore {
     this.redis.on('error', () => {})
   }
 
+  /** the Redis connection, for /readyz (src/transport/readiness.ts) */
+  get connection(): Redis {
+    return this.redis
+  }
+
   private key(eventId: string, board: 'all' | 'public'): string {
     return `${this.prefix}:{${eventId}}:${board}`
   }

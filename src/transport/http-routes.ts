@@ -39,6 +39,8 @@ export interface RouteDeps {
   db: Db
   writer: GroupCommitWriter
   isReady(): boolean
+  /** the broker's Redis connection(s), when it has any: /readyz is false once one has been down past the bound */
+  redis?: { report(): { ok: boolean; downForMs: number }; readonly watching: number }
   onDeviceRevoked(deviceId: string): void
   /** devices (re-)registered, possibly with a new certificate: cached verdicts about them go */
   onDevicesRegistered(deviceIds: readonly string[]): void
@@ -293,13 +295,15 @@ export function createHttpRoutes(deps: RouteDeps) {
           database = false
         }
         const listeners = deps.isReady()
-        const ok = database && listeners && deps.writer.healthy
+        const redis = deps.redis && deps.redis.watching > 0 ? deps.redis.report() : null
+        const ok = database && listeners && deps.writer.healthy && (redis?.ok ?? true)
         return send(res, ok ? 200 : 503, {
           status: ok ? 'ready' : 'not_ready',
           database,
           listeners,
           writer: deps.writer.healthy,
           queuedRows: deps.writer.queuedRows,
+          ...(redis ? { redis: redis.ok, redisDownMs: redis.downForMs } : {}),
         })
       }
       if (req.method === 'GET' && url.pathname === '/metrics') {

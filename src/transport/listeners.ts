@@ -1,5 +1,7 @@
 // Listeners: MQTT/TCP, MQTT/TLS with client certificates required, MQTT over WebSocket at /mqtt on the HTTP port.
 // Every stream passes the packet guard before Aedes sees a byte, so an oversized packet is cut at its header.
+// With `proxy.<listener>` on, the PROXY protocol gate (proxy-gate.ts) runs first: the client address (and, behind a
+// TLS-terminating load balancer, the device certificate identity) then comes from a trusted load balancer's header.
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
@@ -11,27 +13,78 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { type ListenerName, setConnInfo } from './connection.js'
 import { guardConnection } from './packet-guard.js'
+import {
+  directPeer,
+  installProxyGate,
+  type Peer,
+  PeerTable,
+  type ProxyMode,
+  type Replay,
+  proxyRefusals,
+  TrustList,
+} from './proxy-gate.js'
 
-export type HandleFn = (stream: Duplex, req?: http.IncomingMessage) => void
+/** Aedes' handle(): returns the new client (its connDetails are filled in here) */
+export type HandleFn = (stream: Duplex, req?: http.IncomingMessage) => unknown
+
+export interface ProxyConfig {
+  mqtt: ProxyMode
+  mqtts: ProxyMode
+  http: ProxyMode
+  trusted: readonly string[]
+  headerTimeoutMs: number
+  tlsIdentity: boolean
+}
 
 export interface TransportDeps {
   handle: HandleFn
   maxPacketBytes: number
   metrics: Metrics
   log: Logger
+  /** PROXY protocol per listener; unset → off everywhere */
+  proxy?: ProxyConfig
+}
+
+/** One peer table per listener: a load balancer may use one source port towards two of our ports at once. */
+function gateFor(
+  server: net.Server,
+  deps: TransportDeps,
+  which: 'mqtt' | 'mqtts' | 'http',
+  replay: Replay = 'unshift',
+): PeerTable {
+  const peers = new PeerTable()
+  const p = deps.proxy
+  if (p && p[which] !== 'off') {
+    const settings = {
+      mode: p[which],
+      trusted: p.trusted,
+      headerTimeoutMs: p.headerTimeoutMs,
+      // The load balancer's word on TLS identity only where pulsegate does not do TLS itself.
+      tlsIdentity: which === 'mqtt' && p.tlsIdentity,
+    }
+    const refusals = proxyRefusals(deps.metrics.registry)
+    installProxyGate(
+      server,
+      { listener: which, settings, trusted: new TrustList(p.trusted), refusals, log: deps.log },
+      peers,
+      replay,
+    )
+  }
+  return peers
 }
 
 function admit(
   deps: TransportDeps,
   listener: ListenerName,
   socket: Duplex,
-  remoteAddress: string,
+  peer: Peer,
   extra: {
     peerCert?: tls.PeerCertificate | null
     upgradePrincipal?: Principal | null
     req?: http.IncomingMessage
   },
 ): void {
+  const remoteAddress = peer.address
   const guarded = guardConnection(socket, {
     maxPacketBytes: deps.maxPacketBytes,
     onViolation: (reason, declared) => {
@@ -39,19 +92,40 @@ function admit(
       deps.log.warn({ listener, remoteAddress, reason, declared }, 'connection cut by the packet guard')
     },
   })
+  const certFromLb = !extra.peerCert && peer.lbCert !== null
   setConnInfo(guarded, {
     listener,
     remoteAddress,
-    peerCert: extra.peerCert ?? null,
+    remotePort: peer.port,
+    via: peer.lb,
+    peerCert: extra.peerCert ?? peer.lbCert,
+    certFromLb,
     upgradePrincipal: extra.upgradePrincipal ?? null,
   })
   // A socket error before Aedes attaches its own listener must not become an uncaught exception.
   socket.on('error', () => {})
-  deps.handle(guarded, extra.req)
+  const client = deps.handle(guarded, extra.req)
+  // Aedes' own field for this (the shape of aedes-protocol-decoder's), so per-IP code can read the client address
+  // from the Aedes client without knowing about PROXY.
+  if (typeof client === 'object' && client !== null) {
+    Object.assign(client, {
+      connDetails: {
+        ipAddress: peer.address,
+        port: peer.port,
+        ipFamily: peer.family,
+        isWebsocket: listener === 'ws' || listener === 'wss',
+        isProxy: peer.lb?.version ?? 0,
+        certAuthorized: extra.peerCert ? true : certFromLb,
+      },
+    })
+  }
 }
 
 export function createTcpServer(deps: TransportDeps): net.Server {
-  const server = net.createServer({ noDelay: true }, (sock) => admit(deps, 'mqtt', sock, sock.remoteAddress ?? '', {}))
+  const server = net.createServer({ noDelay: true }, (sock) =>
+    admit(deps, 'mqtt', sock, peers.get(sock) ?? directPeer(sock), {}),
+  )
+  const peers = gateFor(server, deps, 'mqtt')
   server.maxConnections = 200_000
   return server
 }
@@ -76,9 +150,10 @@ export function createTlsServer(deps: TransportDeps, material: TlsMaterial): tls
     },
     (sock) => {
       const cert = sock.getPeerCertificate()
-      admit(deps, 'mqtts', sock, sock.remoteAddress ?? '', { peerCert: cert?.raw ? cert : null })
+      admit(deps, 'mqtts', sock, peers.get(sock) ?? directPeer(sock), { peerCert: cert?.raw ? cert : null })
     },
   )
+  const peers = gateFor(server, deps, 'mqtts', 'pause')
   server.on('tlsClientError', (err, sock) => {
     const reason = /certificate required|peer did not return a certificate/i.test(err.message)
       ? 'no_certificate'
@@ -88,7 +163,11 @@ export function createTlsServer(deps: TransportDeps, material: TlsMaterial): tls
           ? 'untrusted_certificate'
           : 'handshake_failed'
     deps.metrics.authRefusals.inc({ reason, listener: 'mqtts' })
-    deps.log.info({ remoteAddress: sock.remoteAddress, reason, err: err.message }, 'TLS handshake refused')
+    const peer = peers.get(sock) ?? directPeer(sock)
+    deps.log.info(
+      { remoteAddress: peer.address, remotePort: peer.port, reason, err: err.message },
+      'TLS handshake refused',
+    )
   })
   return server
 }
@@ -105,6 +184,7 @@ export function createHttpServer(deps: HttpDeps, tlsMaterial: TlsMaterial | null
     ? https.createServer({ key: tlsMaterial.key, cert: tlsMaterial.cert }, deps.onRequest)
     : http.createServer(deps.onRequest)
   const listener: ListenerName = tlsMaterial ? 'wss' : 'ws'
+  const peers = gateFor(server, deps, 'http', tlsMaterial ? 'pause' : 'emit')
   // maxPayload bounds a single WebSocket message; the packet guard bounds MQTT packets spanning several messages.
   const wss = new WebSocketServer({ noServer: true, maxPayload: deps.maxPacketBytes + 1024, perMessageDeflate: false })
   server.on('upgrade', (req, socket, head) => {
@@ -119,7 +199,10 @@ export function createHttpServer(deps: HttpDeps, tlsMaterial: TlsMaterial | null
     const proceed = (principal: Principal | null) =>
       wss.handleUpgrade(req, socket, head, (ws) => {
         const stream = createWebSocketStream(ws)
-        admit(deps, listener, stream, req.socket.remoteAddress ?? '', { upgradePrincipal: principal, req })
+        admit(deps, listener, stream, peers.get(req.socket) ?? directPeer(req.socket), {
+          upgradePrincipal: principal,
+          req,
+        })
       })
     if (!bearer) {
       proceed(null) // the token may come as the MQTT password instead
