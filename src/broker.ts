@@ -6,6 +6,7 @@ import type http from 'node:http'
 import type net from 'node:net'
 import { Aedes, type Client } from 'aedes'
 import type { BrokerConfig } from '../broker.config.js'
+import { openCluster } from './cluster/index.js'
 import { createAuthenticate } from './hooks/authenticate.js'
 import { createAuthorizePublish } from './hooks/authorize-publish.js'
 import { createAuthorizeSubscribe } from './hooks/authorize-subscribe.js'
@@ -94,6 +95,8 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const needTls = config.mqttsEnabled || config.tls.wss
   const tlsMaterial = needTls ? await loadTls(config, log) : null
 
+  // Cluster mode (src/cluster/) when Redis and a server database are set; refused on the embedded store.
+  const cluster = openCluster(config, log, metrics)
   const db = await openDb(config, log)
   let timescale = false
   try {
@@ -141,7 +144,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
   const leaderboard: LeaderboardStore = config.redisUrl
-    ? new RedisLeaderboard(config.redisUrl)
+    ? new RedisLeaderboard(config.redisUrl, cluster?.leaderboardPrefix)
     : new MemoryLeaderboard()
   const outputs = new OutputEngine(
     db,
@@ -151,7 +154,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     metrics,
     log.child({ stage: 'outputs' }),
   )
-  ingest.onCommitted((batch) => outputs.onCommitted(batch))
+  ingest.onCommitted((batch) => (cluster ? cluster.route(batch) : outputs.onCommitted(batch)))
   const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
   const preferences = new PreferencesService(
@@ -194,16 +197,19 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       log,
     }),
     authorizeForward: createAuthorizeForward({ metrics }),
+    ...cluster?.aedesOptions,
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
 
   const aedes = broker
-  // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic and
-  // the ids of its stored sessions (erasure finds a person's by client id).
+  // Aedes' persistence (in memory, or Redis in cluster mode): index its retained messages by topic and the ids of its
+  // stored sessions (erasure finds a person's by client id).
   const persistence = (aedes as unknown as { persistence: RetainedPersistence & SessionPersistence }).persistence
-  indexRetained(persistence)
+  // Not on Redis: the index would see only this node's retained messages and hide the others' (HGET is O(1) there).
+  if (!cluster) indexRetained(persistence)
   const sessions = indexSessions(persistence)
   routing.install(aedes)
+  await cluster?.attach({ aedes, db, ingest, outputs, principals })
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
 
@@ -274,7 +280,9 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     ports.http = await listen(httpServer, config.httpPort, config.host)
   } catch (err) {
     for (const s of servers) s.close()
+    await cluster?.stop()
     await new Promise<void>((r) => aedes.close(() => r()))
+    await cluster?.close()
     await leaderboard.close()
     await audit.stop()
     if (writerDb !== db) await writerDb.close()
@@ -297,7 +305,9 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
         log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
+      await cluster?.stop()
       await new Promise<void>((r) => aedes.close(() => r()))
+      await cluster?.close()
       httpServer.closeAllConnections()
       await audit.stop()
       if (writerDb !== db) await writerDb.close()

@@ -13,7 +13,7 @@ import type { Db } from '../store/db.js'
 import type { ConsentGate } from './consent-gate.js'
 import { Episodes } from './episodes.js'
 import type { LeaderboardStore } from './leaderboard.js'
-import { LeaderboardTicks } from './leaderboard-tick.js'
+import { type BoardCoordinator, LeaderboardTicks } from './leaderboard-tick.js'
 import { LiveSnapshots } from './live.js'
 import { DEFAULT_RULES, type RuleSettings } from './rules.js'
 import { StateLoader } from './state-load.js'
@@ -96,6 +96,11 @@ export class OutputEngine {
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'leaderboard consent update failed')
     }
+  }
+
+  /** Cluster mode: boards are published by the cluster's leaderboard leader only (src/cluster/boards.ts). */
+  coordinateBoards(c: BoardCoordinator): void {
+    this.boards.coordinator = c
   }
 
   start(): void {

@@ -20,6 +20,8 @@ export interface LeaderboardStore {
   remove(eventId: string, userId: string): Promise<boolean>
   /** Shows or hides a runner already ranked on the public board (consent changed); ranks are untouched. */
   setVisibility(eventId: string, userId: string, visible: boolean): Promise<void>
+  /** Writes this process's pending updates of the event through to the shared store (Redis; cluster mode). */
+  sync?(eventId: string): Promise<void>
   close(): Promise<void>
 }
 
@@ -166,6 +168,10 @@ export class RedisLeaderboard implements LeaderboardStore {
     for (let i = 0; i < unpub.length; i += CHUNK / 2)
       ops.push(this.redis.zrem(this.key(eventId, 'public'), ...unpub.slice(i, i + CHUNK / 2)))
     await Promise.all(ops)
+  }
+
+  sync(eventId: string): Promise<void> {
+    return this.flush(eventId)
   }
 
   async top(eventId: string, n: number): Promise<{ runners: number; top: BoardEntry[] }> {
