@@ -50,6 +50,10 @@ export function openCluster(config: BrokerConfig, log: Logger, metrics: Metrics)
       'redisUrl (PULSEGATE_REDIS_URL): cluster mode needs a server database (PULSEGATE_DATABASE_URL); the embedded store serves one process only — unset one of them',
     ])
   const cfg = config.cluster
+  if (cfg.sessionIdleMs > 0 && cfg.sessionIdleMs < 2 * cfg.janitorIntervalMs)
+    throw new ConfigError([
+      'cluster.sessionIdleMs (PULSEGATE_CLUSTER_SESSION_IDLE_MS): at least twice cluster.janitorIntervalMs, or connected sessions on other nodes could look idle between their marks',
+    ])
   const nodeName = cfg.nodeName ?? `${os.hostname()}-${process.pid}`
   const self = `${nodeName}:${crypto.randomBytes(4).toString('hex')}`
   const clog = log.child({ node: nodeName })

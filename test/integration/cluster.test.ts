@@ -97,6 +97,12 @@ describe('cluster of three broker processes', () => {
       const d = track(await c.connectDevice(n2, dev))
       await sendHighHr(d, dev.deviceId, Date.now())
       await waitFor(async () => (await redis.llen(queue)) >= 1, WAIT)
+      // Queued outputs expire (packetTTL, 24 h by default) rather than waiting forever for an app that never returns.
+      for (const pkt of await redis.lrange(queue, 0, -1)) {
+        const ttl = await redis.ttl(`${c.prefix}:s:${pkt}`)
+        expect(ttl).toBeGreaterThan(0)
+        expect(ttl).toBeLessThanOrEqual(24 * 3600)
+      }
 
       const back = track(await c.connectApp(n3, jwt, clientId, { clean: false }))
       const alerts: AlertMessage[] = []
@@ -113,6 +119,17 @@ describe('cluster of three broker processes', () => {
     } finally {
       await redis.quit()
     }
+  })
+
+  it('a client id connecting to another node takes its session over: the old connection is closed', async () => {
+    const [n1, n2] = c.nodes as [TestCluster['nodes'][0], TestCluster['nodes'][0]]
+    const user = `ut${run}`
+    const jwt = await c.token(user, 'app')
+    const old = track(await c.connectApp(n1, jwt, `app:${user}`, { clean: false }))
+    const closed = new Promise<void>((resolve) => old.once('close', () => resolve()))
+    const fresh = track(await c.connectApp(n2, jwt, `app:${user}`, { clean: false }))
+    await closed
+    expect(fresh.connected).toBe(true)
   })
 
   it('a user with devices on two nodes has one owner: live snapshots come from one node only', async () => {
@@ -204,6 +221,5 @@ describe('cluster of three broker processes', () => {
     await waitFor(async () => (await published()).reduce((s, x) => s + x, 0) === boards.length, WAIT)
     const perNode = await published()
     expect(perNode.filter((x) => x > 0)).toHaveLength(1)
-    expect(boards.length).toBeLessThanOrEqual(3)
   })
 })
