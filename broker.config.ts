@@ -31,7 +31,10 @@ export const configSchema = z.object({
       .string()
       .regex(/^[A-Za-z0-9_-]{1,64}$/, 'letters, digits, _ and - only (it prefixes Redis channels and keys)'),
     /** this process in logs, leases and as the `node` label of every metric; unset → <hostname>-<pid> */
-    nodeName: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/).optional(),
+    nodeName: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,64}$/)
+      .optional(),
     /** Redis db of the sessions (aedes-persistence-redis keys); the channels are prefixed, not numbered */
     redisDb: z.coerce.number().int().min(0).max(15),
     /** Redis Sentinel: "host:port,host:port" and the monitored master's name; then redisUrl gives only auth/db */

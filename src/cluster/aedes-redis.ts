@@ -19,7 +19,10 @@ export interface AedesRedisParts {
   close(): Promise<void>
 }
 
-type PrefixCtor = new (prefix: string, opts: MQEmitterRedis.MQEmitterOptions) => AedesRedisParts['mq'] & {
+type PrefixCtor = new (
+  prefix: string,
+  opts: MQEmitterRedis.MQEmitterOptions,
+) => AedesRedisParts['mq'] & {
   state: { on(ev: 'error', fn: (err: Error) => void): void }
   close(cb: () => void): void
 }

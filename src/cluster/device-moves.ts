@@ -31,7 +31,7 @@ export function resumeDevicesOnConnect(
   internals.authenticate = (client: Client, username, password, cb) => {
     authenticate(client, username, password, (err, ok) => {
       const p = ok && !err ? deps.principals.get(client) : undefined
-      if (!p || p.role !== 'device' || p.deviceKey === null) return cb(err, ok)
+      if (p?.role !== 'device' || p.deviceKey === null) return cb(err, ok)
       const deviceKey = p.deviceKey
       lastFixOf(deps.db, deviceKey).then(
         (fix) => {

@@ -33,7 +33,13 @@ export interface Cluster {
   leaderboardPrefix: string
   /** the ingest stage's committed batches go here: to this node's outputs or to the user's owner */
   route(batch: CommittedBatch): void
-  attach(deps: { aedes: Aedes; db: Db; ingest: DeviceResume; outputs: OutputEngine; principals: Principals }): Promise<void>
+  attach(deps: {
+    aedes: Aedes
+    db: Db
+    ingest: DeviceResume
+    outputs: OutputEngine
+    principals: Principals
+  }): Promise<void>
   janitor(): SessionJanitor | null
   /** before Aedes closes: hand the leases over, stop the timers */
   stop(): Promise<void>

@@ -4,14 +4,7 @@
 import { Redis } from 'ioredis'
 import mqtt from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import {
-  connectWithToken,
-  REDIS_URL,
-  type TestBroker,
-  startTestBroker,
-  token,
-  waitFor,
-} from '../helpers/harness.js'
+import { connectWithToken, REDIS_URL, type TestBroker, startTestBroker, token, waitFor } from '../helpers/harness.js'
 
 let tb: TestBroker
 let redis: Redis

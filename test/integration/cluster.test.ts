@@ -144,18 +144,32 @@ describe('cluster of three broker processes', () => {
     const da = track(await c.connectDevice(n1, a))
     const db = track(await c.connectDevice(n2, b))
     const now = Date.now()
-    await da.publishAsync(`devices/${a.deviceId}/readings`, JSON.stringify({ seq: 1, samples: [{ t: now - 3000, hr: 101 }] }), { qos: 1 })
+    await da.publishAsync(
+      `devices/${a.deviceId}/readings`,
+      JSON.stringify({ seq: 1, samples: [{ t: now - 3000, hr: 101 }] }),
+      { qos: 1 },
+    )
     await waitFor(() => live.some((s) => s.hr === 101), WAIT)
-    await db.publishAsync(`devices/${b.deviceId}/readings`, JSON.stringify({ seq: 1, samples: [{ t: now - 2000, hr: 102 }] }), { qos: 1 })
+    await db.publishAsync(
+      `devices/${b.deviceId}/readings`,
+      JSON.stringify({ seq: 1, samples: [{ t: now - 2000, hr: 102 }] }),
+      { qos: 1 },
+    )
     await waitFor(() => live.some((s) => s.hr === 102), WAIT)
-    await da.publishAsync(`devices/${a.deviceId}/readings`, JSON.stringify({ seq: 2, samples: [{ t: now - 1000, hr: 103 }] }), { qos: 1 })
+    await da.publishAsync(
+      `devices/${a.deviceId}/readings`,
+      JSON.stringify({ seq: 2, samples: [{ t: now - 1000, hr: 103 }] }),
+      { qos: 1 },
+    )
     await waitFor(() => live.some((s) => s.hr === 103), WAIT)
     const after = await Promise.all(c.nodes.map((n) => c.metrics(n)))
     const delta = (name: string, labels: Record<string, string> = {}) =>
       after.map((t, i) => metricValue(t, name, labels) - metricValue(before[i] as string, name, labels))
     // One node published this user's snapshots; the other forwarded its batch to it.
     expect(delta('pulsegate_live_snapshots_total').filter((x) => x > 0)).toHaveLength(1)
-    expect(delta('pulsegate_cluster_forwarded_batches_total', { direction: 'out' }).reduce((s, x) => s + x, 0)).toBeGreaterThan(0)
+    expect(
+      delta('pulsegate_cluster_forwarded_batches_total', { direction: 'out' }).reduce((s, x) => s + x, 0),
+    ).toBeGreaterThan(0)
     // The owner merged both devices' samples: the newest snapshot is the newest sample of either device.
     expect(live[live.length - 1]?.hr).toBe(103)
   })
@@ -164,7 +178,12 @@ describe('cluster of three broker processes', () => {
     const [n1, n2] = c.nodes as [TestCluster['nodes'][0], TestCluster['nodes'][0]]
     const dev = await c.provisionDevice(`trk-m${run}`, `um${run}`)
     const now = Date.now()
-    const fixes = [0, 1, 2, 3].map((i) => ({ t: now - 60_000 + i * 10_000, lat: 52.52 + i * 0.0003, lon: 13.405, acc: 5 }))
+    const fixes = [0, 1, 2, 3].map((i) => ({
+      t: now - 60_000 + i * 10_000,
+      lat: 52.52 + i * 0.0003,
+      lon: 13.405,
+      acc: 5,
+    }))
     const send = async (node: TestCluster['nodes'][0], seq: number, fs: typeof fixes) => {
       const m = await c.connectDevice(node, dev)
       await m.publishAsync(`devices/${dev.deviceId}/readings`, JSON.stringify({ seq, samples: fs }), { qos: 1 })
@@ -178,7 +197,9 @@ describe('cluster of three broker processes', () => {
       const q = fixes[i] as (typeof fixes)[0]
       return s + haversineMeters(p.lat, p.lon, q.lat, q.lon)
     }, 0)
-    const key = await c.db.query<{ device_key: number }>('SELECT device_key FROM devices WHERE device_id = $1', [dev.deviceId])
+    const key = await c.db.query<{ device_key: number }>('SELECT device_key FROM devices WHERE device_id = $1', [
+      dev.deviceId,
+    ])
     const r = await c.db.query<{ d: number; n: string }>(
       'SELECT coalesce(sum(value), 0)::float8 AS d, count(*) AS n FROM samples WHERE device_key = $1 AND metric = 7',
       [key.rows[0]?.device_key],
@@ -189,14 +210,21 @@ describe('cluster of three broker processes', () => {
 
   it('a leaderboard subscriber gets each update once, from one node, with runners on all three nodes', async () => {
     const ev = `ev${run}`
-    await c.registry.createEvent({ eventId: ev, isPublic: true, distanceM: 42195, startsAt: new Date(Date.now() - 3600_000) })
+    await c.registry.createEvent({
+      eventId: ev,
+      isPublic: true,
+      distanceM: 42195,
+      startsAt: new Date(Date.now() - 3600_000),
+    })
     const devs = []
     for (let i = 0; i < 3; i++) {
       const d = await c.provisionDevice(`trk-l${i}${run}`, `ul${i}${run}`)
       await c.registry.joinEvent(ev, d.userId, { consentLeaderboard: true })
       devs.push(d)
     }
-    const watcher = track(await c.connectApp(c.nodes[2] as TestCluster['nodes'][0], await c.token(`uv${run}`, 'app'), `app:uv${run}`))
+    const watcher = track(
+      await c.connectApp(c.nodes[2] as TestCluster['nodes'][0], await c.token(`uv${run}`, 'app'), `app:uv${run}`),
+    )
     const boards = collect<LeaderboardMessage>(watcher, `events/${ev}/leaderboard`)
     await watcher.subscribeAsync(`events/${ev}/leaderboard`, { qos: 0 })
     const before = await Promise.all(c.nodes.map((n) => c.metrics(n)))
@@ -204,7 +232,12 @@ describe('cluster of three broker processes', () => {
     await Promise.all(
       devs.map(async (d, i) => {
         const m = track(await c.connectDevice(c.nodes[i] as TestCluster['nodes'][0], d))
-        const samples = [0, 1, 2].map((k) => ({ t: now - 30_000 + k * 10_000, lat: 52.5 + k * 0.0002 * (i + 1), lon: 13.4, acc: 5 }))
+        const samples = [0, 1, 2].map((k) => ({
+          t: now - 30_000 + k * 10_000,
+          lat: 52.5 + k * 0.0002 * (i + 1),
+          lon: 13.4,
+          acc: 5,
+        }))
         await m.publishAsync(`devices/${d.deviceId}/readings`, JSON.stringify({ seq: 1, samples }), { qos: 1 })
       }),
     )

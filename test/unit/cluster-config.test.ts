@@ -39,6 +39,8 @@ describe('cluster configuration', () => {
   })
 
   it('refuses a prefix that would change the meaning of Redis channel patterns', () => {
-    expect(() => loadConfig({}, { PULSEGATE_CLUSTER_PREFIX: 'a*b' })).toThrow(/cluster\.prefix \(PULSEGATE_CLUSTER_PREFIX\)/)
+    expect(() => loadConfig({}, { PULSEGATE_CLUSTER_PREFIX: 'a*b' })).toThrow(
+      /cluster\.prefix \(PULSEGATE_CLUSTER_PREFIX\)/,
+    )
   })
 })
