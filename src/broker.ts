@@ -30,7 +30,7 @@ import type { ErasureReport, ErasureStage } from './ops/erase.js'
 import { createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
 import { ErasureGuard } from './ops/erasure-guard.js'
 import { OutputEngine } from './outputs/engine.js'
-import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
+import { boardPrefix, type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
 import { SyncService } from './outputs/sync.js'
 import { GroupCommitWriter } from './pipeline/commit.js'
@@ -144,7 +144,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
   const leaderboard: LeaderboardStore = config.redisUrl
-    ? new RedisLeaderboard(config.redisUrl, cluster?.leaderboardPrefix)
+    ? new RedisLeaderboard(config.redisUrl, boardPrefix(config.cluster.prefix))
     : new MemoryLeaderboard()
   const outputs = new OutputEngine(
     db,

@@ -7,6 +7,7 @@ import type { Redis } from 'ioredis'
 import MQEmitterRedis from 'mqemitter-redis'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Logger } from '../log.js'
+import { removableQueues } from './queued.js'
 import { connectRedis } from './redis-conn.js'
 import { applySubscribeFix, keepWillsLocal } from './subscribe-fix.js'
 
@@ -49,6 +50,7 @@ export function openAedesRedis(url: string, cfg: BrokerConfig['cluster'], log: L
   }) as AedesRedisParts['persistence'] & Parameters<typeof applySubscribeFix>[0] & Parameters<typeof keepWillsLocal>[0]
   applySubscribeFix(persistence)
   keepWillsLocal(persistence)
+  removableQueues(persistence as unknown as Parameters<typeof removableQueues>[0], sessionsConn)
 
   return {
     mq,

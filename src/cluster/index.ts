@@ -29,8 +29,6 @@ export interface Cluster {
   self: string
   /** spread into Aedes.createBroker's options: the Redis emitter and persistence, the heartbeat */
   aedesOptions: { mq: AedesRedisParts['mq']; persistence: AedesRedisParts['persistence']; heartbeatInterval: number }
-  /** key prefix of the shared Redis leaderboards */
-  leaderboardPrefix: string
   /** the ingest stage's committed batches go here: to this node's outputs or to the user's owner */
   route(batch: CommittedBatch): void
   attach(deps: {
@@ -79,7 +77,6 @@ export function openCluster(config: BrokerConfig, log: Logger, metrics: Metrics)
     nodeName,
     self,
     aedesOptions: { mq: parts.mq, persistence: parts.persistence, heartbeatInterval: cfg.heartbeatMs },
-    leaderboardPrefix: `${cfg.prefix}:lb`,
     route(batch) {
       if (ownership) ownership.route(batch)
       else early?.(batch)

@@ -40,4 +40,9 @@ export class Leases {
   async release(key: string): Promise<void> {
     await this.redis.eval(RELEASE, 1, key, this.self)
   }
+
+  /** Ends another node's lease if it still holds it (that node is gone: nobody listens on its channel). */
+  async evict(key: string, owner: string): Promise<void> {
+    await this.redis.eval(RELEASE, 1, key, owner)
+  }
 }

@@ -12,6 +12,8 @@ import type { Leases } from './leases.js'
 /** the part of the output engine ownership drives */
 export interface OutputsFeed {
   onCommitted(batch: CommittedBatch): void
+  /** whether any state of the user is held */
+  holds(userId: string): boolean
   /** drops what is held about the user (state, pending snapshot); reloaded from the database on next use */
   forget(userId: string): Promise<void>
 }
@@ -21,6 +23,8 @@ export class UserOwnership {
   private readonly owned = new Map<string, number>()
   /** per-user routing in arrival order while a claim is under way */
   private readonly chains = new Map<string, Promise<void>>()
+  /** users whose stale state is being dropped after this node gained them: batches forwarded meanwhile wait */
+  private readonly resetting = new Map<string, Promise<void>>()
   private timer: NodeJS.Timeout | null = null
   private readonly channel: string
 
@@ -57,7 +61,9 @@ export class UserOwnership {
       }
       this.metrics.forwarded.inc({ direction: 'in' })
       this.owned.set(batch.userId, Date.now())
-      this.outputs.onCommitted(batch)
+      const reset = this.resetting.get(batch.userId)
+      if (reset) void reset.then(() => this.outputs.onCommitted(batch))
+      else this.outputs.onCommitted(batch)
     })
     await this.sub.subscribe(this.channel)
     this.timer = setInterval(() => void this.renew(), Math.max(250, Math.floor(this.leaseMs / 3)))
@@ -87,7 +93,7 @@ export class UserOwnership {
     })
   }
 
-  private async deliver(batch: CommittedBatch): Promise<void> {
+  private async deliver(batch: CommittedBatch, retry = true): Promise<void> {
     const userId = batch.userId
     if (this.owned.has(userId)) {
       this.owned.set(userId, Date.now())
@@ -96,15 +102,25 @@ export class UserOwnership {
     }
     const { owner, gained } = await this.leases.claim(this.key(userId))
     if (owner === this.leases.self) {
-      // What this node may still hold from an earlier ownership is stale: another node may have moved the
-      // user's episodes and windows on since. The engine reloads it from the database.
-      if (gained) await this.outputs.forget(userId)
       this.owned.set(userId, Date.now())
+      if (gained && this.outputs.holds(userId)) {
+        // What this node still holds from an earlier ownership is stale: another node may have moved the user's
+        // episodes and windows on since. The engine reloads it from the database.
+        const reset = this.outputs.forget(userId)
+        this.resetting.set(userId, reset)
+        await reset.finally(() => this.resetting.delete(userId))
+      }
       this.outputs.onCommitted(batch)
       return
     }
-    await this.pub.publish(this.nodeChannel(owner), JSON.stringify(batch))
-    this.metrics.forwarded.inc({ direction: 'out' })
+    const receivers = await this.pub.publish(this.nodeChannel(owner), JSON.stringify(batch))
+    if (receivers === 0 && retry) {
+      // Nobody listens on the owner's channel: it died (kill -9) with its lease still running. Take the user over
+      // now rather than lose their outputs until the lease expires.
+      await this.leases.evict(this.key(userId), owner)
+      return this.deliver(batch, false)
+    }
+    this.metrics.forwarded.inc({ direction: receivers === 0 ? 'failed' : 'out' })
   }
 
   /** Keeps the leases of users still active, lets go of idle ones, and drops users whose lease was lost. */

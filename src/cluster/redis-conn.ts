@@ -29,6 +29,8 @@ export function connectRedis(
     enableAutoPipelining: true,
     // Commands wait through a short blip rather than failing at once; the persistence has no retry of its own.
     maxRetriesPerRequest: 20,
+    // Nothing connects until first used: a start that fails before Aedes is up leaves no socket open.
+    lazyConnect: true,
     ...(sentinels ? { sentinels, name: cluster.sentinelName ?? 'mymaster' } : {}),
     ...extra,
   }

@@ -215,6 +215,11 @@ export class OutputEngine {
     return removed
   }
 
+  /** Whether any state of the user is held here (cluster mode: a node that gains a user drops stale state). */
+  holds(userId: string): boolean {
+    return this.users.has(userId)
+  }
+
   /** Test and ops hook: the distance pulsegate has for a user in their current event. */
   distanceOf(userId: string): number | null {
     return this.users.get(userId)?.distanceM ?? null

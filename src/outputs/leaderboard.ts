@@ -120,6 +120,11 @@ export class MemoryLeaderboard implements LeaderboardStore {
 
 /** ZADD per update costs ~100 µs of client CPU; at 50,000 runners/s that is 5 cores. Updates are therefore gathered
  * and written once per refresh as one variadic ZADD GT per board (chunked). */
+/** Key prefix of a deployment's Redis boards: one per cluster.prefix, so the broker and the CLI agree. */
+export function boardPrefix(clusterPrefix: string): string {
+  return `${clusterPrefix}:lb`
+}
+
 export class RedisLeaderboard implements LeaderboardStore {
   private readonly redis: Redis
   private readonly pending = new Map<string, Map<string, { d: number; consent: boolean }>>()

@@ -255,4 +255,34 @@ describe('cluster of three broker processes', () => {
     const perNode = await published()
     expect(perNode.filter((x) => x > 0)).toHaveLength(1)
   })
+
+  // Last: it leaves the cluster with two nodes.
+  it("kill -9 of a user's owner node: the user's outputs continue on the node their device reconnects to", async () => {
+    const [n1, n2, n3] = c.nodes as [TestCluster['nodes'][0], TestCluster['nodes'][0], TestCluster['nodes'][0]]
+    const user = `uk${run}`
+    const dev = await c.provisionDevice(`trk-k${run}`, user)
+    const app = track(await c.connectApp(n3, await c.token(user, 'app'), `app:${user}`))
+    const live = collect<LiveSnapshot>(app, `users/${user}/live`)
+    await app.subscribeAsync(`users/${user}/live`, { qos: 0 })
+    const now = Date.now()
+    const d1 = await c.connectDevice(n1, dev)
+    d1.on('error', () => {})
+    await d1.publishAsync(
+      `devices/${dev.deviceId}/readings`,
+      JSON.stringify({ seq: 1, samples: [{ t: now - 2000, hr: 111 }] }),
+      { qos: 1 },
+    )
+    await waitFor(() => live.some((s) => s.hr === 111), WAIT)
+    n1.proc.kill('SIGKILL')
+    await n1.exited
+    d1.end(true)
+    // Node 1's lease on the user is still running, but nobody listens on its channel any more: node 2 takes over.
+    const d2 = track(await c.connectDevice(n2, dev))
+    await d2.publishAsync(
+      `devices/${dev.deviceId}/readings`,
+      JSON.stringify({ seq: 2, samples: [{ t: now - 1000, hr: 112 }] }),
+      { qos: 1 },
+    )
+    await waitFor(() => live.some((s) => s.hr === 112), WAIT)
+  })
 })
