@@ -7,7 +7,6 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { Redis } from 'ioredis'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { type BrokerConfig, type DeepPartial, ephemeralConfig } from '../../broker.config.js'
 import { initPki, issueDeviceCert, pkiPaths } from '../../src/identity/pki.js'
@@ -17,7 +16,7 @@ import { createLogger } from '../../src/log.js'
 import type { Db } from '../../src/store/db.js'
 import { openPostgres } from '../../src/store/postgres.js'
 import { Registry } from '../../src/store/registry.js'
-import { createTestDatabase, type DeviceCreds, REDIS_URL, tempDir } from './harness.js'
+import { createTestDatabase, type DeviceCreds, dropRedisPrefix, REDIS_URL, tempDir } from './harness.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const JWT_SECRET = 'test-secret-0123456789abcdef'
@@ -187,17 +186,7 @@ export async function startCluster(n: number, overrides: DeepPartial<BrokerConfi
       await stopAll()
       await db.close()
       await database.drop()
-      // This run's sessions, leases and boards (channels need no cleanup).
-      for (const dbn of [0, 1]) {
-        const r = new Redis(REDIS_URL, { db: dbn })
-        let cursor = '0'
-        do {
-          const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-          cursor = next
-          if (keys.length > 0) await r.del(...keys)
-        } while (cursor !== '0')
-        await r.quit()
-      }
+      await dropRedisPrefix(prefix)
     },
   }
 }
