@@ -59,11 +59,24 @@ describe('cluster of three broker processes', () => {
     const live = collect<LiveSnapshot>(app, `users/${user}/live`)
     await app.subscribeAsync(`users/${user}/alerts`, { qos: 1 })
     await app.subscribeAsync(`users/${user}/live`, { qos: 0 })
-    const d = track(await c.connectDevice(n1, dev))
-    await sendHighHr(d, dev.deviceId, Date.now())
-    await waitFor(() => alerts.length >= 1 && live.length >= 1, WAIT)
-    expect(alerts[0]).toMatchObject({ kind: 'hr_high', state: 'opened', userId: user, deviceId: dev.deviceId })
-    await waitFor(() => live.some((s) => s.hr === 130), WAIT)
+    // Whatever node 1 routes through Redis under devices/… is seen here. Readings would be PUBLISHed right after their
+    // PUBACK on the connection that later carries the alert, so they would arrive before the alert does.
+    const tap = new Redis(REDIS_URL)
+    const routed: string[] = []
+    tap.on('pmessage', (_p: string, channel: string) => routed.push(channel))
+    await tap.psubscribe(`${c.prefix}/devices/*`)
+    try {
+      const d = track(await c.connectDevice(n1, dev))
+      await d.publishAsync(`devices/${dev.deviceId}/status`, JSON.stringify({ battery: 80 }), { qos: 1 })
+      await sendHighHr(d, dev.deviceId, Date.now())
+      await waitFor(() => alerts.length >= 1 && live.length >= 1, WAIT)
+      expect(alerts[0]).toMatchObject({ kind: 'hr_high', state: 'opened', userId: user, deviceId: dev.deviceId })
+      await waitFor(() => live.some((s) => s.hr === 130), WAIT)
+      // Readings and status stay on the node that committed them: not one went through Redis.
+      expect(routed).toEqual([])
+    } finally {
+      await tap.quit()
+    }
   })
 
   it('a persistent app subscribing to three topics in one SUBSCRIBE gets its SUBACK on every node', async () => {
