@@ -2,6 +2,7 @@
 // defaults; `loadConfig` validates the result and names each wrong field, so a typo fails at start, not at 3 a.m.
 import net from 'node:net'
 import os from 'node:os'
+import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { z } from 'zod'
 
@@ -41,8 +42,31 @@ export const configSchema = z
     databaseUrl: z.string().url().optional(),
     /** connections in the pg pool for registry look-ups and outputs (the writer has its own, ingest.writers) */
     databasePoolSize: z.coerce.number().int().min(1).max(64),
-    /** Redis (leaderboards); unset → in-process */
+    /** Redis (leaderboards; with a server database also cluster mode, src/cluster/); unset → in-process, one node */
     redisUrl: z.string().url().optional(),
+    /** cluster mode (docs/cluster.md): used only when redisUrl and databaseUrl are both set */
+    cluster: z.object({
+      /** namespace of this deployment's Redis channels and keys: two deployments (or test runs) on one Redis never
+       *  see each other's messages, sessions or leases (Redis pub/sub ignores the db number) */
+      prefix: z
+        .string()
+        .regex(/^[A-Za-z0-9_-]{1,64}$/, 'letters, digits, _ and - only (it prefixes Redis channels and keys)'),
+      /** Redis db of the sessions (aedes-persistence-redis keys); the channels are prefixed, not numbered */
+      redisDb: z.coerce.number().int().min(0).max(15),
+      /** Redis Sentinel: "host:port,host:port" and the monitored master's name; then redisUrl gives only auth/db */
+      sentinels: z.string().optional(),
+      sentinelName: z.string().optional(),
+      /** how long a queued QoS 1 output (an alert for an offline app) is kept in Redis */
+      packetTtlS: z.coerce.number().int().min(0),
+      /** a node owns a user's output state (and one node the leaderboards) for this long unless it renews */
+      leaseMs: z.coerce.number().int().min(1000),
+      /** persistent sessions not seen for this long are removed by the janitor (0 = never) */
+      sessionIdleMs: ms,
+      /** how often the janitor looks (one node at a time) */
+      janitorIntervalMs: z.coerce.number().int().min(1000),
+      /** Aedes heartbeat: how soon the others notice a dead node */
+      heartbeatMs: z.coerce.number().int().min(100),
+    }),
     host: z.string().min(1),
     mqttPort: port,
     mqttsPort: port,
@@ -138,8 +162,9 @@ export const configSchema = z
       reconnectMaxMs: z.coerce.number().int().min(100),
     }),
     shutdownSignals: bool,
-    /** this process in a cluster: the `node` label on every metric, and log lines */
-    node: z.object({ name: z.string().min(1).max(128) }),
+    /** this process: the `node` label on every metric, in log lines and in cluster leases (default <hostname>-<pid>,
+     *  so several nodes on one machine never share a name) */
+    node: z.object({ name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, _ . and - only') }),
     /** PROXY protocol from load balancers (docs/load-balancer.md) */
     proxy: z.object({
       /** per listener: off (no header), optional (trusted peers may send one), required (only load balancers) */
@@ -183,6 +208,17 @@ export function defaults(): BrokerConfig {
     databaseUrl: undefined,
     databasePoolSize: 8,
     redisUrl: undefined,
+    cluster: {
+      prefix: 'pulsegate',
+      redisDb: 1,
+      sentinels: undefined,
+      sentinelName: undefined,
+      packetTtlS: 24 * 3600,
+      leaseMs: 15_000,
+      sessionIdleMs: 30 * 24 * 3600_000,
+      janitorIntervalMs: 3600_000,
+      heartbeatMs: 5000,
+    },
     host: '0.0.0.0',
     mqttPort: 1883,
     mqttsPort: 8883,
@@ -228,7 +264,7 @@ export function defaults(): BrokerConfig {
     },
     control: { listen: true, reconnectMaxMs: 5000 },
     shutdownSignals: true,
-    node: { name: os.hostname() },
+    node: { name: `${os.hostname()}-${process.pid}` },
     proxy: { mqtt: 'off', mqtts: 'off', http: 'off', trusted: [], headerTimeoutMs: 5000, tlsIdentity: false },
     readiness: { redisDownMs: 5000 },
   }
@@ -240,6 +276,13 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_DATABASE_URL: 'databaseUrl',
   PULSEGATE_DATABASE_POOL_SIZE: 'databasePoolSize',
   PULSEGATE_REDIS_URL: 'redisUrl',
+  PULSEGATE_CLUSTER_PREFIX: 'cluster.prefix',
+  PULSEGATE_CLUSTER_REDIS_DB: 'cluster.redisDb',
+  PULSEGATE_REDIS_SENTINELS: 'cluster.sentinels',
+  PULSEGATE_REDIS_SENTINEL_NAME: 'cluster.sentinelName',
+  PULSEGATE_CLUSTER_PACKET_TTL_S: 'cluster.packetTtlS',
+  PULSEGATE_CLUSTER_LEASE_MS: 'cluster.leaseMs',
+  PULSEGATE_CLUSTER_SESSION_IDLE_MS: 'cluster.sessionIdleMs',
   PULSEGATE_HOST: 'host',
   PULSEGATE_MQTT_PORT: 'mqttPort',
   PULSEGATE_MQTTS_PORT: 'mqttsPort',
@@ -339,6 +382,8 @@ export function ephemeralConfig(
       jwt: { secret: base.jwtSecret },
       shutdownSignals: false,
       ...overrides,
+      // Redis channels and keys of its own: runs side by side on one Redis never cross-deliver (cluster mode).
+      cluster: { prefix: `pgt-${randomBytes(5).toString('hex')}`, ...overrides.cluster },
     },
     {},
   )

@@ -7,6 +7,7 @@ import type net from 'node:net'
 import { Aedes, type Client } from 'aedes'
 import type { BrokerConfig } from '../broker.config.js'
 import { CONTROL_CHANNEL, ControlPlane } from './cluster/control-plane.js'
+import { openCluster } from './cluster/index.js'
 import { createAuthenticate } from './hooks/authenticate.js'
 import { createAuthorizePublish } from './hooks/authorize-publish.js'
 import { createAuthorizeSubscribe } from './hooks/authorize-subscribe.js'
@@ -32,7 +33,7 @@ import type { ErasureReport, ErasureStage } from './ops/erase.js'
 import { brokerLiveEraser, createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
 import { ErasureGuard } from './ops/erasure-guard.js'
 import { DEFAULT_OUTPUT_SETTINGS, OutputEngine } from './outputs/engine.js'
-import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
+import { boardPrefix, type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
 import { SyncService } from './outputs/sync.js'
 import { GroupCommitWriter } from './pipeline/commit.js'
@@ -114,6 +115,8 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const needTls = config.mqttsEnabled || config.tls.wss
   const tlsMaterial = needTls ? await loadTls(config, log) : null
 
+  // Cluster mode (src/cluster/) when Redis and a server database are set; refused on the embedded store.
+  const cluster = openCluster(config, log, metrics)
   const db = await openDb(config, log)
   let timescale = false
   try {
@@ -161,7 +164,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
   const leaderboard: LeaderboardStore = config.redisUrl
-    ? new RedisLeaderboard(config.redisUrl)
+    ? new RedisLeaderboard(config.redisUrl, boardPrefix(config.cluster.prefix))
     : new MemoryLeaderboard()
   const redisReadiness = new RedisReadiness(config.readiness.redisDownMs)
   if (leaderboard instanceof RedisLeaderboard) redisReadiness.watch(leaderboard.connection)
@@ -184,7 +187,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     DEFAULT_OUTPUT_SETTINGS,
     zones,
   )
-  ingest.onCommitted((batch) => outputs.onCommitted(batch))
+  ingest.onCommitted((batch) => (cluster ? cluster.route(batch) : outputs.onCommitted(batch)))
   const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
 
@@ -220,16 +223,19 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       log,
     }),
     authorizeForward: createAuthorizeForward({ metrics }),
+    ...cluster?.aedesOptions,
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
 
   const aedes = broker
-  // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic and
-  // the ids of its stored sessions (erasure finds a person's by client id).
+  // Aedes' persistence (in memory, or Redis in cluster mode): index its retained messages by topic and the ids of its
+  // stored sessions (erasure finds a person's by client id).
   const persistence = (aedes as unknown as { persistence: RetainedPersistence & SessionPersistence }).persistence
-  indexRetained(persistence)
+  // Not on Redis: the index would see only this node's retained messages and hide the others' (HGET is O(1) there).
+  if (!cluster) indexRetained(persistence)
   const sessions = indexSessions(persistence)
   routing.install(aedes)
+  await cluster?.attach({ aedes, db, ingest, outputs, principals })
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
 
@@ -321,7 +327,9 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   } catch (err) {
     for (const s of servers) s.close()
     await control.stop()
+    await cluster?.stop()
     await new Promise<void>((r) => aedes.close(() => r()))
+    await cluster?.close()
     await leaderboard.close()
     await audit.stop()
     if (writerDb !== db) await writerDb.close()
@@ -346,7 +354,9 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       if (!drained)
         log.warn({ queuedRows: writer.queuedRows }, 'shutdown timeout: unacknowledged rows left (devices will resend)')
       await control.stop()
+      await cluster?.stop()
       await new Promise<void>((r) => aedes.close(() => r()))
+      await cluster?.close()
       httpServer.closeAllConnections()
       // A statement stuck in the database (a lock, a hung connection) would hold pool.end() forever: the closes share
       // what is left of the grace period (at least 1 s), and what they leave open dies with the process.

@@ -11,7 +11,7 @@ import type { Db } from '../store/db.js'
 import { embeddedOwner, openEmbedded } from '../store/embedded.js'
 import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
-import { RedisLeaderboard } from '../outputs/leaderboard.js'
+import { boardPrefix, RedisLeaderboard } from '../outputs/leaderboard.js'
 import { Registry } from '../store/registry.js'
 import { type RpcRequest, rpcSchema, runRpc } from '../transport/http-routes.js'
 
@@ -88,7 +88,7 @@ export async function withOps<T>(
     // Offline erasure: the database alone, and the leaderboards too when they live in Redis.
     let redis: RedisLeaderboard | null = null
     const erase = (userId: string, actor: AuditActor) => {
-      redis ??= cfg.redisUrl ? new RedisLeaderboard(cfg.redisUrl) : null
+      redis ??= cfg.redisUrl ? new RedisLeaderboard(cfg.redisUrl, boardPrefix(cfg.cluster.prefix)) : null
       return eraseUser(db, userId, { audit, actor, log, ...(redis ? { leaderboard: redis } : {}) })
     }
     try {

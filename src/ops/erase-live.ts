@@ -25,7 +25,7 @@ import {
 } from './erase.js'
 import type { ErasureGuard } from './erasure-guard.js'
 
-interface QueuedPacket {
+export interface QueuedPacket {
   topic: string
   payload: Buffer | string
   messageId?: number
@@ -41,6 +41,8 @@ export interface SessionPersistence {
   delWill(client: { id: string }): Promise<unknown>
   cleanIncoming?(client: { id: string }): Promise<void>
   createRetainedStreamCombi(patterns: string[]): Readable
+  /** removes the queued packets `match` picks, where the persistence hands out copies (Redis: src/cluster/) */
+  removeQueued?(client: { id: string }, match: (pkt: QueuedPacket) => boolean): Promise<number>
 }
 
 /** Client ids of stored sessions, kept by wrapping the persistence (call before any client connects). */
@@ -141,6 +143,7 @@ async function removeQueued(
   match: (pkt: QueuedPacket) => boolean,
 ): Promise<number> {
   const client = { id: clientId }
+  if (p.removeQueued) return p.removeQueued(client, match)
   const queued = await collect<QueuedPacket>(p.outgoingStream(client))
   const picked = queued.filter(match)
   if (picked.length === 0) return 0

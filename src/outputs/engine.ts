@@ -13,7 +13,7 @@ import type { Db } from '../store/db.js'
 import type { ConsentGate } from './consent-gate.js'
 import { Episodes } from './episodes.js'
 import type { LeaderboardStore } from './leaderboard.js'
-import { LeaderboardTicks } from './leaderboard-tick.js'
+import { type BoardCoordinator, LeaderboardTicks } from './leaderboard-tick.js'
 import { LiveSnapshots } from './live.js'
 import { PositionFeed } from './positions.js'
 import { DEFAULT_RULES, type RuleSettings } from './rules.js'
@@ -106,6 +106,11 @@ export class OutputEngine {
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'leaderboard consent update failed')
     }
+  }
+
+  /** Cluster mode: boards are published by the cluster's leaderboard leader only (src/cluster/boards.ts). */
+  coordinateBoards(c: BoardCoordinator): void {
+    this.boards.coordinator = c
   }
 
   start(): void {
@@ -221,6 +226,11 @@ export class OutputEngine {
       this.boards.touch(eventId)
     }
     return removed
+  }
+
+  /** Whether any state of the user is held here (cluster mode: a node that gains a user drops stale state). */
+  holds(userId: string): boolean {
+    return this.users.has(userId)
   }
 
   /** Test and ops hook: the distance pulsegate has for a user in their current event. */

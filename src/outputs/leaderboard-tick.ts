@@ -9,9 +9,18 @@ import type { LeaderboardStore } from './leaderboard.js'
 import type { LeaderboardMessage } from './payloads.js'
 import { type EventCtx, paceOf, type UserState } from './user-state.js'
 
+/**
+ * Cluster mode (src/cluster/boards.ts): the boards this node changed are handed over, and only the events returned
+ * are published here — all the cluster's changed boards on the leader, none elsewhere.
+ */
+export interface BoardCoordinator {
+  collect(changed: readonly string[], sync: (eventId: string) => Promise<void>): Promise<string[]>
+}
+
 export class LeaderboardTicks {
   /** events whose board changed since the last tick */
   private readonly dirty = new Set<string>()
+  coordinator: BoardCoordinator | null = null
 
   constructor(
     private readonly leaderboard: LeaderboardStore,
@@ -48,8 +57,17 @@ export class LeaderboardTicks {
 
   /** Publishes every board that changed since the last call. */
   async publish(): Promise<void> {
-    const events = [...this.dirty]
+    const changed = [...this.dirty]
     this.dirty.clear()
+    let events = changed
+    if (this.coordinator) {
+      try {
+        events = await this.coordinator.collect(changed, (e) => this.leaderboard.sync?.(e) ?? Promise.resolve())
+      } catch (err) {
+        for (const e of changed) this.dirty.add(e) // handed over at the next tick
+        throw err
+      }
+    }
     for (const eventId of events) {
       const started = performance.now()
       const { runners, top } = await this.leaderboard.top(eventId, this.topN)

@@ -20,6 +20,8 @@ export interface LeaderboardStore {
   remove(eventId: string, userId: string): Promise<boolean>
   /** Shows or hides a runner already ranked on the public board (consent changed); ranks are untouched. */
   setVisibility(eventId: string, userId: string, visible: boolean): Promise<void>
+  /** Writes this process's pending updates of the event through to the shared store (Redis; cluster mode). */
+  sync?(eventId: string): Promise<void>
   close(): Promise<void>
 }
 
@@ -118,6 +120,11 @@ export class MemoryLeaderboard implements LeaderboardStore {
 
 /** ZADD per update costs ~100 µs of client CPU; at 50,000 runners/s that is 5 cores. Updates are therefore gathered
  * and written once per refresh as one variadic ZADD GT per board (chunked). */
+/** Key prefix of a deployment's Redis boards: one per cluster.prefix, so the broker and the CLI agree. */
+export function boardPrefix(clusterPrefix: string): string {
+  return `${clusterPrefix}:lb`
+}
+
 export class RedisLeaderboard implements LeaderboardStore {
   private readonly redis: Redis
   private readonly pending = new Map<string, Map<string, { d: number; consent: boolean }>>()
@@ -171,6 +178,10 @@ export class RedisLeaderboard implements LeaderboardStore {
     for (let i = 0; i < unpub.length; i += CHUNK / 2)
       ops.push(this.redis.zrem(this.key(eventId, 'public'), ...unpub.slice(i, i + CHUNK / 2)))
     await Promise.all(ops)
+  }
+
+  sync(eventId: string): Promise<void> {
+    return this.flush(eventId)
   }
 
   async top(eventId: string, n: number): Promise<{ runners: number; top: BoardEntry[] }> {

@@ -89,6 +89,17 @@ export class Ingest {
     }
   }
 
+  /**
+   * Cluster mode: the device (re)connected to this node, possibly after sending readings to another one. What this
+   * process held about it may be stale, so it goes; the newest committed fix (from the database) continues the
+   * track, so no stretch is counted twice and none is lost.
+   */
+  resumeDevice(deviceKey: number, lastFix: { t: number; lat: number; lon: number } | null): void {
+    this.seqs.forget(deviceKey)
+    this.devices.delete(deviceKey)
+    if (lastFix) this.devices.set(deviceKey, { track: { lastPos: { ...lastFix } }, distance: { last: { ...lastFix } } })
+  }
+
   private track<T>(write: Promise<T>): Promise<T> {
     this.directWrites.add(write)
     const untrack = () => this.directWrites.delete(write)

@@ -4,6 +4,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { Redis } from 'ioredis'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pg from 'pg'
 import { type BrokerConfig, type DeepPartial, ephemeralConfig } from '../../broker.config.js'
@@ -37,6 +38,23 @@ export async function createTestDatabase(): Promise<{ url: string; drop(): Promi
       await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
       await c.end()
     },
+  }
+}
+
+/** Deletes a test run's Redis keys (cluster mode: sessions in db 1, leases and boards in db 0; channels need none). */
+export async function dropRedisPrefix(prefix: string, dbs: readonly number[] = [0, 1]): Promise<void> {
+  for (const db of dbs) {
+    const r = new Redis(REDIS_URL, { db })
+    try {
+      let cursor = '0'
+      do {
+        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000)
+        cursor = next
+        if (keys.length > 0) await r.del(...keys)
+      } while (cursor !== '0')
+    } finally {
+      await r.quit()
+    }
   }
 }
 
@@ -86,6 +104,8 @@ export async function startTestBroker(
       stopped = true
       await instance.stop()
       if (database && !reuse?.dbUrl) await database.drop()
+      if (config.redisUrl && config.databaseUrl)
+        await dropRedisPrefix(config.cluster.prefix, [0, config.cluster.redisDb])
     },
   }
 }

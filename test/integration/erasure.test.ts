@@ -322,7 +322,7 @@ describe.each(stores)('erasure (%s)', (store) => {
     const aboutB = opsQueue.filter((p) => p.topic === `users/${B}/alerts`).length
     expect(opsQueue.some((p) => p.topic === `users/${A}/alerts`)).toBe(true)
     expect(aboutB).toBeGreaterThanOrEqual(1)
-    if (redis) expect(await redis.zscore(`pulsegate:lb:{${ev}}:all`, A)).not.toBeNull()
+    if (redis) expect(await redis.zscore(`${tb.pg.config.cluster.prefix}:lb:{${ev}}:all`, A)).not.toBeNull()
     let compressedBefore: { table_name: string; status: number }[] = []
     if (tb.pg.timescale) {
       compressedBefore = (
@@ -485,9 +485,9 @@ describe.each(stores)('erasure (%s)', (store) => {
     // Off the board (and out of Redis); the board is republished without A.
     expect([...(await tb.pg.leaderboard.ranks(ev, [A, B])).keys()]).toEqual([B])
     if (redis) {
-      expect(await redis.zscore(`pulsegate:lb:{${ev}}:all`, A)).toBeNull()
-      expect(await redis.zscore(`pulsegate:lb:{${ev}}:public`, A)).toBeNull()
-      expect(await redis.zscore(`pulsegate:lb:{${ev}}:all`, B)).not.toBeNull()
+      expect(await redis.zscore(`${tb.pg.config.cluster.prefix}:lb:{${ev}}:all`, A)).toBeNull()
+      expect(await redis.zscore(`${tb.pg.config.cluster.prefix}:lb:{${ev}}:public`, A)).toBeNull()
+      expect(await redis.zscore(`${tb.pg.config.cluster.prefix}:lb:{${ev}}:all`, B)).not.toBeNull()
     }
     await waitFor(async () => {
       const [board] = await retained(`events/${ev}/leaderboard`)
@@ -502,6 +502,7 @@ describe.each(stores)('erasure (%s)', (store) => {
       PULSEGATE_DATA_DIR: tb.dataDir,
       PULSEGATE_DATABASE_URL: tb.dbUrl ?? undefined,
       PULSEGATE_REDIS_URL: store === 'postgres' ? REDIS_URL : undefined,
+      PULSEGATE_CLUSTER_PREFIX: tb.pg.config.cluster.prefix,
       PULSEGATE_JWT_SECRET: SECRET,
       PULSEGATE_LOG_LEVEL: 'silent',
     })
@@ -546,6 +547,7 @@ describe.each(stores)('erasure (%s)', (store) => {
       PULSEGATE_DATA_DIR: tb.dataDir,
       PULSEGATE_DATABASE_URL: tb.dbUrl ?? undefined,
       PULSEGATE_REDIS_URL: store === 'postgres' ? REDIS_URL : undefined,
+      PULSEGATE_CLUSTER_PREFIX: tb.pg.config.cluster.prefix,
       PULSEGATE_JWT_SECRET: SECRET,
       PULSEGATE_LOG_LEVEL: 'silent',
     })
@@ -556,7 +558,7 @@ describe.each(stores)('erasure (%s)', (store) => {
       expect(report).toMatchObject({ userId: B, found: true, live: null, certificates: 1 })
       expect(report.tables.samples).toBeGreaterThan(0)
       expect(report.leaderboardEntries).toBe(store === 'postgres' ? 1 : 0)
-      if (redis) expect(await redis.zscore(`pulsegate:lb:{${ev}}:all`, B)).toBeNull()
+      if (redis) expect(await redis.zscore(`${tb.pg.config.cluster.prefix}:lb:{${ev}}:all`, B)).toBeNull()
     } finally {
       restore()
     }
