@@ -12,6 +12,7 @@ import { createAuthorizeSubscribe } from './hooks/authorize-subscribe.js'
 import { watchClientEvents } from './hooks/client-events.js'
 import { ConsumedRouting } from './hooks/consumed-routing.js'
 import { createAuthorizeForward } from './hooks/forward.js'
+import { createPreConnect, guardAuthenticate, type PreConnectDeps } from './hooks/pre-connect.js'
 import type { Principals } from './hooks/types.js'
 import { CachedLookups } from './identity/lookups.js'
 import type { Principal } from './identity/principal.js'
@@ -20,6 +21,7 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
+import { capHandshakes, Limits } from './limits/index.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
@@ -196,6 +198,20 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     authorizeForward: createAuthorizeForward({ metrics }),
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
+  // The limits and the client-id rules wrap the hooks (src/limits, src/hooks/pre-connect.ts): a connection refused
+  // by a limit costs no credential look-up, and a publish held by the rate limiter is not yet authorized or acked.
+  const limits = new Limits({
+    config: config.limits,
+    registry: metrics.registry,
+    roleOf: (client) => principals.get(client)?.role,
+    drop: (packet) => routing.drop(packet),
+    log: log.child({ stage: 'limits' }),
+  })
+  const preConnect: PreConnectDeps = { admit: (client, id) => limits.connect.admit(client, id), metrics, log }
+  broker.preConnect = createPreConnect(preConnect)
+  broker.authenticate = guardAuthenticate(preConnect, broker.authenticate)
+  broker.authorizePublish = limits.publish.wrap(broker.authorizePublish)
+  limits.watch(broker)
 
   const aedes = broker
   // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic and
@@ -267,6 +283,12 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     }
     if (config.mqttsEnabled && tlsMaterial) {
       const s = createTlsServer(deps, tlsMaterial)
+      capHandshakes(s, {
+        max: config.limits.maxTlsHandshakes,
+        maxQueued: config.limits.maxQueuedHandshakes,
+        metrics: limits.metrics,
+        log,
+      })
       servers.push(s)
       ports.mqtts = await listen(s, config.mqttsPort, config.host)
     }
@@ -292,6 +314,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     stopping ??= (async () => {
       log.info('shutting down: no new connections; finishing in-flight commits')
       for (const s of servers) s.close()
+      limits.stop()
       await dp.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
