@@ -40,7 +40,12 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
     metrics.handshakesInProgress.set(inProgress)
     metrics.handshakesQueued.set(queue.length)
   }
-  server.prependListener('secureConnection', finished)
+  server.prependListener('secureConnection', (socket: tls.TLSSocket) => {
+    // pauseOnConnect leaves the TLS socket paused too: reading resumes once it is secure (the handler that follows
+    // attaches its reader in the same tick).
+    if (socket.readableFlowing === false) socket.resume()
+    finished()
+  })
   server.prependListener('tlsClientError', finished)
   server.on('connection', (socket: net.Socket) => {
     if (inProgress < max) {
