@@ -82,6 +82,8 @@ export interface Pulsegate {
   ): Promise<ErasureReport>
   /** what this process refuses because of erasures */
   erasure: ErasureGuard
+  /** per-client rate limits, connection limits, the TLS handshake cap (src/limits) */
+  limits: Limits
   stop(): Promise<void>
 }
 
@@ -353,6 +355,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     },
     eraseUser: eraseLive,
     erasure,
+    limits,
     stop,
   }
 }

@@ -1,6 +1,7 @@
 // Connection limits, decided at CONNECT (preConnect) before any credential is checked, so a refused connection costs
 // no database look-up: open connections per client address, and EMQX-style flapping detection — a client id that
-// connects more than N times within a window from one address is banned for a while (counted and logged).
+// ends N sessions within a window from one address is banned for a while (counted and logged). Only sessions that
+// were established count, as in EMQX: attempts refused for a registry outage (CONNACK 3) must not ban a device.
 import type { Client } from 'aedes'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Logger } from '../log.js'
@@ -22,8 +23,9 @@ export interface ConnectGuardDeps {
 
 export class ConnectGuard {
   private readonly perAddress = new Map<string, number>()
-  /** connect times per `clientId@address`, oldest first, within the flapping window */
+  /** ends of sessions per `clientId@address`, oldest first, within the flapping window */
   private readonly connects = new Map<string, number[]>()
+  private readonly keys = new WeakMap<Client, string>()
   private readonly bans = new Map<string, number>()
   private readonly sweeper: NodeJS.Timeout | null
   private readonly now: () => number
@@ -40,11 +42,13 @@ export class ConnectGuard {
   admit(client: Client, clientId: string): ConnectRefusal | null {
     const address = clientAddress(client)
     // A zero-byte id names no one yet (the server assigns it after authentication): not tracked for flapping.
-    const refusal = (clientId ? this.flapping(`${clientId}@${address}`) : null) ?? this.addressQuota(address)
+    const key = clientId ? `${clientId}@${address}` : null
+    const refusal = (key ? this.banned(key) : null) ?? this.addressQuota(address)
     if (refusal) {
       this.deps.metrics.connectRefusals.inc({ reason: refusal.reason })
       return refusal
     }
+    if (key && this.deps.limits.flapping.maxConnects > 0) this.keys.set(client, key)
     if (this.deps.limits.maxConnectionsPerIp > 0) {
       this.perAddress.set(address, (this.perAddress.get(address) ?? 0) + 1)
       let released = false
@@ -61,6 +65,11 @@ export class ConnectGuard {
     return null
   }
 
+  /** open connections counted against an address (0 when the per-address limit is off) */
+  openFrom(address: string): number {
+    return this.perAddress.get(address) ?? 0
+  }
+
   stop(): void {
     if (this.sweeper) clearInterval(this.sweeper)
   }
@@ -71,28 +80,33 @@ export class ConnectGuard {
     return null
   }
 
-  private flapping(key: string): ConnectRefusal | null {
-    const { maxConnects, windowMs, banMs } = this.deps.limits.flapping
-    if (maxConnects <= 0) return null
-    const now = this.now()
+  private banned(key: string): ConnectRefusal | null {
     const until = this.bans.get(key)
-    if (until !== undefined) {
-      if (now < until) return { reason: 'flapping_ban', code: 5 }
-      this.bans.delete(key)
-      this.deps.metrics.bannedClients.set(this.bans.size)
-    }
+    if (until === undefined) return null
+    if (this.now() < until) return { reason: 'flapping_ban', code: 5 }
+    this.bans.delete(key)
+    this.deps.metrics.bannedClients.set(this.bans.size)
+    return null
+  }
+
+  /** clientDisconnect: a session ended; the Nth within the window bans its client id at its address */
+  ended(client: Client): void {
+    const key = this.keys.get(client)
+    if (!key) return
+    this.keys.delete(client)
+    const { maxConnects, windowMs, banMs } = this.deps.limits.flapping
+    const now = this.now()
     const times = (this.connects.get(key) ?? []).filter((t) => now - t < windowMs)
     times.push(now)
-    if (times.length > maxConnects) {
-      this.connects.delete(key)
-      this.bans.set(key, now + banMs)
-      this.deps.metrics.flappingBans.inc()
-      this.deps.metrics.bannedClients.set(this.bans.size)
-      this.deps.log.warn({ client: key, connects: times.length, windowMs, banMs }, 'flapping: client banned')
-      return { reason: 'flapping_ban', code: 5 }
+    if (times.length < maxConnects) {
+      this.connects.set(key, times)
+      return
     }
-    this.connects.set(key, times)
-    return null
+    this.connects.delete(key)
+    this.bans.set(key, now + banMs)
+    this.deps.metrics.flappingBans.inc()
+    this.deps.metrics.bannedClients.set(this.bans.size)
+    this.deps.log.warn({ client: key, sessions: times.length, windowMs, banMs }, 'flapping: client banned')
   }
 
   private sweep(): void {

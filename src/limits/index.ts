@@ -39,9 +39,12 @@ export class Limits {
     this.connect = new ConnectGuard({ limits: deps.config, metrics: this.metrics, log: deps.log })
   }
 
-  /** client events the limits need: held publishes go with their connection; keep-alive timeouts are counted */
+  /** client events the limits need: held publishes go with their connection, an ended session counts for flapping; keep-alive timeouts are counted */
   watch(broker: Aedes): void {
-    broker.on('clientDisconnect', (client: Client) => this.publish.forget(client))
+    broker.on('clientDisconnect', (client: Client) => {
+      this.publish.forget(client)
+      this.connect.ended(client)
+    })
     broker.on('keepaliveTimeout', () => this.metrics.keepaliveTimeouts.inc())
   }
 
