@@ -172,7 +172,8 @@ export function defaults(): BrokerConfig {
       abuse: { factor: 10, windowMs: 10_000 },
       // Off by default: trackers on a cellular network share carrier-NAT addresses by the thousand.
       maxConnectionsPerIp: 0,
-      flapping: { maxConnects: 15, windowMs: 60_000, banMs: 5 * 60_000 },
+      // Off by default as in EMQX (flapping_detect.enable = false); EMQX's values once on: 15 per minute, ban 5 min.
+      flapping: { maxConnects: 0, windowMs: 60_000, banMs: 5 * 60_000 },
       maxTlsHandshakes: 32,
       maxQueuedHandshakes: 20_000,
     },
