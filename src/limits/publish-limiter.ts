@@ -61,7 +61,8 @@ export class PublishLimiter {
   /** wraps authorizePublish: the inner hook runs once the packet has its tokens */
   wrap(inner: Hook): Hook {
     return (client, packet, done) => {
-      const st = client ? this.stateOf(client) : undefined
+      // A will is authorized while its client closes: the last word of a dead device is never throttled or dropped.
+      const st = client && !client.closed ? this.stateOf(client) : undefined
       if (!client || !st) {
         inner(client, packet, done)
         return

@@ -99,6 +99,14 @@ describe('PublishLimiter', () => {
     expect(dropped).toHaveLength(3)
   })
 
+  it("a closing client's will is never held or dropped", () => {
+    const { client, passed, publish } = setup()
+    publish(2, 0)
+    client.closed = true
+    expect(publish(3, 1)).toHaveLength(3)
+    expect(passed).toHaveLength(5)
+  })
+
   it('disconnects only when a whole window was far over the limit and the flood goes on', async () => {
     // threshold: (3 − 1) × 10/s × 1 s = 20 over-limit publishes in a window
     const { client, publish } = setup()
