@@ -31,6 +31,9 @@ export interface OutputSettings {
   cooldownMs: number
   tickMs: number
   leaderboardTopN: number
+  /** a user's distance comes from one GPS source at a time (watch or phone, not both added); another device takes
+   *  over once the current one has sent no distance for this long (sample time) */
+  distanceSourceSwitchMs?: number
 }
 
 export const DEFAULT_OUTPUT_SETTINGS: OutputSettings = {
@@ -40,6 +43,7 @@ export const DEFAULT_OUTPUT_SETTINGS: OutputSettings = {
   cooldownMs: 2 * 60_000,
   tickMs: 1000,
   leaderboardTopN: 10,
+  distanceSourceSwitchMs: 30_000,
 }
 
 export class OutputEngine {
@@ -137,7 +141,7 @@ export class OutputEngine {
     for (const s of b.scalars) {
       if (s.metric === DERIVED_METRICS.distance) {
         // Already counted when the state was loaded from the database (or from an earlier batch).
-        if (s.t > u.distanceT) {
+        if (s.t > u.distanceT && this.isDistanceSource(u, b.deviceId, s.t)) {
           moved += s.value
           u.distanceT = s.t
         }
@@ -159,6 +163,15 @@ export class OutputEngine {
     }
     this.live.mark(u.userId)
     if (newest >= Date.now() - this.settings.alertRecencyMs) await this.episodes.review(u, newest)
+  }
+
+  /** One GPS source at a time: the current one, or another once the current one has been silent long enough. */
+  private isDistanceSource(u: UserState, deviceId: string, t: number): boolean {
+    const switchMs = this.settings.distanceSourceSwitchMs ?? DEFAULT_OUTPUT_SETTINGS.distanceSourceSwitchMs ?? 0
+    if (u.distanceSource !== null && u.distanceSource !== deviceId && t - u.distanceSourceT <= switchMs) return false
+    u.distanceSource = deviceId
+    u.distanceSourceT = t
+    return true
   }
 
   private async tick(): Promise<void> {

@@ -28,6 +28,9 @@ export interface UserState {
   distanceM: number
   /** newest distance sample counted: derived distance only grows forward, so this makes counting idempotent */
   distanceT: number
+  /** the device whose distance counts now (one GPS source at a time), and its newest distance sample */
+  distanceSource: string | null
+  distanceSourceT: number
   firstT: number | null
   open: Map<AlertKind, OpenEpisode>
   resolvedAt: Map<AlertKind, number>
@@ -46,6 +49,8 @@ export function blankState(userId: string, deviceId: string): UserState {
     event: null,
     distanceM: 0,
     distanceT: 0,
+    distanceSource: null,
+    distanceSourceT: 0,
     firstT: null,
     open: new Map(),
     resolvedAt: new Map(),
