@@ -114,6 +114,14 @@ export const configSchema = z.object({
     /** a signed checkpoint of the audit chain's head every so often (a broker writes them; 0 = only on demand) */
     auditCheckpointMs: ms,
   }),
+  /** race safety of the outputs (src/outputs) */
+  outputs: z.object({
+    /** a racing runner whose every device is silent this long (no clean DISCONNECT, not finished) raises a
+     *  runner_silent alert with the last known position (0 = off) */
+    silentRunnerMs: ms,
+    /** distance comes from one GPS source at a time; another device takes over after this much silence */
+    gpsSourceSwitchMs: ms,
+  }),
   preferences: z.object({
     /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
      *  next year must not win its fields until next year */
@@ -195,6 +203,7 @@ export function defaults(): BrokerConfig {
       auditKeyFile: undefined,
       auditCheckpointMs: 5 * 60_000,
     },
+    outputs: { silentRunnerMs: 120_000, gpsSourceSwitchMs: 30_000 },
     preferences: { maxClockAheadMs: 3600_000 },
     dp: {
       enabled: true,
@@ -268,6 +277,8 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_INGEST_WRITERS: 'ingest.writers',
   PULSEGATE_INGEST_COMMIT_TIMEOUT_MS: 'ingest.commitTimeoutMs',
   PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
+  PULSEGATE_SILENT_RUNNER_MS: 'outputs.silentRunnerMs',
+  PULSEGATE_GPS_SOURCE_SWITCH_MS: 'outputs.gpsSourceSwitchMs',
   PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
   PULSEGATE_DP_ENABLED: 'dp.enabled',
   PULSEGATE_DP_EPSILON: 'dp.epsilonPerRelease',

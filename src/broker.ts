@@ -30,7 +30,7 @@ import type { AuditActor } from './ops/audit-types.js'
 import type { ErasureReport, ErasureStage } from './ops/erase.js'
 import { createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
 import { ErasureGuard } from './ops/erasure-guard.js'
-import { OutputEngine } from './outputs/engine.js'
+import { DEFAULT_OUTPUT_SETTINGS, OutputEngine } from './outputs/engine.js'
 import { type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
 import { SyncService } from './outputs/sync.js'
@@ -154,6 +154,11 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     { publish },
     metrics,
     log.child({ stage: 'outputs' }),
+    {
+      ...DEFAULT_OUTPUT_SETTINGS,
+      silentRunnerMs: config.outputs.silentRunnerMs,
+      distanceSourceSwitchMs: config.outputs.gpsSourceSwitchMs,
+    },
   )
   ingest.onCommitted((batch) => outputs.onCommitted(batch))
   const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
@@ -214,6 +219,12 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   broker.authenticate = guardAuthenticate(preConnect, broker.authenticate)
   broker.authorizePublish = limits.publish.wrap(broker.authorizePublish)
   limits.watch(broker)
+  // A device's clean DISCONNECT is its goodbye: its silence afterwards raises no runner_silent alert.
+  broker.on('clientDisconnect', (client: Client) => {
+    const p = principals.get(client)
+    const clean = (client as unknown as { _disconnected?: boolean })._disconnected === true
+    if (clean && p?.role === 'device' && p.userId && p.deviceId) outputs.deviceSignedOff(p.userId, p.deviceId)
+  })
 
   const aedes = broker
   // Aedes' default in-memory persistence (the only one configured here): index its retained messages by topic and

@@ -16,6 +16,7 @@ import type { LeaderboardStore } from './leaderboard.js'
 import { LeaderboardTicks } from './leaderboard-tick.js'
 import { LiveSnapshots } from './live.js'
 import { DEFAULT_RULES, type RuleSettings } from './rules.js'
+import { SilentRunners } from './silence.js'
 import { StateLoader } from './state-load.js'
 import { addScalar, blankState, pushCompact, trimWindow, type UserState } from './user-state.js'
 
@@ -34,6 +35,8 @@ export interface OutputSettings {
   /** a user's distance comes from one GPS source at a time (watch or phone, not both added); another device takes
    *  over once the current one has sent no distance for this long (sample time) */
   distanceSourceSwitchMs?: number
+  /** a racing runner whose every device is silent this long raises runner_silent (0 = off; src/outputs/silence.ts) */
+  silentRunnerMs?: number
 }
 
 export const DEFAULT_OUTPUT_SETTINGS: OutputSettings = {
@@ -44,12 +47,14 @@ export const DEFAULT_OUTPUT_SETTINGS: OutputSettings = {
   tickMs: 1000,
   leaderboardTopN: 10,
   distanceSourceSwitchMs: 30_000,
+  silentRunnerMs: 120_000,
 }
 
 export class OutputEngine {
   private readonly users = new Map<string, UserState>()
   private readonly loader: StateLoader
   private readonly episodes: Episodes
+  private readonly silence: SilentRunners
   private readonly live: LiveSnapshots
   private readonly boards: LeaderboardTicks
   /** users being forgotten (erasure): batches of theirs that still arrive are dropped */
@@ -75,6 +80,10 @@ export class OutputEngine {
     this.boards = new LeaderboardTicks(leaderboard, consent, publisher, metrics, this.users, settings.leaderboardTopN)
     this.live = new LiveSnapshots(leaderboard, publisher, metrics, this.users)
     this.episodes = new Episodes(db, publisher, consent, metrics, settings)
+    this.silence = new SilentRunners(
+      this.episodes,
+      settings.silentRunnerMs ?? DEFAULT_OUTPUT_SETTINGS.silentRunnerMs ?? 0,
+    )
     this.loader = new StateLoader(db, this.users, this.boards, consent, settings.windowMs)
     this.unsubscribe = consent.onChange((c) => {
       if (c.purpose === 'leaderboard') void this.leaderboardConsentChanged(c.userId)
@@ -161,6 +170,7 @@ export class OutputEngine {
         await this.boards.record(u.event, u.userId, u.distanceM)
       }
     }
+    await this.silence.heard(u, b.deviceId, Date.now())
     this.live.mark(u.userId)
     if (newest >= Date.now() - this.settings.alertRecencyMs) await this.episodes.review(u, newest)
   }
@@ -181,12 +191,31 @@ export class OutputEngine {
     try {
       await this.boards.publish()
       await this.live.publish()
+      this.checkSilence()
       this.evictIdle()
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'output tick failed')
     } finally {
       this.ticking = false
     }
+  }
+
+  /** Racing runners whose devices all went quiet (silence.ts), each within its user's serialised work. */
+  private checkSilence(): void {
+    const now = Date.now()
+    for (const u of this.users.values()) {
+      if (!u.event || u.heardFrom.size === 0) continue
+      u.chain = u.chain
+        .then(() => this.silence.check(u, now))
+        .catch((err: Error) => this.log.error({ err: err.message }, 'silent-runner check failed'))
+    }
+  }
+
+  /** A device of this user disconnected cleanly (MQTT DISCONNECT): its silence raises no alert. */
+  deviceSignedOff(userId: string, deviceId: string): void {
+    const u = this.users.get(userId)
+    if (!u) return
+    u.chain = u.chain.then(() => this.silence.signedOff(u, deviceId))
   }
 
   /** Users silent for an hour are forgotten; their state reloads from the database if they come back. */

@@ -35,6 +35,8 @@ export interface UserState {
   open: Map<AlertKind, OpenEpisode>
   resolvedAt: Map<AlertKind, number>
   lastDeviceId: string
+  /** wall-clock time of the last committed batch per device (silent-runner check; dropped on a clean DISCONNECT) */
+  heardFrom: Map<string, number>
   /** the user's output work, serialised: each committed batch runs after the previous one */
   chain: Promise<void>
   lastUse: number
@@ -55,6 +57,7 @@ export function blankState(userId: string, deviceId: string): UserState {
     open: new Map(),
     resolvedAt: new Map(),
     lastDeviceId: deviceId,
+    heardFrom: new Map(),
     chain: Promise.resolve(),
     lastUse: Date.now(),
   }
