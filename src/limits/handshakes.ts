@@ -59,6 +59,8 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
       return
     }
     metrics.handshakeWaits.inc()
+    // An unread socket rarely errors, but an 'error' without a listener would end the process.
+    socket.on('error', () => {})
     queue.push(socket)
     metrics.handshakesQueued.set(queue.length)
   })
