@@ -63,7 +63,7 @@ export class RawMqtt {
   }
 
   /** the first received packet of this kind (waits for it), or throws once the socket closed without one */
-  async next<C extends Packet['cmd']>(cmd: C, timeoutMs = 10_000): Promise<Extract<Packet, { cmd: C }>> {
+  async next<C extends Packet['cmd']>(cmd: C, timeoutMs = 30_000): Promise<Extract<Packet, { cmd: C }>> {
     const until = Date.now() + timeoutMs
     for (;;) {
       const i = this.received.findIndex((p) => p.cmd === cmd)
@@ -75,7 +75,7 @@ export class RawMqtt {
   }
 
   /** resolves when the server has closed the connection */
-  async closed(timeoutMs = 20_000): Promise<number> {
+  async closed(timeoutMs = 30_000): Promise<number> {
     const until = Date.now() + timeoutMs
     while (this.closedAt === null) {
       if (Date.now() > until) throw new Error(`still open after ${timeoutMs} ms`)

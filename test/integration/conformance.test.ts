@@ -38,7 +38,7 @@ describe('MQTT 3.1.1 conformance', () => {
   afterAll(async () => {
     for (const r of open) r.end()
     await tb?.stop()
-  })
+  }, 90_000)
 
   it('a zero-byte client id with CleanSession=1: CONNACK 0 and a unique id in the principal namespace', async () => {
     const jwt = await token(tb, 'zed', 'app')
@@ -52,29 +52,29 @@ describe('MQTT 3.1.1 conformance', () => {
     const ids = await waitFor(() => {
       const mine = connectedIds().filter((id) => id.startsWith('app:zed:'))
       return mine.length === 2 ? mine : null
-    })
+    }, 30_000)
     expect(new Set(ids).size).toBe(2)
     expect(a.closedAt).toBeNull()
     expect(b.closedAt).toBeNull()
     // The assigned id carries the principal: the app may subscribe to its own alerts.
     a.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'users/zed/alerts', qos: 1 }] })
     expect((await a.next('suback')).granted).toEqual([1])
-  })
+  }, 90_000)
 
   it('a device with a zero-byte client id is given its device id', async () => {
     const dev = await provisionDevice(tb, 'zero-id-tracker', 'zoe')
     const r = await raw({ cert: dev.cert, key: dev.key })
     r.connect({ clientId: '', clean: true })
     expect((await r.next('connack')).returnCode).toBe(0)
-    await waitFor(() => connectedIds().includes('zero-id-tracker'))
-  })
+    await waitFor(() => connectedIds().includes('zero-id-tracker'), 30_000)
+  }, 90_000)
 
   it('a zero-byte client id with CleanSession=0: CONNACK 2 and the connection closed', async () => {
     const r = await raw()
     r.connect({ clientId: '', clean: false, password: await token(tb, 'zed', 'app') })
     expect((await r.next('connack')).returnCode).toBe(2)
     await r.closed()
-  })
+  }, 90_000)
 
   it('wildcard filters never match $ topics; $SYS/# does', async () => {
     const ops = await token(tb, 'ops', 'admin')
@@ -90,13 +90,13 @@ describe('MQTT 3.1.1 conformance', () => {
     await sys.subscribeAsync('$SYS/#', { qos: 0 })
     // A connect makes the broker publish $SYS/<id>/new/clients.
     const other = await connectWithToken(tb, await token(tb, 'zed', 'app'), 'app:zed:dollar')
-    await waitFor(() => sysTopics.some((t) => t.endsWith('/new/clients')))
+    await waitFor(() => sysTopics.some((t) => t.endsWith('/new/clients')), 30_000)
     // A sentinel after it: a $SYS message routed to `wild` would have been written to it before this one.
     await sys.publishAsync('ops/sentinel', 'x', { qos: 1 })
-    await waitFor(() => seenByWild.includes('ops/sentinel'))
+    await waitFor(() => seenByWild.includes('ops/sentinel'), 30_000)
     expect(seenByWild.filter((t) => t.startsWith('$'))).toEqual([])
     await Promise.all([wild.endAsync(), sys.endAsync(), other.endAsync()])
-  })
+  }, 90_000)
 
   it('keep-alive: a silent client is disconnected after 1.5 × its keep-alive, not before', async () => {
     const before = await metric('pulsegate_keepalive_timeouts_total')
@@ -107,8 +107,8 @@ describe('MQTT 3.1.1 conformance', () => {
     const closedAt = await r.closed()
     // The server's timer starts after it read the CONNECT, hence after sentAt: never earlier than 1.5 s after it.
     expect(closedAt - sentAt).toBeGreaterThanOrEqual(1500)
-    await waitFor(async () => (await metric('pulsegate_keepalive_timeouts_total')) > before)
-  })
+    await waitFor(async () => (await metric('pulsegate_keepalive_timeouts_total')) > before, 30_000)
+  }, 90_000)
 
   it('a SUBSCRIBE with a refused filter: 0x80 in its slot, the others granted, the connection stays', async () => {
     const r = await raw()
@@ -130,5 +130,5 @@ describe('MQTT 3.1.1 conformance', () => {
     r.send({ cmd: 'pingreq' })
     await r.next('pingresp')
     expect(r.closedAt).toBeNull()
-  })
+  }, 90_000)
 })

@@ -57,7 +57,7 @@ describe('publish rate limits', () => {
   afterAll(async () => {
     await Promise.all(clients.map((c) => c.endAsync(true)))
     await tb?.stop()
-  })
+  }, 90_000)
 
   it('a QoS 1 flood is slowed, never refused: every message acked and stored; a normal device beside it too', async () => {
     const { c: flooder } = await device('flood-1')
@@ -116,7 +116,8 @@ describe('publish rate limits', () => {
   it('TLS handshakes beyond the cap wait their turn, and every device connects', async () => {
     const devs = await Promise.all(Array.from({ length: 8 }, (_, i) => provisionDevice(tb, `storm-${i}`, 'storm')))
     const waitsBefore = await metric(tb, 'pulsegate_tls_handshake_waits_total')
-    const connected = await Promise.all(devs.map((d) => connectDevice(tb, d)))
+    // One handshake at a time: the last of the eight may wait for seven others, however slow the machine.
+    const connected = await Promise.all(devs.map((d) => connectDevice(tb, d, { connectTimeout: 60_000 })))
     clients.push(...connected)
     expect(connected.every((c) => c.connected)).toBe(true)
     expect(await metric(tb, 'pulsegate_tls_handshake_waits_total')).toBeGreaterThan(waitsBefore)
@@ -135,7 +136,7 @@ describe('connection limits', () => {
   }, 120_000)
   afterAll(async () => {
     await tb?.stop()
-  })
+  }, 90_000)
 
   it('the (N+1)th connection from one address gets CONNACK 3; a freed slot is reusable', async () => {
     const jwt = await token(tb, 'ipuser', 'app')
@@ -144,21 +145,21 @@ describe('connection limits', () => {
     expect(await connackCode(connectWithToken(tb, jwt, 'app:ipuser:4'))).toBe(3)
     expect(await metric(tb, 'pulsegate_limit_connect_refusals_total', { reason: 'ip_connection_limit' })).toBe(1)
     await three[0]?.endAsync()
-    await waitFor(() => tb.pg.limits.connect.openFrom(here) === 2)
+    await waitFor(() => tb.pg.limits.connect.openFrom(here) === 2, 30_000)
     const fifth = await connectWithToken(tb, jwt, 'app:ipuser:5')
     await Promise.all([fifth.endAsync(), three[1]?.endAsync(), three[2]?.endAsync()])
-    await waitFor(() => tb.pg.limits.connect.openFrom(here) === 0)
-  })
+    await waitFor(() => tb.pg.limits.connect.openFrom(here) === 0, 30_000)
+  }, 90_000)
 
   it('flapping: after N sessions within the window the client id is banned (CONNACK 5); others are not', async () => {
     const jwt = await token(tb, 'flapper', 'app')
     for (let i = 0; i < 3; i++) {
       const c = await connectWithToken(tb, jwt, 'app:flapper:1')
       await c.endAsync()
-      await waitFor(() => tb.pg.limits.connect.openFrom(here) === 0)
+      await waitFor(() => tb.pg.limits.connect.openFrom(here) === 0, 30_000)
     }
     // The ban is decided when the Nth session ends (clientDisconnect), which may come after the socket closed.
-    await waitFor(async () => (await metric(tb, 'pulsegate_limit_flapping_bans_total')) === 1)
+    await waitFor(async () => (await metric(tb, 'pulsegate_limit_flapping_bans_total')) === 1, 30_000)
     expect(await connackCode(connectWithToken(tb, jwt, 'app:flapper:1'))).toBe(5)
     // Still banned: refused again, without a second ban.
     expect(await connackCode(connectWithToken(tb, jwt, 'app:flapper:1'))).toBe(5)
@@ -166,5 +167,5 @@ describe('connection limits', () => {
     expect(await metric(tb, 'pulsegate_limit_banned')).toBe(1)
     expect(await metric(tb, 'pulsegate_limit_flapping_bans_total')).toBe(1)
     expect(await connackCode(connectWithToken(tb, jwt, 'app:flapper:2'))).toBe(0)
-  })
+  }, 90_000)
 })

@@ -14,7 +14,7 @@ describe('race safety', () => {
   }, 120_000)
   afterAll(async () => {
     await tb?.stop()
-  })
+  }, 90_000)
 
   it('counts the current source only; the other takes over after the current one falls silent', async () => {
     const now = Date.now()
@@ -46,7 +46,7 @@ describe('race safety', () => {
       })
     }
     await waitFor(() => tb.pg.outputs.distanceOf('duo') === 1 + 4 + 16 + 64, 30_000)
-  })
+  }, 90_000)
 
   it('a runner whose devices all fall silent mid-race: runner_silent to the medics, with the last position', async () => {
     const now = Date.now()
@@ -82,5 +82,5 @@ describe('race safety', () => {
     const resolved = await waitFor(() => mine('resolved'), 30_000)
     expect(resolved.id).toBe(opened.id)
     await medic.endAsync()
-  })
+  }, 90_000)
 })
