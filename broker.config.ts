@@ -32,6 +32,13 @@ const cidrList = z.preprocess(
       : v,
   z.array(cidr),
 )
+/** a token bucket: sustained rate per second and the burst it may save up (0 = no limit) */
+const bucket = z.object({
+  messagesPerSec: z.coerce.number().min(0),
+  messageBurst: z.coerce.number().int().min(1),
+  bytesPerSec: z.coerce.number().min(0),
+  byteBurst: z.coerce.number().int().min(1),
+})
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')])
 
 export const configSchema = z
@@ -104,6 +111,23 @@ export const configSchema = z
       drainTimeoutMs: ms,
       /** grace period for in-flight commits on SIGTERM */
       shutdownTimeoutMs: ms,
+      /** inbound PUBLISH token buckets per role (src/limits, docs/limits.md): QoS 1 over them is slowed, QoS 0 dropped */
+      rates: z.object({ device: bucket, bridge: bucket, app: bucket, medic: bucket, admin: bucket }),
+      /** a client whose over-limit publishes in one window reach (factor − 1) × its rate × the window is disconnected */
+      abuse: z.object({ factor: z.coerce.number().min(1.5), windowMs: z.coerce.number().int().min(100) }),
+      /** open MQTT connections per client address (clientAddress in src/limits); 0 = no limit */
+      maxConnectionsPerIp: z.coerce.number().int().min(0),
+      /** EMQX-style flapping detection, keyed by client id and address: more than maxConnects within windowMs → banned
+       *  for banMs (maxConnects 0 = off) */
+      flapping: z.object({
+        maxConnects: z.coerce.number().int().min(0),
+        windowMs: z.coerce.number().int().min(100),
+        banMs: z.coerce.number().int().min(0),
+      }),
+      /** TLS handshakes in progress at once on the mTLS listener; further connections wait, unread, in a queue */
+      maxTlsHandshakes: z.coerce.number().int().min(1),
+      /** connections waiting for a handshake slot; beyond it they are closed at once (0 = no queue) */
+      maxQueuedHandshakes: z.coerce.number().int().min(0),
     }),
     ingest: z.object({
       /** rows per INSERT statement at most */
@@ -134,6 +158,14 @@ export const configSchema = z
       auditKeyFile: z.string().optional(),
       /** a signed checkpoint of the audit chain's head every so often (a broker writes them; 0 = only on demand) */
       auditCheckpointMs: ms,
+    }),
+    /** race safety of the outputs (src/outputs) */
+    outputs: z.object({
+      /** a racing runner whose every device is silent this long (no clean DISCONNECT, not finished) raises a
+       *  runner_silent alert with the last known position (0 = off) */
+      silentRunnerMs: ms,
+      /** distance comes from one GPS source at a time; another device takes over after this much silence */
+      gpsSourceSwitchMs: ms,
     }),
     preferences: z.object({
       /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
@@ -234,6 +266,21 @@ export function defaults(): BrokerConfig {
       connectTimeoutMs: 10_000,
       drainTimeoutMs: 20_000,
       shutdownTimeoutMs: 15_000,
+      // A tracker sends a batch every second or so and flushes its offline buffer after a reconnect (the bursts).
+      rates: {
+        device: { messagesPerSec: 50, messageBurst: 200, bytesPerSec: 512 * 1024, byteBurst: 2 * 1024 * 1024 },
+        bridge: { messagesPerSec: 200, messageBurst: 1000, bytesPerSec: 2 * 1024 * 1024, byteBurst: 8 * 1024 * 1024 },
+        app: { messagesPerSec: 20, messageBurst: 100, bytesPerSec: 256 * 1024, byteBurst: 1024 * 1024 },
+        medic: { messagesPerSec: 10, messageBurst: 50, bytesPerSec: 64 * 1024, byteBurst: 256 * 1024 },
+        admin: { messagesPerSec: 0, messageBurst: 1, bytesPerSec: 0, byteBurst: 1 },
+      },
+      abuse: { factor: 10, windowMs: 10_000 },
+      // Off by default: trackers on a cellular network share carrier-NAT addresses by the thousand.
+      maxConnectionsPerIp: 0,
+      // Off by default as in EMQX (flapping_detect.enable = false); EMQX's values once on: 15 per minute, ban 5 min.
+      flapping: { maxConnects: 0, windowMs: 60_000, banMs: 5 * 60_000 },
+      maxTlsHandshakes: 32,
+      maxQueuedHandshakes: 20_000,
     },
     ingest: {
       maxBatchRows: 20_000,
@@ -253,6 +300,7 @@ export function defaults(): BrokerConfig {
       auditKeyFile: undefined,
       auditCheckpointMs: 5 * 60_000,
     },
+    outputs: { silentRunnerMs: 120_000, gpsSourceSwitchMs: 30_000 },
     preferences: { maxClockAheadMs: 3600_000 },
     dp: {
       enabled: true,
@@ -303,12 +351,42 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_AUDIT_KEY_FILE: 'privacy.auditKeyFile',
   PULSEGATE_AUDIT_CHECKPOINT_MS: 'privacy.auditCheckpointMs',
   PULSEGATE_MAX_PACKET_BYTES: 'limits.maxPacketBytes',
+  PULSEGATE_LIMIT_DEVICE_MSG_RATE: 'limits.rates.device.messagesPerSec',
+  PULSEGATE_LIMIT_DEVICE_MSG_BURST: 'limits.rates.device.messageBurst',
+  PULSEGATE_LIMIT_DEVICE_BYTE_RATE: 'limits.rates.device.bytesPerSec',
+  PULSEGATE_LIMIT_DEVICE_BYTE_BURST: 'limits.rates.device.byteBurst',
+  PULSEGATE_LIMIT_BRIDGE_MSG_RATE: 'limits.rates.bridge.messagesPerSec',
+  PULSEGATE_LIMIT_BRIDGE_MSG_BURST: 'limits.rates.bridge.messageBurst',
+  PULSEGATE_LIMIT_BRIDGE_BYTE_RATE: 'limits.rates.bridge.bytesPerSec',
+  PULSEGATE_LIMIT_BRIDGE_BYTE_BURST: 'limits.rates.bridge.byteBurst',
+  PULSEGATE_LIMIT_APP_MSG_RATE: 'limits.rates.app.messagesPerSec',
+  PULSEGATE_LIMIT_APP_MSG_BURST: 'limits.rates.app.messageBurst',
+  PULSEGATE_LIMIT_APP_BYTE_RATE: 'limits.rates.app.bytesPerSec',
+  PULSEGATE_LIMIT_APP_BYTE_BURST: 'limits.rates.app.byteBurst',
+  PULSEGATE_LIMIT_MEDIC_MSG_RATE: 'limits.rates.medic.messagesPerSec',
+  PULSEGATE_LIMIT_MEDIC_MSG_BURST: 'limits.rates.medic.messageBurst',
+  PULSEGATE_LIMIT_MEDIC_BYTE_RATE: 'limits.rates.medic.bytesPerSec',
+  PULSEGATE_LIMIT_MEDIC_BYTE_BURST: 'limits.rates.medic.byteBurst',
+  PULSEGATE_LIMIT_ADMIN_MSG_RATE: 'limits.rates.admin.messagesPerSec',
+  PULSEGATE_LIMIT_ADMIN_MSG_BURST: 'limits.rates.admin.messageBurst',
+  PULSEGATE_LIMIT_ADMIN_BYTE_RATE: 'limits.rates.admin.bytesPerSec',
+  PULSEGATE_LIMIT_ADMIN_BYTE_BURST: 'limits.rates.admin.byteBurst',
+  PULSEGATE_LIMIT_ABUSE_FACTOR: 'limits.abuse.factor',
+  PULSEGATE_LIMIT_ABUSE_WINDOW_MS: 'limits.abuse.windowMs',
+  PULSEGATE_MAX_CONNECTIONS_PER_IP: 'limits.maxConnectionsPerIp',
+  PULSEGATE_FLAPPING_MAX_CONNECTS: 'limits.flapping.maxConnects',
+  PULSEGATE_FLAPPING_WINDOW_MS: 'limits.flapping.windowMs',
+  PULSEGATE_FLAPPING_BAN_MS: 'limits.flapping.banMs',
+  PULSEGATE_MAX_TLS_HANDSHAKES: 'limits.maxTlsHandshakes',
+  PULSEGATE_MAX_QUEUED_HANDSHAKES: 'limits.maxQueuedHandshakes',
   PULSEGATE_INGEST_MAX_BATCH_ROWS: 'ingest.maxBatchRows',
   PULSEGATE_INGEST_FLUSH_MS: 'ingest.flushIntervalMs',
   PULSEGATE_INGEST_MAX_QUEUED_ROWS: 'ingest.maxQueuedRows',
   PULSEGATE_INGEST_WRITERS: 'ingest.writers',
   PULSEGATE_INGEST_COMMIT_TIMEOUT_MS: 'ingest.commitTimeoutMs',
   PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
+  PULSEGATE_SILENT_RUNNER_MS: 'outputs.silentRunnerMs',
+  PULSEGATE_GPS_SOURCE_SWITCH_MS: 'outputs.gpsSourceSwitchMs',
   PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
   PULSEGATE_DP_ENABLED: 'dp.enabled',
   PULSEGATE_DP_EPSILON: 'dp.epsilonPerRelease',

@@ -6,7 +6,8 @@
 // under <tmpdir>/bench-certs, since a device's MQTT client id must equal the device id in its certificate).
 // `--workers` forked client processes open `--connections` mTLS MQTT connections (TLS handshake with a client
 // certificate, CONNECT, CONNACK; the broker checks the certificate, the registry and the fingerprint) at `--ramp`
-// new connections per second in total (0 = as fast as possible), at most `--concurrency` handshakes in flight.
+// new connections per second in total (0 = as fast as possible), at most `--concurrency` handshakes in flight;
+// the broker serves at most `--max-handshakes` at once (limits.maxTlsHandshakes, default 32; the rest wait unread).
 //   - connections/s: completed CONNACKs / time from the first attempt to the last CONNACK; the best 1-second
 //     window (the max sustained rate — meaningful with `--ramp 0`)
 //   - connect latency (tls.connect → CONNACK) p50/p90/p99/max, failed connections (and why)
@@ -56,6 +57,8 @@ const { values: a } = parseArgs({
     ramp: { type: 'string', default: '500' },
     workers: { type: 'string', default: '1' },
     concurrency: { type: 'string', default: '256' },
+    // the broker's cap on TLS handshakes in progress (limits.maxTlsHandshakes); a large value ≈ no cap
+    'max-handshakes': { type: 'string', default: '32' },
     idle: { type: 'string', default: '5' },
     store: { type: 'string', default: 'embedded' },
     keepalive: { type: 'string', default: '60' },
@@ -74,6 +77,7 @@ const opts = {
   ramp: num('ramp', a.ramp, 0),
   workers: num('workers', a.workers, 1),
   concurrency: num('concurrency', a.concurrency, 1),
+  maxHandshakes: num('max-handshakes', a['max-handshakes'], 1),
   idleS: num('idle', a.idle, 0),
   keepaliveS: num('keepalive', a.keepalive, 0),
   untilFail: a['until-fail'] === true,
@@ -128,7 +132,12 @@ async function main() {
   }
   const pki = await ensureBenchCerts(opts.connections, { onProgress: (d, t) => log(`issued ${d}/${t} certificates`) })
   if (pki.issued > 0) log(`issued ${pki.issued} device certificates in ${round(pki.issueMs / 1000)} s (cached now)`)
-  const broker: BenchBroker = await startBenchBroker(store, pki, {}, a['log-level'] as BrokerConfig['logLevel'])
+  const broker: BenchBroker = await startBenchBroker(
+    store,
+    pki,
+    { limits: { maxTlsHandshakes: opts.maxHandshakes } },
+    a['log-level'] as BrokerConfig['logLevel'],
+  )
   let workers: ConnectWorker[] = []
   const onSignal = () => {
     for (const w of workers) w.child.kill()

@@ -14,6 +14,7 @@ import { createAuthorizeSubscribe } from './hooks/authorize-subscribe.js'
 import { watchClientEvents } from './hooks/client-events.js'
 import { ConsumedRouting } from './hooks/consumed-routing.js'
 import { createAuthorizeForward } from './hooks/forward.js'
+import { createPreConnect, guardAuthenticate, type PreConnectDeps } from './hooks/pre-connect.js'
 import type { Principals } from './hooks/types.js'
 import { CachedLookups } from './identity/lookups.js'
 import type { Principal } from './identity/principal.js'
@@ -22,6 +23,7 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
+import { capHandshakes, Limits } from './limits/index.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
@@ -87,6 +89,8 @@ export interface Pulsegate {
   erasure: ErasureGuard
   /** changes written by other processes (LISTEN/NOTIFY), src/cluster/control-plane.ts */
   control: ControlPlane
+  /** per-client rate limits, connection limits, the TLS handshake cap (src/limits) */
+  limits: Limits
   stop(): Promise<void>
 }
 
@@ -184,7 +188,11 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     { publish },
     metrics,
     log.child({ stage: 'outputs' }),
-    DEFAULT_OUTPUT_SETTINGS,
+    {
+      ...DEFAULT_OUTPUT_SETTINGS,
+      silentRunnerMs: config.outputs.silentRunnerMs,
+      distanceSourceSwitchMs: config.outputs.gpsSourceSwitchMs,
+    },
     zones,
   )
   ingest.onCommitted((batch) => (cluster ? cluster.route(batch) : outputs.onCommitted(batch)))
@@ -226,6 +234,26 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     ...cluster?.aedesOptions,
   })
   watchClientEvents(broker, { principals, routing, metrics, log })
+  // The limits and the client-id rules wrap the hooks (src/limits, src/hooks/pre-connect.ts): a connection refused
+  // by a limit costs no credential look-up, and a publish held by the rate limiter is not yet authorized or acked.
+  const limits = new Limits({
+    config: config.limits,
+    registry: metrics.registry,
+    roleOf: (client) => principals.get(client)?.role,
+    drop: (packet) => routing.drop(packet),
+    log: log.child({ stage: 'limits' }),
+  })
+  const preConnect: PreConnectDeps = { admit: (client, id) => limits.connect.admit(client, id), metrics, log }
+  broker.preConnect = createPreConnect(preConnect)
+  broker.authenticate = guardAuthenticate(preConnect, broker.authenticate)
+  broker.authorizePublish = limits.publish.wrap(broker.authorizePublish)
+  limits.watch(broker)
+  // A device's clean DISCONNECT is its goodbye: its silence afterwards raises no runner_silent alert.
+  broker.on('clientDisconnect', (client: Client) => {
+    const p = principals.get(client)
+    const clean = (client as unknown as { _disconnected?: boolean })._disconnected === true
+    if (clean && p?.role === 'device' && p.userId && p.deviceId) outputs.deviceSignedOff(p.userId, p.deviceId)
+  })
 
   const aedes = broker
   // Aedes' persistence (in memory, or Redis in cluster mode): index its retained messages by topic and the ids of its
@@ -319,6 +347,12 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     }
     if (config.mqttsEnabled && tlsMaterial) {
       const s = createTlsServer(deps, tlsMaterial)
+      capHandshakes(s, {
+        max: config.limits.maxTlsHandshakes,
+        maxQueued: config.limits.maxQueuedHandshakes,
+        metrics: limits.metrics,
+        log,
+      })
       servers.push(s)
       ports.mqtts = await listen(s, config.mqttsPort, config.host)
     }
@@ -348,6 +382,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       log.info('shutting down: no new connections; finishing in-flight commits')
       const deadline = Date.now() + config.limits.shutdownTimeoutMs
       for (const s of servers) s.close()
+      limits.stop()
       await dp.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
@@ -392,6 +427,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     eraseUser: eraseLive,
     erasure,
     control,
+    limits,
     stop,
   }
 }

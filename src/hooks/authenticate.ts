@@ -9,6 +9,7 @@ import type { Metrics } from '../metrics.js'
 import type { ErasureGuard } from '../ops/erasure-guard.js'
 import type { CertificateRecord } from '../store/registry.js'
 import { connInfo } from '../transport/connection.js'
+import { assignedClientId, sentZeroLengthId } from './pre-connect.js'
 import { type AuthenticateHook, authError, type Principals, refuse } from './types.js'
 
 /** The registry's verdict on a device certificate (CertificateLookups: batched and briefly cached). */
@@ -62,6 +63,8 @@ export function createAuthenticate(deps: AuthenticateDeps): AuthenticateHook {
       } else {
         return refuse(deps, listener, 'no_credentials', 4, client.id, done)
       }
+      // A zero-byte client id with CleanSession=1 (pre-connect.ts): the server assigns one [MQTT-3.1.3-6].
+      if (sentZeroLengthId(client)) client.id = assignedClientId(p)
       if (!clientIdAllowed(p, client.id, maxClientIdLength)) {
         return refuse(deps, listener, 'bad_client_id', 2, client.id, done)
       }

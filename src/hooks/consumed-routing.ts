@@ -9,10 +9,16 @@ type RoutePublish = (packet: object, client: Client | null, done?: (err?: Error 
 export class ConsumedRouting {
   private readonly consumed = new WeakSet<object>()
   private readonly tapping = new Set<Client>()
+  private readonly dropped = new WeakSet<object>()
 
   /** authorizePublish: the pipeline takes this packet; Aedes need not route it unless someone taps. */
   consume(packet: object): void {
     this.consumed.add(packet)
+  }
+
+  /** the rate limiter dropped this QoS 0 packet: it goes nowhere, taps included */
+  drop(packet: object): void {
+    this.dropped.add(packet)
   }
 
   /** authorizeSubscribe: an admin subscribed a filter that may match inbound telemetry. */
@@ -34,7 +40,7 @@ export class ConsumedRouting {
     const internals = aedes as unknown as { publish: RoutePublish }
     const route: RoutePublish = internals.publish.bind(aedes)
     internals.publish = (packet, client, done) => {
-      if (this.tapping.size === 0 && this.consumed.has(packet)) {
+      if ((this.tapping.size === 0 && this.consumed.has(packet)) || this.dropped.has(packet)) {
         done?.(null)
         return
       }

@@ -17,6 +17,7 @@ import { type BoardCoordinator, LeaderboardTicks } from './leaderboard-tick.js'
 import { LiveSnapshots } from './live.js'
 import { PositionFeed } from './positions.js'
 import { DEFAULT_RULES, type RuleSettings } from './rules.js'
+import { SilentRunners } from './silence.js'
 import { StateLoader } from './state-load.js'
 import { addScalar, blankState, pushCompact, trimWindow, type UserState } from './user-state.js'
 import { NO_ZONES, type ZoneGate } from './zone-gate.js'
@@ -33,6 +34,11 @@ export interface OutputSettings {
   cooldownMs: number
   tickMs: number
   leaderboardTopN: number
+  /** a user's distance comes from one GPS source at a time (watch or phone, not both added); another device takes
+   *  over once the current one has sent no distance for this long (sample time) */
+  distanceSourceSwitchMs?: number
+  /** a racing runner whose every device is silent this long raises runner_silent (0 = off; src/outputs/silence.ts) */
+  silentRunnerMs?: number
 }
 
 export const DEFAULT_OUTPUT_SETTINGS: OutputSettings = {
@@ -42,12 +48,15 @@ export const DEFAULT_OUTPUT_SETTINGS: OutputSettings = {
   cooldownMs: 2 * 60_000,
   tickMs: 1000,
   leaderboardTopN: 10,
+  distanceSourceSwitchMs: 30_000,
+  silentRunnerMs: 120_000,
 }
 
 export class OutputEngine {
   private readonly users = new Map<string, UserState>()
   private readonly loader: StateLoader
   private readonly episodes: Episodes
+  private readonly silence: SilentRunners
   private readonly live: LiveSnapshots
   private readonly boards: LeaderboardTicks
   private readonly positions: PositionFeed
@@ -77,6 +86,10 @@ export class OutputEngine {
     this.live = new LiveSnapshots(leaderboard, publisher, metrics, this.users)
     this.positions = new PositionFeed(this.users, consent, zones, publisher, metrics)
     this.episodes = new Episodes(db, publisher, consent, metrics, settings, zones)
+    this.silence = new SilentRunners(
+      this.episodes,
+      settings.silentRunnerMs ?? DEFAULT_OUTPUT_SETTINGS.silentRunnerMs ?? 0,
+    )
     // Zones load with consent, before any output of the user: both are asked synchronously at publish time.
     const gates = {
       load: async (ids: readonly string[]) => void (await Promise.all([consent.load(ids), zones.load(ids)])),
@@ -152,7 +165,7 @@ export class OutputEngine {
     for (const s of b.scalars) {
       if (s.metric === DERIVED_METRICS.distance) {
         // Already counted when the state was loaded from the database (or from an earlier batch).
-        if (s.t > u.distanceT) {
+        if (s.t > u.distanceT && this.isDistanceSource(u, b.deviceId, s.t)) {
           moved += s.value
           u.distanceT = s.t
         }
@@ -172,9 +185,19 @@ export class OutputEngine {
         await this.boards.record(u.event, u.userId, u.distanceM)
       }
     }
+    await this.silence.heard(u, b.deviceId, Date.now())
     this.live.mark(u.userId)
     if (b.positions.length > 0) this.positions.mark(u.userId)
     if (newest >= Date.now() - this.settings.alertRecencyMs) await this.episodes.review(u, newest)
+  }
+
+  /** One GPS source at a time: the current one, or another once the current one has been silent long enough. */
+  private isDistanceSource(u: UserState, deviceId: string, t: number): boolean {
+    const switchMs = this.settings.distanceSourceSwitchMs ?? DEFAULT_OUTPUT_SETTINGS.distanceSourceSwitchMs ?? 0
+    if (u.distanceSource !== null && u.distanceSource !== deviceId && t - u.distanceSourceT <= switchMs) return false
+    u.distanceSource = deviceId
+    u.distanceSourceT = t
+    return true
   }
 
   private async tick(): Promise<void> {
@@ -185,12 +208,31 @@ export class OutputEngine {
       await this.boards.publish()
       await this.live.publish()
       this.positions.publish()
+      this.checkSilence()
       this.evictIdle()
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'output tick failed')
     } finally {
       this.ticking = false
     }
+  }
+
+  /** Racing runners whose devices all went quiet (silence.ts), each within its user's serialised work. */
+  private checkSilence(): void {
+    const now = Date.now()
+    for (const u of this.users.values()) {
+      if (!u.event || u.heardFrom.size === 0) continue
+      u.chain = u.chain
+        .then(() => this.silence.check(u, now))
+        .catch((err: Error) => this.log.error({ err: err.message }, 'silent-runner check failed'))
+    }
+  }
+
+  /** A device of this user disconnected cleanly (MQTT DISCONNECT): its silence raises no alert. */
+  deviceSignedOff(userId: string, deviceId: string): void {
+    const u = this.users.get(userId)
+    if (!u) return
+    u.chain = u.chain.then(() => this.silence.signedOff(u, deviceId))
   }
 
   /** Users silent for an hour are forgotten; their state reloads from the database if they come back. */

@@ -9,7 +9,7 @@ import { topicFor } from '../topics/grammar.js'
 import type { ConsentGate } from './consent-gate.js'
 import type { AlertMessage } from './payloads.js'
 import { medicsOverrideZones } from './positions.js'
-import { evaluate, type RuleSettings } from './rules.js'
+import { evaluate, type Finding, type RuleSettings } from './rules.js'
 import type { OpenEpisode, UserState } from './user-state.js'
 import { NO_ZONES, type ZoneGate } from './zone-gate.js'
 
@@ -37,36 +37,39 @@ export class Episodes {
       profile: u.profile,
       settings: this.settings.rules,
     })
-    for (const f of findings) {
-      const open = u.open.get(f.kind)
-      if (f.active && !open) {
-        const cooled = (u.resolvedAt.get(f.kind) ?? 0) + this.settings.cooldownMs
-        if (f.t < cooled) continue
-        const ep: OpenEpisode = {
-          id: crypto.randomUUID(),
-          kind: f.kind,
-          severity: f.severity,
-          openedAt: f.t,
-          deviceId: u.lastDeviceId,
-          eventId: u.event?.eventId ?? null,
-        }
-        // Persist first: the alert a user sees always exists in the database with its id.
-        const res = await this.db.query(
-          `INSERT INTO alerts (id, user_id, device_id, event_id, kind, severity, opened_at, evidence)
-           VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7 / 1000.0), $8) ON CONFLICT DO NOTHING`,
-          [ep.id, u.userId, ep.deviceId, ep.eventId, ep.kind, ep.severity, ep.openedAt, JSON.stringify(f.evidence)],
-        )
-        if (res.rowCount === 0) continue // another broker process opened this episode
-        u.open.set(f.kind, ep)
-        this.metrics.alertsOpened.inc({ kind: f.kind })
-        this.publish(u, ep, 'opened', null, f.t, f.evidence)
-      } else if (!f.active && open) {
-        await this.db.query('UPDATE alerts SET resolved_at = to_timestamp($2 / 1000.0) WHERE id = $1', [open.id, f.t])
-        u.open.delete(f.kind)
-        u.resolvedAt.set(f.kind, f.t)
-        this.metrics.alertsResolved.inc({ kind: f.kind })
-        this.publish(u, open, 'resolved', f.t, f.t, f.evidence)
+    for (const f of findings) await this.settle(u, f)
+  }
+
+  /** Opens or resolves the episode of one finding (the rules' or the silent-runner check's). */
+  async settle(u: UserState, f: Finding): Promise<void> {
+    const open = u.open.get(f.kind)
+    if (f.active && !open) {
+      const cooled = (u.resolvedAt.get(f.kind) ?? 0) + this.settings.cooldownMs
+      if (f.t < cooled) return
+      const ep: OpenEpisode = {
+        id: crypto.randomUUID(),
+        kind: f.kind,
+        severity: f.severity,
+        openedAt: f.t,
+        deviceId: u.lastDeviceId,
+        eventId: u.event?.eventId ?? null,
       }
+      // Persist first: the alert a user sees always exists in the database with its id.
+      const res = await this.db.query(
+        `INSERT INTO alerts (id, user_id, device_id, event_id, kind, severity, opened_at, evidence)
+         VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7 / 1000.0), $8) ON CONFLICT DO NOTHING`,
+        [ep.id, u.userId, ep.deviceId, ep.eventId, ep.kind, ep.severity, ep.openedAt, JSON.stringify(f.evidence)],
+      )
+      if (res.rowCount === 0) return // another broker process opened this episode
+      u.open.set(f.kind, ep)
+      this.metrics.alertsOpened.inc({ kind: f.kind })
+      this.publish(u, ep, 'opened', null, f.t, f.evidence)
+    } else if (!f.active && open) {
+      await this.db.query('UPDATE alerts SET resolved_at = to_timestamp($2 / 1000.0) WHERE id = $1', [open.id, f.t])
+      u.open.delete(f.kind)
+      u.resolvedAt.set(f.kind, f.t)
+      this.metrics.alertsResolved.inc({ kind: f.kind })
+      this.publish(u, open, 'resolved', f.t, f.t, f.evidence)
     }
   }
 
@@ -106,7 +109,8 @@ export class Episodes {
    */
   private forMedics(u: UserState, msg: AlertMessage): string | null {
     const { lat, lon } = msg.evidence
-    if (lat === undefined || lon === undefined || medicsOverrideZones(u, this.consent)) return null
+    if (lat === undefined || lat === null || lon === undefined || lon === null) return null
+    if (medicsOverrideZones(u, this.consent)) return null
     if (!this.zones.withheld(u.userId, lat, lon)) return null
     this.metrics.outputsWithheld.inc({ output: 'event_alerts', reason: 'privacy_zone' })
     const { lat: _lat, lon: _lon, ...evidence } = msg.evidence

@@ -7,6 +7,7 @@ export type AlertKind =
   | 'stopped_abnormal' // race: stopped moving and HR missing or abnormal
   | 'sensor_lost' // HR signal lost while GPS says moving
   | 'spo2_low' // sustained SpO2 below threshold
+  | 'runner_silent' // race: every device of the runner silent, no goodbye, course not finished
 
 export type Severity = 'info' | 'warning' | 'critical'
 
@@ -30,8 +31,11 @@ export interface AlertMessage {
     speedMps?: number | null
     threshold?: number
     windowS?: number
-    lat?: number
-    lon?: number
+    lat?: number | null
+    lon?: number | null
+    /** runner_silent: when the last known position was taken, and how long the runner has been silent */
+    positionT?: number | null
+    silentS?: number
   }
 }
 

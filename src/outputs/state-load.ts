@@ -188,11 +188,18 @@ export class StateLoader {
        GROUP BY k.device_key`,
       [racing, since, DERIVED_METRICS.distance],
     )
+    // One GPS source at a time: a user with a watch and a phone gets the distance of the device that covered more,
+    // not both added.
+    const best = new Map<UserState, number>()
+    for (const r of d.rows) {
+      const u = owner.get(Number(r.device_key))
+      if (u && r.d !== null) best.set(u, Math.max(best.get(u) ?? 0, Number(r.d)))
+    }
+    for (const [u, dist] of best) u.distanceM += dist
     const moved = new Set<UserState>()
     for (const r of d.rows) {
       const u = owner.get(Number(r.device_key))
       if (!u || r.d === null) continue
-      u.distanceM += Number(r.d)
       if (r.first !== null) u.firstT = u.firstT === null ? Number(r.first) : Math.min(u.firstT, Number(r.first))
       if (r.last !== null) u.distanceT = Math.max(u.distanceT, Number(r.last))
       moved.add(u)

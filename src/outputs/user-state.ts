@@ -28,10 +28,15 @@ export interface UserState {
   distanceM: number
   /** newest distance sample counted: derived distance only grows forward, so this makes counting idempotent */
   distanceT: number
+  /** the device whose distance counts now (one GPS source at a time), and its newest distance sample */
+  distanceSource: string | null
+  distanceSourceT: number
   firstT: number | null
   open: Map<AlertKind, OpenEpisode>
   resolvedAt: Map<AlertKind, number>
   lastDeviceId: string
+  /** wall-clock time of the last committed batch per device (silent-runner check; dropped on a clean DISCONNECT) */
+  heardFrom: Map<string, number>
   /** the user's output work, serialised: each committed batch runs after the previous one */
   chain: Promise<void>
   lastUse: number
@@ -46,10 +51,13 @@ export function blankState(userId: string, deviceId: string): UserState {
     event: null,
     distanceM: 0,
     distanceT: 0,
+    distanceSource: null,
+    distanceSourceT: 0,
     firstT: null,
     open: new Map(),
     resolvedAt: new Map(),
     lastDeviceId: deviceId,
+    heardFrom: new Map(),
     chain: Promise.resolve(),
     lastUse: Date.now(),
   }
