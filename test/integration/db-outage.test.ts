@@ -16,6 +16,7 @@ import {
 } from '../helpers/harness.js'
 import { DERIVED_METRICS } from '../../src/pipeline/derive.js'
 import { haversineMeters } from '../../src/pipeline/validate.js'
+import { metricValue } from '../helpers/metrics-text.js'
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js'
 
 let tb: TestBroker
@@ -103,10 +104,13 @@ it('no PUBACK while the database is gone; everything acked is stored exactly onc
     batch.push(fixAt(b))
     await qos0Device.publishAsync('devices/qos0-1/readings', JSON.stringify({ seq: b, samples: batch }), { qos: 0 })
   }
-  await waitFor(async () =>
-    /reason="qos0_overload"} [1-9]/.test(
-      await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_ingest_dropped_total'),
-    ),
+  await waitFor(
+    async () =>
+      metricValue(
+        await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_ingest_dropped_total'),
+        'pulsegate_ingest_dropped_total',
+        { reason: 'qos0_overload' },
+      ) > 0,
   )
   expect(tb.pg.writer.queuedRows).toBeLessThanOrEqual(Math.max(200, queuedBefore) + 50)
 
