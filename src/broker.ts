@@ -20,6 +20,8 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
+import { InsightsEngine } from './insights/engine.js'
+import { createInsightsMetrics } from './insights/metrics.js'
 import { createLogger, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
@@ -66,6 +68,8 @@ export interface Pulsegate {
   leaderboard: LeaderboardStore
   /** differentially private event statistics (events/{eid}/stats) */
   dp: DpPublisher
+  /** personalised recommendations (users/{uid}/recommendations) */
+  insights: InsightsEngine
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
   ports: { mqtt: number | null; mqtts: number | null; http: number }
@@ -161,6 +165,18 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     createPreferencesMetrics(metrics.registry),
     log.child({ stage: 'preferences' }),
   )
+  const insights = new InsightsEngine({
+    db,
+    timescale: () => timescale,
+    consent: privacy.consent,
+    preferences,
+    publisher: { publish },
+    metrics: createInsightsMetrics(metrics.registry),
+    log: log.child({ stage: 'insights' }),
+    settings: config.insights,
+  })
+  // Streaming rules (move reminders) see the same committed batches as the outputs, never the raw ingest path.
+  ingest.onCommitted((batch) => insights.onCommitted(batch))
 
   const { maxClientIdLength } = config.limits
   broker = await Aedes.createBroker({
@@ -252,6 +268,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     privacy: () => Promise.resolve(privacy),
     audit,
     eraseUser: (userId, actor) => eraseLive(userId, { actor }),
+    insights,
     log,
   })
   const httpServer: http.Server = createHttpServer(
@@ -285,6 +302,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   outputs.start()
   audit.startCheckpoints(config.privacy.auditCheckpointMs)
   dp.start()
+  insights.start()
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -293,6 +311,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       log.info('shutting down: no new connections; finishing in-flight commits')
       for (const s of servers) s.close()
       await dp.stop()
+      await insights.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
@@ -321,6 +340,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     preferences,
     leaderboard,
     dp,
+    insights,
     timescale,
     ports,
     publish,
