@@ -28,7 +28,7 @@ const DAY_MS = 86_400_000
 
 /**
  * The per-user local-day list and the per-user minutes. Parameters: $1 user ids, $2 `at`, $3 lookback, $4 history
- * days, $5 min samples per minute, $6/$7 the minutes' time range.
+ * days, $5 min samples per minute, $6/$7 the minutes' time range, $8/$9 the days to compute back from today per user (decided once for both statements).
  */
 function prefix(timescale: boolean): string {
   // samples_1m has the same columns as this GROUP BY (bucket, device_key, metric, sum, n); only the source differs.
@@ -44,8 +44,9 @@ function prefix(timescale: boolean): string {
 WITH u AS (
   SELECT us.user_id, us.birth_year, us.sex, us.hr_max, us.resting_hr,
          coalesce(CASE WHEN jsonb_typeof(p.value) = 'string' THEN p.value #>> '{}' END, us.time_zone) AS tz,
-         CASE WHEN EXISTS (SELECT 1 FROM daily_features f WHERE f.user_id = us.user_id) THEN $3::int ELSE $4::int END AS back
+         b.back, $3::int AS lookback, $4::int AS history
   FROM users us LEFT JOIN user_preferences p ON p.user_id = us.user_id AND p.field = 'timeZone'
+  JOIN unnest($8::text[], $9::int[]) AS b(user_id, back) ON b.user_id = us.user_id
   WHERE us.user_id = ANY($1::text[])
 ),
 d AS (
@@ -75,7 +76,7 @@ vm AS (
 )`
 }
 
-/** Statement 1: nights (resting HR), steps, wear; one row per user and local day, data or not. $8 = min rest minutes. */
+/** Statement 1: nights (resting HR), steps, wear; one row per user and local day, data or not. $10 = min rest minutes. */
 function nightsAndSteps(timescale: boolean): string {
   return `${prefix(timescale)},
 agg AS (
@@ -90,7 +91,7 @@ agg AS (
 INSERT INTO daily_features AS f (user_id, day, time_zone, rhr_night, rest_minutes, night_minutes, night_length, steps,
                                  wear_minutes, day_length, day_complete, computed_at)
 SELECT d.user_id, d.day, d.tz,
-       CASE WHEN coalesce(a.rest_minutes, 0) >= $8::int THEN a.rest_hr END,
+       CASE WHEN coalesce(a.rest_minutes, 0) >= $10::int THEN a.rest_hr END,
        coalesce(a.rest_minutes, 0), coalesce(a.night_minutes, 0),
        round(extract(epoch FROM d.night_end - d.day_start) / 60)::int,
        round(coalesce(a.steps, 0))::int, coalesce(a.wear_minutes, 0),
@@ -159,6 +160,15 @@ export async function computeFeatures(
     const end = new Date(Math.floor(to.getTime() / 60_000) * 60_000)
     await db.exec(`CALL refresh_continuous_aggregate('samples_1m', '${from.toISOString()}', '${end.toISOString()}')`)
   }
+  // Per user: the whole history the first time; else back to the last day computed (a scheduler that was down for
+  // days leaves no gap), at least the lookback (late uploads). Decided once: the first statement writes rows.
+  const backs = await db.query<{ user_id: string; back: number }>(
+    `SELECT x.user_id, CASE WHEN m.last IS NULL THEN $2::int
+              ELSE least($2::int, greatest($3::int, ($4::timestamptz::date - m.last) + 1)) END AS back
+     FROM unnest($1::text[]) AS x(user_id)
+     LEFT JOIN LATERAL (SELECT max(f.day) AS last FROM daily_features f WHERE f.user_id = x.user_id) m ON true`,
+    [userIds, s.historyDays, s.lookbackDays, at.toISOString()],
+  )
   const params = [
     userIds,
     at.toISOString(),
@@ -167,6 +177,8 @@ export async function computeFeatures(
     s.minSamplesPerMinute,
     from.toISOString(),
     to.toISOString(),
+    backs.rows.map((r) => r.user_id),
+    backs.rows.map((r) => Number(r.back)),
   ]
   const a = await db.query(nightsAndSteps(timescale), [...params, s.minRestMinutes])
   await db.query(zonesAndLoad(timescale), params)

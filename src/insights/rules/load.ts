@@ -91,6 +91,9 @@ export interface LoadInput {
   postRace: boolean
 }
 
+/** Chronic load at or above the floor; the floor is a percentile of the same loads, so equal up to rounding counts. */
+const aboveFloor = (chronic: number, floor: number | null): boolean => chronic > 0 && chronic >= (floor ?? 0) * (1 - 1e-9)
+
 export const MIN_LOAD_HISTORY_DAYS = 28
 export const MIN_LOAD_COVERED_DAYS = 21
 
@@ -98,8 +101,7 @@ export function decideLoadJump(i: LoadInput, at: number): Candidate | null {
   if (i.historyDays < MIN_LOAD_HISTORY_DAYS || i.covered28 < MIN_LOAD_COVERED_DAYS) return null
   if (i.taper || i.postRace || i.raceYesterday) return null
   if (i.acute1 === null || i.chronic1 === null || i.acute2 === null || i.chronic2 === null) return null
-  const floor = i.floor ?? 0
-  if (i.chronic1 <= 0 || i.chronic2 <= 0 || i.chronic1 < floor || i.chronic2 < floor) return null
+  if (!aboveFloor(i.chronic1, i.floor) || !aboveFloor(i.chronic2, i.floor)) return null
   const r1 = i.acute1 / i.chronic1
   const r2 = i.acute2 / i.chronic2
   if (r1 < 1.5 || r2 < 1.5) return null
@@ -133,8 +135,7 @@ export function decideRecovery(i: LoadInput, at: number): Candidate | null {
     i.historyDays >= 14 &&
     i.load1 !== null &&
     i.chronic2 !== null &&
-    i.chronic2 > 0 &&
-    i.chronic2 >= (i.floor ?? 0) &&
+    aboveFloor(i.chronic2, i.floor) &&
     i.load1 >= 2 * i.chronic2
   // Load and RHR together: a hard day alone is what training is; with the resting HR up it asks for an easy day.
   if (!i.raceYesterday && !(highLoad && rhrUp !== null && rhrUp >= 2)) return null

@@ -36,7 +36,8 @@ mad AS (SELECT x.user_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(x.rhr_
 st AS (SELECT t.user_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY f.steps) AS steps_median
        FROM t JOIN daily_features f ON f.user_id = t.user_id AND f.day BETWEEN t.today - 29 AND t.today - 2
        WHERE f.wear_minutes >= ${WEAR_GATE_MINUTES} GROUP BY t.user_id)
-SELECT ${USER_DAY_COLUMNS}, f0.rhr_night AS n0, f1.rhr_night AS n1,
+SELECT ${USER_DAY_COLUMNS}, $2::timestamptz >= ((t.today + time '07:00') AT TIME ZONE t.tz) AS night_closed,
+       f0.rhr_night AS n0, f1.rhr_night AS n1,
        f0.night_minutes AS cov0_min, f0.night_length AS len0, f1.night_minutes AS cov1_min, f1.night_length AS len1,
        f1.steps AS steps1, f1.wear_minutes AS wear1, med.median, med.nights, mad.mad, st.steps_median,
        to_char(e.started_on, 'YYYY-MM-DD') AS ep_start, e.open AS ep_open, e.normal_nights,
@@ -50,6 +51,8 @@ export interface RhrInput {
   userId: string
   today: string
   todayEnd: number
+  /** last night (00:00–07:00 local today) is over: before that there is no "last night" to judge */
+  nightClosed: boolean
   /** last night's and the night before's resting HR (null: too few rest minutes) */
   n0: number | null
   n1: number | null
@@ -70,6 +73,7 @@ function parse(r: Record<string, unknown>): RhrInput {
     userId: row.user_id,
     today: row.today,
     todayEnd: Number(row.today_end),
+    nightClosed: Boolean(r['night_closed']),
     n0: num(r['n0']),
     n1: num(r['n1']),
     coverage0: (num(r['cov0_min']) ?? 0) / (num(r['len0']) ?? 420),
@@ -98,7 +102,7 @@ export function rhrThreshold(mad: number | null): number {
 
 /** The decision for one user, from the numbers the statement gave (pure: unit-tested on its edges). */
 export function decideRhr(i: RhrInput, at: number): { candidate: Candidate | null; episode: EpisodeWrite | null } {
-  if (i.median === null || i.nights < MIN_BASELINE_NIGHTS) return { candidate: null, episode: null }
+  if (!i.nightClosed || i.median === null || i.nights < MIN_BASELINE_NIGHTS) return { candidate: null, episode: null }
   const baseline = i.median
   const thr = rhrThreshold(i.mad)
   const ep = i.episode
