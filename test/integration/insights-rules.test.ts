@@ -3,12 +3,15 @@
 // coverage below the gates, a zone far from UTC, a DST night, the rhr episode's hysteresis, a second run giving the
 // same id, consent, and a recovery day holding back goal nudges. The scheduler's own choice of who is due is tested
 // with a clock the test sets.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { InsightsEngine } from '../../src/insights/engine.js'
 import { createInsightsMetrics } from '../../src/insights/metrics.js'
 import { DISCLAIMER } from '../../src/insights/payload.js'
 import { type StoreKind, startTestBroker, type TestBroker } from '../helpers/harness.js'
 import { type DayPlan, datesBack, grantRecommendations, seedUser, writeDays } from '../helpers/wellness.js'
+
+// Each test writes weeks of per-minute history and runs the real SQL: minutes on a loaded machine.
+vi.setConfig({ testTimeout: 300_000 })
 
 const stores: StoreKind[] = ['postgres', 'embedded']
 /** Thursday 26 March 2026: yesterday was a Wednesday (the zone-minutes nudge day) */
