@@ -13,8 +13,7 @@ function userArg(value: string): string {
 }
 
 function ruleArg(value: string): string {
-  if (!(RULE_IDS as readonly string[]).includes(value))
-    throw new InvalidArgumentError(`one of ${RULE_IDS.join(', ')}`)
+  if (!(RULE_IDS as readonly string[]).includes(value)) throw new InvalidArgumentError(`one of ${RULE_IDS.join(', ')}`)
   return value
 }
 

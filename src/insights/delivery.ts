@@ -10,23 +10,10 @@ import type { Queryable } from '../store/db.js'
 import { topicFor } from '../topics/grammar.js'
 import { hhmm, inWindow, localParts, safeZone } from './local-time.js'
 import type { InsightsMetrics } from './metrics.js'
-import {
-  buildPayload,
-  type Candidate,
-  PRIORITY_RANK,
-  type RecommendationPayload,
-  type RuleId,
-} from './payload.js'
+import { buildPayload, type Candidate, PRIORITY_RANK, type RecommendationPayload, type RuleId } from './payload.js'
 import type { PreferencesReader } from './preferences/reader.js'
 
-export type SuppressReason =
-  | 'consent'
-  | 'muted'
-  | 'expired'
-  | 'quiet_hours'
-  | 'recovery_day'
-  | 'cooldown'
-  | 'budget'
+export type SuppressReason = 'consent' | 'muted' | 'expired' | 'quiet_hours' | 'recovery_day' | 'cooldown' | 'budget'
 
 export interface DeliverySettings {
   /** non-safety recommendations per user and local day */

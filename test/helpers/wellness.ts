@@ -31,7 +31,8 @@ interface Segment {
 
 function segments(d: DayPlan): Segment[] {
   const out: Segment[] = []
-  if (d.nightHr !== null) out.push({ date: d.date, from: d.nightFrom ?? 0, to: 420, metric: 1, value: d.nightHr, every: 1 })
+  if (d.nightHr !== null)
+    out.push({ date: d.date, from: d.nightFrom ?? 0, to: 420, metric: 1, value: d.nightHr, every: 1 })
   if (d.worn !== false) {
     const w = d.workout
     const dayHr = d.dayHr ?? 75

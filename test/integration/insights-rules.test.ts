@@ -5,6 +5,7 @@
 // with a clock the test sets.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { InsightsEngine } from '../../src/insights/engine.js'
+import type { RuleId } from '../../src/insights/payload.js'
 import { createInsightsMetrics } from '../../src/insights/metrics.js'
 import { DISCLAIMER } from '../../src/insights/payload.js'
 import { type StoreKind, startTestBroker, type TestBroker } from '../helpers/harness.js'
@@ -25,7 +26,7 @@ function baseline(dates: readonly string[], over: Partial<DayPlan> = {}): DayPla
 
 describe.each(stores)('recommendation rules on %s', (store) => {
   let tb: TestBroker
-  const run = (userIds: string[], at: Date, rule?: Parameters<InsightsEngine['run']>[0]['rule']) =>
+  const run = (userIds: string[], at: Date, rule?: RuleId) =>
     tb.pg.insights.run({ userIds, at, ...(rule ? { rule } : {}) })
 
   async function user(id: string, days: DayPlan[], opts: { tz?: string; consent?: boolean } = {}) {
@@ -91,8 +92,20 @@ describe.each(stores)('recommendation rules on %s', (store) => {
     it('does not fire on one elevated night, on a missing night, below the rest-minutes gate, or with < 7 nights', async () => {
       const dates = datesBack(D, 32)
       const base = baseline(dates.slice(0, 30))
-      await user('rhr-one', base.concat([{ date: dates[30] as string, nightHr: 53, steps: 4000 }, { date: D, nightHr: 60, steps: 4000 }]))
-      await user('rhr-missing', base.concat([{ date: dates[30] as string, nightHr: null, steps: 4000 }, { date: D, nightHr: 60, steps: 4000 }]))
+      await user(
+        'rhr-one',
+        base.concat([
+          { date: dates[30] as string, nightHr: 53, steps: 4000 },
+          { date: D, nightHr: 60, steps: 4000 },
+        ]),
+      )
+      await user(
+        'rhr-missing',
+        base.concat([
+          { date: dates[30] as string, nightHr: null, steps: 4000 },
+          { date: D, nightHr: 60, steps: 4000 },
+        ]),
+      )
       // samples from 05:10 only: 110 rest-qualified minutes (< 120): no resting HR those nights
       await user(
         'rhr-gate',
@@ -199,7 +212,9 @@ describe.each(stores)('recommendation rules on %s', (store) => {
         ]),
       )
       const low = await run(['zm-low'], AT, 'zone_minutes_weekly')
-      expect(low.delivered.map((p) => [p.title, p.evidence.value])).toEqual([['Zone minutes: halfway through the week', 30]])
+      expect(low.delivered.map((p) => [p.title, p.evidence.value])).toEqual([
+        ['Zone minutes: halfway through the week', 30],
+      ])
       const c150 = await run(['zm-150'], AT, 'zone_minutes_weekly')
       expect(c150.delivered.map((p) => [p.title, p.evidence.value])).toEqual([['150 zone minutes reached', 160]])
       const rest = await run(['zm-done', 'zm-gap'], AT, 'zone_minutes_weekly')
@@ -232,10 +247,15 @@ describe.each(stores)('recommendation rules on %s', (store) => {
         'ld-jump',
         dates.map((date, i) => ({ date, nightHr: 53, steps: 9500, workout: { minutes: i >= 29 ? 90 : 20, hr: 144 } })),
       )
-      await user('ld-steady', dates.map((date) => ({ date, nightHr: 53, steps: 9500, workout: { minutes: 20, hr: 144 } })))
+      await user(
+        'ld-steady',
+        dates.map((date) => ({ date, nightHr: 53, steps: 9500, workout: { minutes: 20, hr: 144 } })),
+      )
       await user(
         'ld-short',
-        dates.slice(16).map((date, i) => ({ date, nightHr: 53, steps: 9500, workout: { minutes: i >= 13 ? 90 : 20, hr: 144 } })),
+        dates
+          .slice(16)
+          .map((date, i) => ({ date, nightHr: 53, steps: 9500, workout: { minutes: i >= 13 ? 90 : 20, hr: 144 } })),
       )
       const r = await run(['ld-jump', 'ld-steady', 'ld-short'], AT, 'load_jump')
       expect(r.delivered.map((p) => p.rule)).toEqual(['load_jump'])
@@ -245,13 +265,16 @@ describe.each(stores)('recommendation rules on %s', (store) => {
     })
 
     it('recovery_day: after a very high load day with the resting HR up; not when the resting HR is normal', async () => {
-      const steady = (date: string) => ({ date, nightHr: 53, steps: 9500, workout: { minutes: 20, hr: 144 } })
-      const plan = (rhrToday: number) =>
-        dates.map((date, i) =>
-          i === 35
-            ? { ...steady(date), workout: { minutes: 150, hr: 144 } } // yesterday: 7.5× the usual load
-            : steady(date),
-        ).concat([{ date: D, nightHr: rhrToday, steps: 0, worn: false }])
+      const steady = (date: string): DayPlan => ({ date, nightHr: 53, steps: 9500, workout: { minutes: 20, hr: 144 } })
+      const plan = (rhrToday: number): DayPlan[] =>
+        dates
+          .map(
+            (date, i): DayPlan =>
+              i === 35
+                ? { ...steady(date), workout: { minutes: 150, hr: 144 } } // yesterday: 7.5× the usual load
+                : steady(date),
+          )
+          .concat([{ date: D, nightHr: rhrToday, steps: 0, worn: false }])
       await user('rc-up', plan(56))
       await user('rc-normal', plan(53))
       const r = await run(['rc-up', 'rc-normal'], AT, 'recovery_day')
@@ -315,5 +338,4 @@ describe.each(stores)('recommendation rules on %s', (store) => {
       await engine.stop()
     })
   })
-
 })

@@ -92,7 +92,8 @@ export interface LoadInput {
 }
 
 /** Chronic load at or above the floor; the floor is a percentile of the same loads, so equal up to rounding counts. */
-const aboveFloor = (chronic: number, floor: number | null): boolean => chronic > 0 && chronic >= (floor ?? 0) * (1 - 1e-9)
+const aboveFloor = (chronic: number, floor: number | null): boolean =>
+  chronic > 0 && chronic >= (floor ?? 0) * (1 - 1e-9)
 
 export const MIN_LOAD_HISTORY_DAYS = 28
 export const MIN_LOAD_COVERED_DAYS = 21
@@ -139,9 +140,12 @@ export function decideRecovery(i: LoadInput, at: number): Candidate | null {
     i.load1 >= 2 * i.chronic2
   // Load and RHR together: a hard day alone is what training is; with the resting HR up it asks for an easy day.
   if (!i.raceYesterday && !(highLoad && rhrUp !== null && rhrUp >= 2)) return null
-  const missing = rhrUp === null ? 'no resting heart rate last night (too few rest minutes or too few nights)' : undefined
+  const missing =
+    rhrUp === null ? 'no resting heart rate last night (too few rest minutes or too few nights)' : undefined
   const rhrText =
-    rhrUp !== null && rhrUp >= 2 ? ` Your resting heart rate last night was ${Math.round(rhrUp)} bpm above your usual.` : ''
+    rhrUp !== null && rhrUp >= 2
+      ? ` Your resting heart rate last night was ${Math.round(rhrUp)} bpm above your usual.`
+      : ''
   return {
     userId: i.userId,
     rule: 'recovery_day',

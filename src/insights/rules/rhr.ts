@@ -113,14 +113,28 @@ export function decideRhr(i: RhrInput, at: number): { candidate: Candidate | nul
     const normal = i.n0 < baseline + CLEAR_MARGIN ? ep.normalNights + 1 : 0
     return {
       candidate: null,
-      episode: { ...ep, userId: i.userId, rule: 'rhr_elevated', open: normal < 2, normalNights: normal, lastDay: i.today },
+      episode: {
+        ...ep,
+        userId: i.userId,
+        rule: 'rhr_elevated',
+        open: normal < 2,
+        normalNights: normal,
+        lastDay: i.today,
+      },
     }
   }
   if (i.n0 === null || i.n1 === null) return { candidate: null, episode: null }
   if (i.n0 - baseline < thr || i.n1 - baseline < thr) return { candidate: null, episode: null }
   return {
     candidate: candidate(i, baseline, thr, at),
-    episode: { userId: i.userId, rule: 'rhr_elevated', startedOn: i.today, open: true, normalNights: 0, lastDay: i.today },
+    episode: {
+      userId: i.userId,
+      rule: 'rhr_elevated',
+      startedOn: i.today,
+      open: true,
+      normalNights: 0,
+      lastDay: i.today,
+    },
   }
 }
 
@@ -172,4 +186,3 @@ export async function evaluateRhr(input: DailyRuleInput): Promise<RuleResult> {
   }
   return out
 }
-
