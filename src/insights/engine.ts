@@ -48,6 +48,8 @@ export interface RunOptions {
   userIds?: readonly string[]
   rule?: RuleId
   at?: Date
+  /** benchmarks: evaluate the rules on the features as stored, without recomputing them from the minutes */
+  skipFeatures?: boolean
 }
 
 export interface RunReport {
@@ -162,7 +164,7 @@ export class InsightsEngine {
         ? [...opts.userIds]
         : (await this.deps.db.query<{ user_id: string }>(CONSENTED_SQL)).rows.map((r) => r.user_id)
     const rules = opts.rule ? [opts.rule] : [...DAILY_RULES, 'move_reminder' as const]
-    return this.evaluate(asked, at, rules, 'manual', opts.rule === undefined)
+    return this.evaluate(asked, at, rules, 'manual', opts.rule === undefined, opts.skipFeatures === true)
   }
 
   private async evaluate(
@@ -171,6 +173,7 @@ export class InsightsEngine {
     rules: readonly RuleId[],
     kind: 'daily' | 'manual' | 'streaming',
     markEvaluated: boolean,
+    skipFeatures = false,
   ): Promise<RunReport> {
     const started = performance.now()
     const { db, consent, preferences, metrics } = this.deps
@@ -197,7 +200,7 @@ export class InsightsEngine {
       episodes.push(...r.episodes)
     }
     if (daily.length > 0) {
-      await computeFeatures(db, this.deps.timescale(), userIds, at, this.features)
+      if (!skipFeatures) await computeFeatures(db, this.deps.timescale(), userIds, at, this.features)
       if (daily.includes('rhr_elevated')) add(await evaluateRhr(input))
       if (daily.includes('zone_minutes_weekly')) add(await evaluateZones(input))
       if (daily.includes('step_goal')) add(await evaluateSteps(input, (u) => preferences.get(u)))
