@@ -152,14 +152,6 @@ export async function computeFeatures(
   s: FeatureSettings = DEFAULT_FEATURE_SETTINGS,
 ): Promise<{ rows: number }> {
   if (userIds.length === 0) return { rows: 0 }
-  // Wide enough for any zone (UTC−12…+14) and the 11 minutes before the first day's midnight.
-  const from = new Date(at.getTime() - (Math.max(s.lookbackDays, s.historyDays) + 2) * DAY_MS)
-  const to = at
-  if (timescale) {
-    // Only invalidated buckets are recomputed; the bucket being filled is left for the next run.
-    const end = new Date(Math.floor(to.getTime() / 60_000) * 60_000)
-    await db.exec(`CALL refresh_continuous_aggregate('samples_1m', '${from.toISOString()}', '${end.toISOString()}')`)
-  }
   // Per user: the whole history the first time; else back to the last day computed (a scheduler that was down for
   // days leaves no gap), at least the lookback (late uploads). Decided once: the first statement writes rows.
   const backs = await db.query<{ user_id: string; back: number }>(
@@ -169,6 +161,16 @@ export async function computeFeatures(
      LEFT JOIN LATERAL (SELECT max(f.day) AS last FROM daily_features f WHERE f.user_id = x.user_id) m ON true`,
     [userIds, s.historyDays, s.lookbackDays, at.toISOString()],
   )
+  // Minutes from the earliest day any of them needs, wide enough for any zone (UTC−12…+14) and the 11 minutes before
+  // that day's midnight.
+  const maxBack = backs.rows.reduce((m, r) => Math.max(m, Number(r.back)), 0)
+  const from = new Date(at.getTime() - (maxBack + 2) * DAY_MS)
+  const to = at
+  if (timescale) {
+    // Only invalidated buckets are recomputed; the bucket being filled is left for the next run.
+    const end = new Date(Math.floor(to.getTime() / 60_000) * 60_000)
+    await db.exec(`CALL refresh_continuous_aggregate('samples_1m', '${from.toISOString()}', '${end.toISOString()}')`)
+  }
   const params = [
     userIds,
     at.toISOString(),
