@@ -236,7 +236,11 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     outputs,
     audit,
     log,
-    forget: [(userId) => privacy.consent.forget([userId]), (userId) => void preferences.erase(userId)],
+    forget: [
+      (userId) => privacy.consent.forget([userId]),
+      (userId) => void preferences.erase(userId),
+      (userId) => insights.forget(userId),
+    ],
   })
   const deps: TransportDeps = {
     handle: (stream, req) => aedes.handle(stream, req),

@@ -227,6 +227,13 @@ export class InsightsEngine {
     return { ...report, candidates: candidates.length, ...delivered }
   }
 
+  /** Erasure: what this engine holds in memory about the user (their zone, move-reminder bookkeeping). */
+  forget(userId: string): void {
+    this.zones.delete(userId)
+    this.moveChecked.delete(userId)
+    this.pendingMove.delete(userId)
+  }
+
   /** The zone of users without one in their preferences: users.time_zone, cached. */
   private async loadZones(userIds: readonly string[]): Promise<void> {
     const missing = userIds.filter((u) => !this.zones.has(u))
