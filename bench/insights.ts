@@ -130,8 +130,8 @@ try {
      SELECT 'bu' || g, 'recommendations', true, 'cli', 1 FROM generate_series(0, $1::int - 1) g`,
     [USERS],
   )
-  // History up to yesterday in each user's zone (the day before AT is the same date in all four zones at 08:00 UTC
-  // except Tokyo, whose "today" is already the 26th too: AT is 17:00 there).
+  // History through today, 26 March, whose night has closed in all four zones at AT (08:00 UTC: 09:00 Berlin, 04:00
+  // New York is still night there, so New York users get no rhr verdict: a quarter of the planted ones; 17:00 Tokyo).
   await db.query(
     `INSERT INTO daily_features (user_id, day, time_zone, rhr_night, rest_minutes, night_minutes, steps, wear_minutes,
                                  moderate_min, vigorous_min, edwards, load, hr_rest_used, hr_max_used, day_complete,
@@ -145,7 +145,7 @@ try {
      CROSS JOIN generate_series($2::date - $3::int + 1, $2::date, interval '1 day') d
      CROSS JOIN LATERAL (SELECT (CASE WHEN g % 20 = 1 AND d::date > $2::date - 7 THEN 300 ELSE 60 END
                                  + abs(hashtext('l' || g || d)) % 20)::real AS load) x`,
-    [USERS, '2026-03-25', DAYS],
+    [USERS, '2026-03-26', DAYS],
   )
   say(`wrote ${USERS} users × ${DAYS} days of features in ${Math.round(performance.now() - t0)} ms`)
 

@@ -30,7 +30,7 @@ const DAY_MS = 86_400_000
  * The per-user local-day list and the per-user minutes. Parameters: $1 user ids, $2 `at`, $3 lookback, $4 history
  * days, $5 min samples per minute, $6/$7 the minutes' time range, $8/$9 the days to compute back from today per user (decided once for both statements).
  */
-function prefix(timescale: boolean): string {
+function prefix(timescale: boolean, fromTemp: boolean): string {
   // samples_1m has the same columns as this GROUP BY (bucket, device_key, metric, sum, n); only the source differs.
   const minutes = timescale
     ? `SELECT bucket, device_key, metric, sum, n FROM samples_1m
@@ -44,7 +44,8 @@ function prefix(timescale: boolean): string {
 WITH u AS (
   SELECT us.user_id, us.birth_year, us.sex, us.hr_max, us.resting_hr,
          coalesce(CASE WHEN jsonb_typeof(p.value) = 'string' THEN p.value #>> '{}' END, us.time_zone) AS tz,
-         b.back, $3::int AS lookback, $4::int AS history
+         b.back, $3::int AS lookback, $4::int AS history, $5::int AS min_samples, $6::timestamptz AS m_from,
+         $7::timestamptz AS m_to
   FROM users us LEFT JOIN user_preferences p ON p.user_id = us.user_id AND p.field = 'timeZone'
   JOIN unnest($8::text[], $9::int[]) AS b(user_id, back) ON b.user_id = us.user_id
   WHERE us.user_id = ANY($1::text[])
@@ -57,7 +58,11 @@ d AS (
   FROM u, LATERAL generate_series(((($2::timestamptz AT TIME ZONE u.tz)::date - u.back))::timestamp,
                                   (($2::timestamptz AT TIME ZONE u.tz)::date)::timestamp, interval '1 day') AS g(day)
 ),
-mins AS (${minutes}),
+${fromTemp ? 'vm AS (SELECT * FROM insight_minutes)' : MINUTES(minutes)}`
+}
+
+/** The per-user minutes: all devices of a user summed per minute, with validity and the rest-qualifying window. */
+const MINUTES = (minutes: string) => `mins AS (${minutes}),
 um AS (
   SELECT dv.user_id, m.bucket, (m.bucket AT TIME ZONE u.tz)::date AS day,
          (m.bucket AT TIME ZONE u.tz)::time < time '07:00' AS night,
@@ -74,11 +79,10 @@ vm AS (
                              RANGE BETWEEN interval '11 minutes' PRECEDING AND CURRENT ROW) AS steps12
   FROM um
 )`
-}
 
 /** Statement 1: nights (resting HR), steps, wear; one row per user and local day, data or not. $10 = min rest minutes. */
 function nightsAndSteps(timescale: boolean): string {
-  return `${prefix(timescale)},
+  return `${prefix(timescale, true)},
 agg AS (
   SELECT vm.user_id, vm.day,
          avg(vm.hr) FILTER (WHERE vm.valid AND vm.night AND vm.steps12 = 0) AS rest_hr,
@@ -111,7 +115,7 @@ ON CONFLICT (user_id, day) DO UPDATE SET
  * observed maximum) or Tanaka 208 − 0.7·age (age 40 when the birth year is unknown).
  */
 function zonesAndLoad(timescale: boolean): string {
-  return `${prefix(timescale)},
+  return `${prefix(timescale, true)},
 p AS (
   SELECT d.user_id, d.day, u.sex,
          coalesce((SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.rhr_night)
@@ -182,7 +186,21 @@ export async function computeFeatures(
     backs.rows.map((r) => r.user_id),
     backs.rows.map((r) => Number(r.back)),
   ]
-  const a = await db.query(nightsAndSteps(timescale), [...params, s.minRestMinutes])
-  await db.query(zonesAndLoad(timescale), params)
-  return { rows: a.rowCount }
+  // The minutes are aggregated once, into a temporary table both statements read (with statistics: the planner
+  // otherwise guesses one row per CTE and sorts on disk).
+  return db.transaction(async (q) => {
+    await q.query(
+      `CREATE TEMP TABLE insight_minutes (user_id text, bucket timestamptz, day date, night boolean, hr float8,
+         hr_n float8, steps float8, valid boolean, steps12 float8) ON COMMIT DROP`,
+    )
+    await q.query(
+      `INSERT INTO insight_minutes ${prefix(timescale, false)}
+       SELECT user_id, bucket, day, night, hr, hr_n, steps, valid, steps12 FROM vm`,
+      params,
+    )
+    await q.query('ANALYZE insight_minutes')
+    const a = await q.query(nightsAndSteps(timescale), [...params, s.minRestMinutes])
+    await q.query(zonesAndLoad(timescale), params)
+    return { rows: a.rowCount }
+  })
 }
