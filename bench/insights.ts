@@ -161,6 +161,8 @@ try {
   )
   say(`wrote the per-minute samples of ${MINUTE_USERS} users in ${Math.round(performance.now() - t1)} ms`)
 
+  // Their last days are recomputed from these minutes (no rest minutes, so no resting HR): the planted elevated nights
+  // of the first --minute-users users are overwritten, and they get no rhr_elevated below.
   const minuteUsers = Array.from({ length: MINUTE_USERS }, (_, i) => `bu${i}`)
   const cpu0 = process.cpuUsage()
   const b0 = backendCpu(pid)
