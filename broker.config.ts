@@ -186,6 +186,28 @@ export const configSchema = z
       /** an event is under way from starts_at for this long */
       eventWindowMs: ms,
     }),
+    /** personalised recommendations on users/{uid}/recommendations (src/insights/; docs/insights.md) */
+    insights: z.object({
+      enabled: bool,
+      /** how often the broker looks for users whose night has closed in their time zone */
+      tickMs: z.coerce.number().int().min(100),
+      /** daily rules run at this local time (HH:MM) or later, once the night 00:00–07:00 has closed */
+      dailyAt: z.string().regex(/^(?:[01]\d|2[0-3]):[0-5]\d$/),
+      /** each user's daily run is offset by a fixed 0…spreadMinutes−1 minutes (hash of the id), so 1M users do not all
+       *  compute at once */
+      spreadMinutes: z.coerce.number().int().min(1).max(720),
+      /** users evaluated per tick at most (the rest wait for the next tick) */
+      maxUsersPerTick: z.coerce.number().int().min(1).max(1_000_000),
+      /** non-safety recommendations per user and local day */
+      dailyBudget: z.coerce.number().int().min(0).max(50),
+      /** a 1-min HR row counts as valid with at least this many samples (30 at 1 Hz; tests with 1/min use 1) */
+      minSamplesPerMinute: z.coerce.number().int().min(1).max(60),
+      /** move reminders: local active hours (HH:MM–HH:MM; the first hour is skipped) */
+      activeStart: z.string().regex(/^(?:[01]\d|2[0-3]):[0-5]\d$/),
+      activeEnd: z.string().regex(/^(?:[01]\d|2[0-3]):[0-5]\d$/),
+      /** days of history computed the first time a user is evaluated */
+      historyDays: z.coerce.number().int().min(1).max(400),
+    }),
     /** the control plane (src/cluster/control-plane.ts): LISTEN/NOTIFY on a server database */
     control: z.object({
       /** listen for changes written by other processes; off: they reach this broker when its caches expire */
@@ -311,6 +333,18 @@ export function defaults(): BrokerConfig {
       eventWindowMs: 8 * 3600_000,
     },
     control: { listen: true, reconnectMaxMs: 5000 },
+    insights: {
+      enabled: true,
+      tickMs: 60_000,
+      dailyAt: '07:30',
+      spreadMinutes: 120,
+      maxUsersPerTick: 20_000,
+      dailyBudget: 3,
+      minSamplesPerMinute: 30,
+      activeStart: '09:00',
+      activeEnd: '18:00',
+      historyDays: 35,
+    },
     shutdownSignals: true,
     node: { name: `${os.hostname()}-${process.pid}` },
     proxy: { mqtt: 'off', mqtts: 'off', http: 'off', trusted: [], headerTimeoutMs: 5000, tlsIdentity: false },
@@ -404,6 +438,12 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_PROXY_HEADER_TIMEOUT_MS: 'proxy.headerTimeoutMs',
   PULSEGATE_PROXY_TLS_IDENTITY: 'proxy.tlsIdentity',
   PULSEGATE_READY_REDIS_DOWN_MS: 'readiness.redisDownMs',
+  PULSEGATE_INSIGHTS_ENABLED: 'insights.enabled',
+  PULSEGATE_INSIGHTS_TICK_MS: 'insights.tickMs',
+  PULSEGATE_INSIGHTS_DAILY_AT: 'insights.dailyAt',
+  PULSEGATE_INSIGHTS_SPREAD_MINUTES: 'insights.spreadMinutes',
+  PULSEGATE_INSIGHTS_DAILY_BUDGET: 'insights.dailyBudget',
+  PULSEGATE_INSIGHTS_MIN_SAMPLES_PER_MINUTE: 'insights.minSamplesPerMinute',
 }
 
 export class ConfigError extends Error {

@@ -4,17 +4,12 @@
 import fs from 'node:fs'
 import type http from 'node:http'
 import type net from 'node:net'
-import { Aedes, type Client } from 'aedes'
+import type { Aedes, Client } from 'aedes'
 import type { BrokerConfig } from '../broker.config.js'
 import { CONTROL_CHANNEL, ControlPlane } from './cluster/control-plane.js'
 import { openCluster } from './cluster/index.js'
-import { createAuthenticate } from './hooks/authenticate.js'
-import { createAuthorizePublish } from './hooks/authorize-publish.js'
-import { createAuthorizeSubscribe } from './hooks/authorize-subscribe.js'
-import { watchClientEvents } from './hooks/client-events.js'
 import { ConsumedRouting } from './hooks/consumed-routing.js'
-import { createAuthorizeForward } from './hooks/forward.js'
-import { createPreConnect, guardAuthenticate, type PreConnectDeps } from './hooks/pre-connect.js'
+import { createHookedBroker } from './hooks/install.js'
 import type { Principals } from './hooks/types.js'
 import { CachedLookups } from './identity/lookups.js'
 import type { Principal } from './identity/principal.js'
@@ -23,15 +18,15 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
-import { capHandshakes, Limits } from './limits/index.js'
+import { capHandshakes } from './limits/index.js'
+import { InsightsEngine } from './insights/engine.js'
+import { createInsightsMetrics } from './insights/metrics.js'
 import { createLogger, type Logger } from './log.js'
-import { createMetrics, type Metrics } from './metrics.js'
+import { createMetrics } from './metrics.js'
 import { openAuditLog } from './ops/audit.js'
 import { openPrivacyServices } from './ops/privacy-services.js'
 import { PrivacyZoneIndex } from './ops/privacy-zones.js'
 import { ZoneOperations } from './ops/zones.js'
-import type { AuditActor } from './ops/audit-types.js'
-import type { ErasureReport, ErasureStage } from './ops/erase.js'
 import { brokerLiveEraser, createBrokerErasure, indexSessions, type SessionPersistence } from './ops/erase-live.js'
 import { ErasureGuard } from './ops/erasure-guard.js'
 import { DEFAULT_OUTPUT_SETTINGS, OutputEngine } from './outputs/engine.js'
@@ -40,7 +35,6 @@ import { indexRetained, type RetainedPersistence } from './outputs/retained-inde
 import { SyncService } from './outputs/sync.js'
 import { GroupCommitWriter } from './pipeline/commit.js'
 import { Ingest } from './pipeline/ingest.js'
-import type { Db } from './store/db.js'
 import { updateEmbeddedLock } from './store/embedded.js'
 import { migrate } from './store/migrate.js'
 import { openDb } from './store/open.js'
@@ -57,46 +51,9 @@ import {
 import { RedisReadiness } from './transport/readiness.js'
 import { loadTls } from './transport/tls-material.js'
 
-export interface Pulsegate {
-  config: BrokerConfig
-  log: Logger
-  metrics: Metrics
-  db: Db
-  registry: Registry
-  tokens: Tokens
-  broker: Aedes
-  ingest: Ingest
-  writer: GroupCommitWriter
-  outputs: OutputEngine
-  /** synced user preferences; the PreferencesReader of the recommendation engine */
-  preferences: PreferencesService
-  leaderboard: LeaderboardStore
-  /** differentially private event statistics (events/{eid}/stats) */
-  dp: DpPublisher
-  /** true when the store has TimescaleDB (hypertables, rollups) */
-  timescale: boolean
-  ports: { mqtt: number | null; mqtts: number | null; http: number }
-  /** publishes from the broker itself (rejections, alerts, live snapshots) */
-  publish(topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean): void
-  /** the principal of a connected client id, if any */
-  principalOf(clientId: string): Principal | undefined
-  /** erases every trace of a user, live (src/ops/erase.ts); two erasures of one user run one after the other */
-  eraseUser(
-    userId: string,
-    opts?: { actor?: AuditActor; onStage?: (stage: ErasureStage) => void | Promise<void> },
-  ): Promise<ErasureReport>
-  /** what this process refuses because of erasures */
-  erasure: ErasureGuard
-  /** changes written by other processes (LISTEN/NOTIFY), src/cluster/control-plane.ts */
-  control: ControlPlane
-  /** per-client rate limits, connection limits, the TLS handshake cap (src/limits) */
-  limits: Limits
-  stop(): Promise<void>
-}
+import type { Pulsegate, StartOptions } from './pulsegate.js'
 
-export interface StartOptions {
-  log?: Logger
-}
+export type { Pulsegate, StartOptions }
 
 /** Waits for `work` until `deadline` (at least 1 s); past it, logs what was left open and returns. */
 async function within(deadline: number, log: Logger, what: string, work: Promise<unknown>): Promise<void> {
@@ -198,16 +155,31 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   ingest.onCommitted((batch) => (cluster ? cluster.route(batch) : outputs.onCommitted(batch)))
   const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
   const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
+  const insights = new InsightsEngine({
+    db,
+    timescale: () => timescale,
+    consent: privacy.consent,
+    preferences,
+    publisher: { publish },
+    metrics: createInsightsMetrics(metrics.registry),
+    log: log.child({ stage: 'insights' }),
+    settings: config.insights,
+  })
+  // Streaming rules (move reminders) see the same committed batches as the outputs, never the raw ingest path.
+  ingest.onCommitted((batch) => insights.onCommitted(batch))
 
-  const { maxClientIdLength } = config.limits
-  broker = await Aedes.createBroker({
-    // concurrency 0: no bounded mq queue, which avoids mqemitter's stack-overflow crash with slow subscribers.
-    concurrency: 0,
-    connectTimeout: config.limits.connectTimeoutMs,
-    drainTimeout: config.limits.drainTimeoutMs,
-    maxClientsIdLength: maxClientIdLength,
-    authenticate: createAuthenticate({ lookups, tokens, principals, metrics, log, maxClientIdLength, erasure }),
-    authorizePublish: createAuthorizePublish({
+  const hooked = await createHookedBroker({
+    limits: config.limits,
+    authenticate: {
+      lookups,
+      tokens,
+      principals,
+      metrics,
+      log,
+      maxClientIdLength: config.limits.maxClientIdLength,
+      erasure,
+    },
+    authorizePublish: {
       lookups,
       principals,
       ingest,
@@ -220,40 +192,17 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       metrics,
       log,
       erasure,
-    }),
-    authorizeSubscribe: createAuthorizeSubscribe({
-      lookups,
-      principals,
-      routing,
-      audit,
-      preferences,
-      metrics,
-      log,
-    }),
-    authorizeForward: createAuthorizeForward({ metrics }),
-    ...cluster?.aedesOptions,
+    },
+    authorizeSubscribe: { lookups, principals, routing, audit, preferences, metrics, log },
+    principals,
+    routing,
+    metrics,
+    log,
+    ...(cluster ? { aedesOptions: cluster.aedesOptions } : {}),
+    onDeviceSignedOff: (userId, deviceId) => outputs.deviceSignedOff(userId, deviceId),
   })
-  watchClientEvents(broker, { principals, routing, metrics, log })
-  // The limits and the client-id rules wrap the hooks (src/limits, src/hooks/pre-connect.ts): a connection refused
-  // by a limit costs no credential look-up, and a publish held by the rate limiter is not yet authorized or acked.
-  const limits = new Limits({
-    config: config.limits,
-    registry: metrics.registry,
-    roleOf: (client) => principals.get(client)?.role,
-    drop: (packet) => routing.drop(packet),
-    log: log.child({ stage: 'limits' }),
-  })
-  const preConnect: PreConnectDeps = { admit: (client, id) => limits.connect.admit(client, id), metrics, log }
-  broker.preConnect = createPreConnect(preConnect)
-  broker.authenticate = guardAuthenticate(preConnect, broker.authenticate)
-  broker.authorizePublish = limits.publish.wrap(broker.authorizePublish)
-  limits.watch(broker)
-  // A device's clean DISCONNECT is its goodbye: its silence afterwards raises no runner_silent alert.
-  broker.on('clientDisconnect', (client: Client) => {
-    const p = principals.get(client)
-    const clean = (client as unknown as { _disconnected?: boolean })._disconnected === true
-    if (clean && p?.role === 'device' && p.userId && p.deviceId) outputs.deviceSignedOff(p.userId, p.deviceId)
-  })
+  broker = hooked.broker
+  const { limits } = hooked
 
   const aedes = broker
   // Aedes' persistence (in memory, or Redis in cluster mode): index its retained messages by topic and the ids of its
@@ -277,7 +226,11 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     writer,
     ingest,
     outputs,
-    forget: [(userId: string) => privacy.consent.forget([userId]), (userId: string) => void preferences.erase(userId)],
+    forget: [
+      (userId: string) => privacy.consent.forget([userId]),
+      (userId: string) => void preferences.erase(userId),
+      (userId: string) => insights.forget(userId),
+    ],
   }
   const control = new ControlPlane({
     url: db.kind === 'postgres' ? (config.databaseUrl ?? null) : null,
@@ -330,6 +283,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     privacy: () => Promise.resolve(livePrivacy),
     audit,
     eraseUser: (userId, actor) => eraseLive(userId, { actor }),
+    insights,
     log,
   })
   const httpServer: http.Server = createHttpServer(
@@ -374,6 +328,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   outputs.start()
   audit.startCheckpoints(config.privacy.auditCheckpointMs)
   dp.start()
+  insights.start()
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -384,6 +339,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       for (const s of servers) s.close()
       limits.stop()
       await dp.stop()
+      await insights.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
@@ -417,6 +373,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     preferences,
     leaderboard,
     dp,
+    insights,
     timescale,
     ports,
     publish,

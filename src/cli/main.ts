@@ -19,6 +19,7 @@ import { addAuditCommand } from './audit.js'
 import { UsageError } from './errors.js'
 import { withOps } from './ops.js'
 import { addPortabilityCommands } from './portability.js'
+import { addInsightsCommands } from './insights.js'
 import { addStatsCommands } from './stats.js'
 import { addUserCommands } from './users.js'
 import { addZoneCommands } from './zones.js'
@@ -235,6 +236,7 @@ function buildProgram(): Command {
   })
 
   addStatsCommands(program)
+  addInsightsCommands(program)
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   addAuditCommand(program)
   return program

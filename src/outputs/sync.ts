@@ -12,9 +12,12 @@ const cursor = z.number().finite().min(0)
 export const syncRequestSchema = z.object({
   requestId: z.string().max(100).optional(),
   /** epoch ms, exclusive; per kind. Readings are ordered by sample time, alerts by their last change. */
-  cursor: z.object({ readings: cursor.optional(), alerts: cursor.optional() }).default({}),
+  cursor: z
+    .object({ readings: cursor.optional(), alerts: cursor.optional(), recommendations: cursor.optional() })
+    .default({}),
+  /** recommendations (src/insights) are returned when asked for, ordered by delivery time */
   kinds: z
-    .array(z.enum(['readings', 'alerts']))
+    .array(z.enum(['readings', 'alerts', 'recommendations']))
     .min(1)
     .default(['readings', 'alerts']),
   limit: z.number().int().min(1).max(5000).default(500),
@@ -70,6 +73,12 @@ export class SyncService {
         body['alerts'] = a.rows
         next['alerts'] = a.next
         more ||= a.more
+      }
+      if (req.kinds.includes('recommendations')) {
+        const r = await this.recommendations(userId, req)
+        body['recommendations'] = r.rows
+        next['recommendations'] = r.next
+        more ||= r.more
       }
       body['nextCursor'] = next
       body['more'] = more
@@ -165,5 +174,28 @@ export class SyncService {
     }))
     const next = rows.length > 0 ? (rows[rows.length - 1] as { changedAt: number }).changedAt : from
     return { rows, next, more }
+  }
+
+  private async recommendations(userId: string, req: SyncRequest) {
+    const from = req.cursor.recommendations ?? 0
+    const res = await this.db.query<{ payload: unknown; t: number }>(
+      `SELECT payload, (extract(epoch FROM delivered_at) * 1000)::float8 AS t FROM recommendations
+       WHERE user_id = $1 AND delivered_at > to_timestamp($2 / 1000.0) ORDER BY delivered_at, id LIMIT $3`,
+      [userId, from, req.limit + 1],
+    )
+    const more = res.rows.length > req.limit
+    let rows = res.rows.slice(0, req.limit)
+    // One delivery round shares a timestamp: a page never splits it (the cursor is exclusive).
+    if (more && rows.length > 0) {
+      const lastT = Number((rows[rows.length - 1] as { t: number }).t)
+      const cut = rows.filter((r) => Number(r.t) < lastT)
+      if (cut.length > 0) rows = cut
+    }
+    const next = rows.length > 0 ? Number((rows[rows.length - 1] as { t: number }).t) : from
+    return {
+      rows: rows.map((r) => (typeof r.payload === 'string' ? (JSON.parse(r.payload) as unknown) : r.payload)),
+      next,
+      more,
+    }
   }
 }

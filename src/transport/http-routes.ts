@@ -12,6 +12,7 @@ import type { Tokens } from '../identity/tokens.js'
 import { EpsilonError } from '../insights/dp/epsilon.js'
 import { dpRpcSchemas, runDpRpc } from '../insights/dp/rpc.js'
 import { StatsError } from '../insights/dp/stats.js'
+import { type InsightsRunner, insightsRpcSchemas, offlineRunner, runOptions, summarise } from '../insights/rpc.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { KeyError } from '../ops/keys.js'
@@ -50,6 +51,8 @@ export interface RouteDeps {
   audit?: AuditLog
   /** the broker's live erasure (eraseUser RPC); unset → the RPC is refused */
   eraseUser?(userId: string, actor: AuditActor): Promise<ErasureReport>
+  /** the broker's recommendation engine (insightsRun RPC: published live) */
+  insights?: InsightsRunner
   log: Logger
 }
 
@@ -107,6 +110,8 @@ export const rpcSchema = z.discriminatedUnion('op', [
   z.object({ op: z.literal('auditCheckpoint') }),
   // pulsegate stats event / ledger (differential privacy; src/insights/dp/rpc.ts)
   ...dpRpcSchemas,
+  // pulsegate insights run (src/insights/rpc.ts)
+  ...insightsRpcSchemas,
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -128,6 +133,7 @@ export interface RpcContext extends Partial<RpcPrivacyContext> {
   db?: Db
   config?: BrokerConfig
   metrics?: Metrics
+  insights?: InsightsRunner
 }
 
 function requireAudit(ctx: RpcContext): AuditLog {
@@ -146,6 +152,12 @@ export async function runRpc(registry: Registry, req: RpcRequest, ctx: RpcContex
     case 'dpLedger':
       if (!ctx.db || !ctx.config) throw new Error(`${req.op} needs the store and the configuration`)
       return runDpRpc({ db: ctx.db, dp: ctx.config.dp, ...(ctx.metrics ? { metrics: ctx.metrics } : {}) }, req)
+    case 'insightsRun': {
+      if (ctx.insights) return summarise(await ctx.insights.run(runOptions(req)), true)
+      if (!ctx.db || !ctx.config || !ctx.services) throw new Error(`${req.op} needs the store and the configuration`)
+      const runner = await offlineRunner(ctx.db, ctx.config, (await ctx.services()).consent)
+      return summarise(await runner.run(runOptions(req)), false)
+    }
     case 'registerDevice':
       return { deviceKey: await registry.registerDevice(toRegistration(req)) }
     case 'revokeDevice': {
@@ -209,7 +221,7 @@ export async function runRpc(registry: Registry, req: RpcRequest, ctx: RpcContex
 
 /** The audit row of an RPC call: the person it concerns, and ids and counts only. */
 export function rpcAuditEntry(actor: AuditActor, req: RpcRequest): AuditEntry {
-  const subject = 'userId' in req ? req.userId : null
+  const subject = 'userId' in req ? (req.userId ?? null) : null
   const details: Record<string, unknown> = {}
   if ('deviceId' in req) details.deviceId = req.deviceId
   if ('eventId' in req) details.eventId = req.eventId
@@ -350,6 +362,7 @@ export function createHttpRoutes(deps: RouteDeps) {
             config: deps.config,
             metrics: deps.metrics,
             ...(deps.eraseUser ? { erase: deps.eraseUser } : {}),
+            ...(deps.insights ? { insights: deps.insights } : {}),
           })
           const op = parsed.data
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)

@@ -51,6 +51,7 @@ describe('pulsegate CLI', () => {
       ['users', 'consent'],
       ['users', 'consents'],
       ['users', 'erase'],
+      ['insights', 'run'],
     ]) {
       const writes: string[] = []
       const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {

@@ -1,0 +1,104 @@
+// The recommendation message on users/{uid}/recommendations (JSON, QoS 1, not retained), also stored in the
+// `recommendations` table and returned by delta sync. Its id is a hash of (user, rule, episode): re-evaluating an
+// episode, or delivering it again, yields the same id, so an app drops what it has already shown.
+import crypto from 'node:crypto'
+
+export const RULE_IDS = [
+  'rhr_elevated',
+  'zone_minutes_weekly',
+  'step_goal',
+  'move_reminder',
+  'load_jump',
+  'recovery_day',
+] as const
+export type RuleId = (typeof RULE_IDS)[number]
+
+export type Priority = 'safety' | 'recovery' | 'load' | 'goal' | 'nudge'
+/** Lower goes first: safety > recovery > load > goal > nudge. */
+export const PRIORITY_RANK: Record<Priority, number> = { safety: 0, recovery: 1, load: 2, goal: 3, nudge: 4 }
+
+/** Every message ends with this (docs/insights.md: the general-wellness line, FDA 2016/2019/2026). */
+export const DISCLAIMER = 'pulsegate provides general wellness information, not medical advice.'
+
+export interface Evidence {
+  /** what was measured, e.g. rhr_night */
+  metric: string
+  value: number | null
+  baseline: number | null
+  /** the span compared, e.g. "28 nights" */
+  window: string
+  /** the condition met, e.g. "+4 bpm × 2 nights" */
+  threshold: string
+  /** share of the needed data that was there, 0–1 */
+  coverage: number
+  /** what was missing, when something was (the advice then says so too) */
+  missing?: string
+}
+
+/** What a rule proposes; the delivery layer (delivery.ts) decides whether it goes out. */
+export interface Candidate {
+  userId: string
+  rule: RuleId
+  version: number
+  priority: Priority
+  /** the episode this belongs to (a start day, a week and milestone, an hour): part of the id */
+  episode: string
+  title: string
+  /** without the disclaimer; buildPayload appends it */
+  message: string
+  evidence: Evidence
+  createdAt: number
+  expiresAt: number
+  /** the user's local date the advice is for, YYYY-MM-DD */
+  localDay: string
+}
+
+export interface RecommendationPayload {
+  id: string
+  rule: RuleId
+  version: number
+  createdAt: string
+  expiresAt: string
+  priority: Priority
+  title: string
+  message: string
+  evidence: Evidence
+  purpose: 'recommendations'
+}
+
+export function recommendationId(userId: string, rule: string, episode: string): string {
+  return crypto.createHash('sha256').update(`${userId}\u0000${rule}\u0000${episode}`).digest('base64url').slice(0, 22)
+}
+
+/** Words a message must never contain: disease names (docs/insights.md, "Wording"). Checked by the unit tests. */
+export const FORBIDDEN_WORDS = [
+  'afib',
+  'atrial',
+  'apnea',
+  'apnoea',
+  'covid',
+  'infection',
+  'influenza',
+  'flu',
+  'disease',
+  'overtraining syndrome',
+  'arrhythmia',
+  'diagnos',
+]
+
+export function buildPayload(c: Candidate): RecommendationPayload {
+  return {
+    id: recommendationId(c.userId, c.rule, c.episode),
+    rule: c.rule,
+    version: c.version,
+    createdAt: new Date(c.createdAt).toISOString(),
+    expiresAt: new Date(c.expiresAt).toISOString(),
+    priority: c.priority,
+    title: c.title,
+    message: `${c.message} ${DISCLAIMER}`,
+    evidence: c.evidence,
+    purpose: 'recommendations',
+  }
+}
+
+export const round1 = (v: number): number => Math.round(v * 10) / 10
