@@ -17,6 +17,7 @@ import {
   token,
   waitFor,
 } from '../helpers/harness.js'
+import { metricValue } from '../helpers/metrics-text.js'
 import { type DayPlan, datesBack, grantRecommendations, seedUser, writeDays } from '../helpers/wellness.js'
 
 vi.setConfig({ testTimeout: 240_000 })
@@ -133,7 +134,9 @@ describe.each(stores)('recommendations over WebSocket on %s', (store) => {
     expect(recs(alice).map((p) => p.id)).toEqual([aliceId, aliceId])
 
     const metrics = await (await fetch(`http://127.0.0.1:${tb.pg.ports.http}/metrics`)).text()
-    expect(metrics).toMatch(/pulsegate_recommendations_suppressed_total\{rule="rhr_elevated",reason="muted"\} 1/)
+    expect(
+      metricValue(metrics, 'pulsegate_recommendations_suppressed_total', { rule: 'rhr_elevated', reason: 'muted' }),
+    ).toBe(1)
 
     // Delta sync returns what was delivered, with the same id.
     await phone.subscribeAsync('users/alice/sync/response', { qos: 1 })

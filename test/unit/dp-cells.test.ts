@@ -26,6 +26,22 @@ import {
 
 const YEAR = 2026
 
+/** The sampler fed from xorshift32 instead of the OS: the same words, hence the same noise, on every run. */
+class ReplayedRandom extends CryptoRandom {
+  constructor(private state: number) {
+    super()
+  }
+
+  protected override word(): number {
+    let x = this.state
+    x ^= x << 13
+    x ^= x >>> 17
+    x ^= x << 5
+    this.state = x >>> 0
+    return this.state
+  }
+}
+
 describe('layout', () => {
   it('a marathon: nine 5 km segments (the last one 40–42.195) and finishers; 8 age bands × pace buckets', () => {
     const l = layoutFor(42_195)
@@ -151,6 +167,9 @@ describe('post-processing', () => {
   })
 
   it('a release of 2,000 runners: medians near the truth, ε figures from the ledger', () => {
+    // An empty age band's median is released when its noise alone passes the 2σ threshold: 2.3 % of releases per band,
+    // which is what the threshold buys (docs/insights.md). With the CSPRNG this test failed about once in 40 runs; a
+    // fixed word sequence makes it reproducible while the sampler's arithmetic stays the broker's own.
     const users: UserProgress[] = []
     for (let i = 0; i < 2000; i++)
       users.push({
@@ -165,7 +184,7 @@ describe('post-processing', () => {
       suppressBelow: 10,
       year: YEAR,
       t: 1,
-      rng: new CryptoRandom(),
+      rng: new ReplayedRandom(20261202),
     })
     expect(assignment.paceByAge.get(paceKey('30-39', paceBucketOf(330)))?.length).toBeGreaterThan(0)
     const m = draft.cells.medianPaceByAge['30-39']

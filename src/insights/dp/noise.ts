@@ -34,7 +34,8 @@ export class CryptoRandom {
   private bits = 0
   private nbits = 0
 
-  private word(): number {
+  /** One uniform 32-bit word (protected: a test may replay a fixed sequence; the broker only ever uses this one). */
+  protected word(): number {
     if (this.i === this.words.length) {
       crypto.randomFillSync(this.words)
       this.i = 0
