@@ -203,6 +203,9 @@ function gate(sock: net.Socket, deps: GateDeps, replay: Replay, admit: (peer: Pe
   }
   sock.on('data', onData)
   sock.on('close', cleanup)
+  // A server with pauseOnConnect (the TLS handshake cap, src/limits/handshakes.ts) hands the socket over paused, and
+  // a 'data' listener does not resume a stream paused that way: the header would never be read.
+  if (sock.readableFlowing === false) sock.resume()
   // Only load balancers may connect here; no need to read what a stranger sends.
   if (settings.mode === 'required' && !trusted) refuse('untrusted_source')
 }
