@@ -88,7 +88,7 @@ beforeAll(async () => {
       // The kill comes once the victim is committing (a condition, not a time): then it holds live sessions, batches
       // in flight and user states, whenever that is on a loaded machine.
       killing = (async () => {
-        await waitFor(async () => (await batchesOf(victim)) >= 6, WAIT, 200)
+        await waitFor(async () => (await batchesOf(victim)) >= 3, WAIT, 200)
         killedAfterBatches = await batchesOf(victim).catch(() => 0)
         victim.proc.kill('SIGKILL')
         await victim.exited
@@ -106,7 +106,7 @@ afterAll(async () => {
 describe('swarm across three nodes, one killed with SIGKILL mid-run', () => {
   it('the node died during the run and its devices reconnected to the others', () => {
     expect(victim.proc.signalCode).toBe('SIGKILL')
-    expect(killedAfterBatches).toBeGreaterThanOrEqual(6)
+    expect(killedAfterBatches).toBeGreaterThanOrEqual(3)
     // Devices were spread over the three nodes; the victim's lost their links and came back elsewhere.
     const lost = report.connections.devices.lost + report.connections.bridges.lost
     expect(lost).toBeGreaterThan(0)
