@@ -21,8 +21,11 @@
 //   node dist/bench/marathon.js --devices 50000 --nodes 3 --duration 120 --ramp 400 --workers 4   # the marathon
 // Caveat: everything shares the machine's cores (brokers, PostgreSQL, Redis, load generator): figures are for this
 // machine, and the swarm's own event-loop delay is in its report (`workers`) to tell a saturated generator.
-// Behind HAProxy: deploy/haproxy.cfg balances nodes on distinct hosts with the same ports; give the simulator its
-// address instead (`pulsegate simulate --url mqtts://lb:8883 …`), not automated here.
+// `--haproxy` (exactly 3 nodes): a real HAProxy from deploy/haproxy.cfg in front, the nodes on 127.0.0.2–4 with the
+// same ports (the config's three servers), PROXY v2 from 127.0.0.5 (`proxy.* = optional`, trusted), and the swarm
+// addressing HAProxy only. HAProxy is one process needing two descriptors per connection, so under the 20,000 limit
+// it carries at most ~9,000 connections here (LB_MAXCONN 9000): the full marathon addresses the nodes directly.
+//   node dist/bench/marathon.js --devices 3000 --haproxy
 import { type ChildProcess, spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
@@ -34,9 +37,9 @@ import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import pg from 'pg'
 import { ephemeralConfig } from '../broker.config.js'
-import { initPki } from '../src/identity/pki.js'
+import { initPki, pkiPaths } from '../src/identity/pki.js'
 import { runSwarm, type SwarmReport } from '../simulators/swarm.js'
-import { num, printHeaderAndExit } from './lib/args.js'
+import { num, printHeaderAndExit, usage } from './lib/args.js'
 import { PG_ADMIN_URL } from './lib/broker.js'
 import { loadavg, procCpuSeconds, round, sleep } from './lib/stats.js'
 
@@ -49,6 +52,7 @@ const { values: a } = parseArgs({
     workers: { type: 'string' },
     apps: { type: 'string', default: '0.05' },
     'redis-url': { type: 'string' },
+    haproxy: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 })
@@ -60,6 +64,7 @@ const opts = {
   ramp: num('ramp', a.ramp, 1),
   apps: num('apps', a.apps, 0),
 }
+if (a.haproxy && opts.nodes !== 3) usage('--haproxy needs --nodes 3 (deploy/haproxy.cfg has three servers)')
 const connections = Math.ceil(opts.devices * (1 + opts.apps))
 const workers = a.workers ? num('workers', a.workers, 1) : Math.max(2, Math.ceil(connections / 15_000))
 const log = (s: string) => process.stderr.write(`[marathon] ${s}\n`)
@@ -96,7 +101,13 @@ function rssKb(pid: number): number {
 
 async function waitUntil(fn: () => Promise<boolean>, what: string, timeoutMs = 120_000): Promise<void> {
   const until = Date.now() + timeoutMs
-  while (!(await fn().catch(() => false))) {
+  // A thrown Error that says "exited" ends the wait at once; other failures (connection refused) are retried.
+  while (
+    !(await fn().catch((err: Error) => {
+      if (/exited/.test(err.message)) throw err
+      return false
+    }))
+  ) {
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
     await sleep(250)
   }
@@ -106,6 +117,7 @@ interface Node {
   name: string
   proc: ChildProcess
   ports: { mqtt: number; mqtts: number; http: number }
+  host: string
 }
 
 const children: ChildProcess[] = []
@@ -136,14 +148,61 @@ async function startRedis(): Promise<{ url: string; proc: ChildProcess }> {
   return { url: `redis://127.0.0.1:${port}`, proc }
 }
 
-async function startNode(i: number, env: NodeJS.ProcessEnv): Promise<Node> {
-  const ports = { mqtt: await freePort(), mqtts: await freePort(), http: await freePort() }
+const LB_SOURCE = '127.0.0.5'
+const HAPROXY_CFG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../deploy/haproxy.cfg')
+
+/** HAProxy in front of the three nodes (same ports on 127.0.0.2–4); resolves with its listener ports once it routes. */
+async function startHaproxy(
+  nodePorts: Node['ports'],
+  dir: string,
+): Promise<{ proc: ChildProcess; ports: { mqtt: number; mqtts: number; ws: number } }> {
+  const p = pkiPaths(path.join(dir, 'pki'))
+  const pem = path.join(dir, 'haproxy.pem')
+  const part = (f: string) => fs.readFileSync(f, 'utf8').trim()
+  fs.writeFileSync(pem, `${part(p.serverCert)}\n${part(p.serverKey)}\n`, { mode: 0o600 })
+  const ports = { mqtt: await freePort(), mqtts: await freePort(), ws: await freePort() }
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    LB_BIND: '127.0.0.1',
+    LB_SOURCE,
+    LB_MQTT_PORT: String(ports.mqtt),
+    LB_MQTTS_PORT: String(ports.mqtts),
+    LB_MQTTS_TERM_PORT: String(await freePort()),
+    LB_WS_PORT: String(ports.ws),
+    LB_STATS_PORT: String(await freePort()),
+    LB_STATS_SOCKET: path.join(dir, 'haproxy.sock'),
+    LB_TLS_PEM: pem,
+    LB_DEVICE_CA: p.caCert,
+    LB_CHECK_INTER: '500ms',
+    LB_MAX_CONN_RATE: '100000',
+    LB_MAXCONN: '9000',
+    LB_LOG_LEVEL: 'notice',
+    PG_NODE1: '127.0.0.2',
+    PG_NODE2: '127.0.0.3',
+    PG_NODE3: '127.0.0.4',
+    PG_MQTT_PORT: String(nodePorts.mqtt),
+    PG_MQTTS_PORT: String(nodePorts.mqtts),
+    PG_HTTP_PORT: String(nodePorts.http),
+  }
+  const proc = spawn('haproxy', ['-db', '-f', HAPROXY_CFG], { env, stdio: ['ignore', 'ignore', 'inherit'] })
+  children.push(proc)
+  // Routed = /readyz answers through its WebSocket frontend (TCP to a node, with the PROXY header).
+  await waitUntil(async () => {
+    if (proc.exitCode !== null) throw new Error(`haproxy exited (${proc.exitCode})`)
+    return (await fetch(`http://127.0.0.1:${ports.ws}/readyz`)).ok
+  }, 'haproxy routing')
+  return { proc, ports }
+}
+
+async function startNode(i: number, env: NodeJS.ProcessEnv, shared?: Node['ports']): Promise<Node> {
+  const ports = shared ?? { mqtt: await freePort(), mqtts: await freePort(), http: await freePort() }
+  const host = shared ? `127.0.0.${i + 2}` : '127.0.0.1'
   const name = `n${i + 1}`
   const proc = spawn(process.execPath, [CLI, 'start'], {
     env: {
       ...env,
       PULSEGATE_NODE_NAME: name,
-      PULSEGATE_HOST: '127.0.0.1',
+      PULSEGATE_HOST: host,
       PULSEGATE_MQTT_PORT: String(ports.mqtt),
       PULSEGATE_MQTTS_PORT: String(ports.mqtts),
       PULSEGATE_HTTP_PORT: String(ports.http),
@@ -151,12 +210,12 @@ async function startNode(i: number, env: NodeJS.ProcessEnv): Promise<Node> {
     stdio: ['ignore', 'ignore', 'inherit'],
   })
   children.push(proc)
-  await waitUntil(async () => (await fetch(`http://127.0.0.1:${ports.http}/readyz`)).ok, `node ${name} ready`)
-  return { name, proc, ports }
+  await waitUntil(async () => (await fetch(`http://${host}:${ports.http}/readyz`)).ok, `node ${name} ready`)
+  return { name, proc, ports, host }
 }
 
 async function metricSum(node: Node, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${node.ports.http}/metrics`)).text()
+  const text = await (await fetch(`http://${node.host}:${node.ports.http}/metrics`)).text()
   let sum = 0
   for (const line of text.split('\n'))
     if (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) sum += Number(line.slice(line.lastIndexOf(' ') + 1))
@@ -173,6 +232,7 @@ async function commandCalls(redis: Redis): Promise<number> {
 const dbName = `pulsegate_marathon_${crypto.randomBytes(4).toString('hex')}`
 const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-marathon-'))
 let redisProc: ChildProcess | null = null
+let haproxyProc: ChildProcess | null = null
 const nodes: Node[] = []
 let exitCode = 0
 try {
@@ -193,10 +253,32 @@ try {
     PULSEGATE_CLUSTER_PREFIX: PREFIX,
     PULSEGATE_JWT_SECRET: JWT_SECRET,
     PULSEGATE_LOG_LEVEL: process.env.PULSEGATE_LOG_LEVEL ?? 'warn',
+    ...(a.haproxy
+      ? {
+          PULSEGATE_PROXY_MQTT: 'optional',
+          PULSEGATE_PROXY_MQTTS: 'optional',
+          PULSEGATE_PROXY_HTTP: 'optional',
+          PULSEGATE_PROXY_TRUSTED: `${LB_SOURCE}/32`,
+        }
+      : {}),
   }
   log(`${opts.nodes} nodes, redis ${redisUrl}, database ${dbName}; ${connections} connections, ${workers} workers`)
-  nodes.push(await startNode(0, env))
-  nodes.push(...(await Promise.all(Array.from({ length: opts.nodes - 1 }, (_, i) => startNode(i + 1, env)))))
+  const shared = a.haproxy ? { mqtt: await freePort(), mqtts: await freePort(), http: await freePort() } : undefined
+  nodes.push(await startNode(0, env, shared))
+  nodes.push(...(await Promise.all(Array.from({ length: opts.nodes - 1 }, (_, i) => startNode(i + 1, env, shared)))))
+  const lb = shared ? await startHaproxy(shared, dataDir) : null
+  haproxyProc = lb?.proc ?? null
+  const urls = lb
+    ? {
+        url: [`mqtts://127.0.0.1:${lb.ports.mqtts}`],
+        wsUrl: [`ws://127.0.0.1:${lb.ports.ws}/mqtt`],
+        mqttUrl: [`mqtt://127.0.0.1:${lb.ports.mqtt}`],
+      }
+    : {
+        url: nodes.map((n) => `mqtts://${n.host}:${n.ports.mqtts}`),
+        wsUrl: nodes.map((n) => `ws://${n.host}:${n.ports.http}/mqtt`),
+        mqttUrl: nodes.map((n) => `mqtt://${n.host}:${n.ports.mqtt}`),
+      }
 
   const redis = new Redis(redisUrl)
   const tap = new Redis(redisUrl)
@@ -216,9 +298,7 @@ try {
     rampPerS: opts.ramp,
     appShare: opts.apps,
     workers,
-    url: nodes.map((n) => `mqtts://127.0.0.1:${n.ports.mqtts}`),
-    wsUrl: nodes.map((n) => `ws://127.0.0.1:${n.ports.http}/mqtt`),
-    mqttUrl: nodes.map((n) => `mqtt://127.0.0.1:${n.ports.mqtt}`),
+    ...urls,
     config: ephemeralConfig({ dataDir, databaseUrl: dbUrl, logLevel: 'warn', jwtSecret: JWT_SECRET }),
     drainS: 120,
     progress: true,
@@ -257,6 +337,7 @@ try {
   const out = {
     devices: report.options.devices,
     nodes: opts.nodes,
+    haproxy: a.haproxy === true,
     workers,
     connected: report.connections.devices.connected + report.connections.bridges.connected,
     users: report.options.users,
@@ -307,6 +388,7 @@ try {
       clearTimeout(t)
     }),
   )
+  if (haproxyProc && haproxyProc.exitCode === null) haproxyProc.kill('SIGTERM')
   if (redisProc && redisProc.exitCode === null) redisProc.kill('SIGTERM')
   await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined)
   fs.rmSync(dataDir, { recursive: true, force: true })
