@@ -52,6 +52,7 @@ interface SimulateOpts {
   svg?: string
   url?: string
   wsUrl?: string
+  mqttUrl?: string
   embeddedBroker?: boolean
   verify: boolean
   progress?: boolean
@@ -108,10 +109,18 @@ export function simulateCommand(): Command {
     .option('--offline-for <s>', 'how long the link stays down', positive('--offline-for'), 10)
     .option('--report <file.json>', 'write the full report as JSON')
     .option('--svg <file.svg>', 'write a chart of rates and ack latency over time')
-    .option('--url <mqtts://host:port>', 'device listener (default: 127.0.0.1 and PULSEGATE_MQTTS_PORT)')
     .option(
-      '--ws-url <ws://host:port/mqtt>',
-      'WebSocket listener for apps (default: 127.0.0.1 and PULSEGATE_HTTP_PORT)',
+      '--url <mqtts://host:port,…>',
+      'device listener, or several comma-separated (one per cluster node: devices spread round-robin and move on ' +
+        'to the next after losing their link) (default: 127.0.0.1 and PULSEGATE_MQTTS_PORT)',
+    )
+    .option(
+      '--ws-url <ws://host:port/mqtt,…>',
+      'WebSocket listener(s) for apps, as --url (default: PULSEGATE_HTTP_PORT on the hosts of --url)',
+    )
+    .option(
+      '--mqtt-url <mqtt://host:port,…>',
+      'plain MQTT listener(s) for phone bridges (default: PULSEGATE_MQTT_PORT with one --url; else the WebSocket ones)',
     )
     .option('--embedded-broker', 'start pulsegate in this process on ephemeral ports (self-contained run)')
     .option('--no-verify', 'skip counting the acked readings in the database afterwards')
@@ -144,6 +153,7 @@ export function simulateCommand(): Command {
         ...(opts.svg ? { svg: opts.svg } : {}),
         ...(opts.url ? { url: opts.url } : {}),
         ...(opts.wsUrl ? { wsUrl: opts.wsUrl } : {}),
+        ...(opts.mqttUrl ? { mqttUrl: opts.mqttUrl } : {}),
         embeddedBroker: opts.embeddedBroker ?? false,
         verify: opts.verify,
         progress: opts.progress !== false,

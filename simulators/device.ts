@@ -12,7 +12,7 @@ import type { Histogram } from 'hdr-histogram-js'
 import mqtt, { type IClientOptions, MqttClient } from 'mqtt'
 import type { Course } from './course.js'
 import { Rng, type Wearer } from './physiology.js'
-import { type Counters, type DeviceReadings, type Format, type ReadingMetric, TimeRuns } from './protocol.js'
+import { type Counters, type DeviceReadings, type Format, pick, type ReadingMetric, TimeRuns } from './protocol.js'
 
 /** One sample object as published (docs/readings.md); absent keys are omitted, never null. */
 export interface SampleOut {
@@ -404,9 +404,10 @@ export interface UplinkEnv {
   errors: Record<string, number>
 }
 
+/** `urls`: the brokers this link may use, tried round-robin from `first`, moving on after each lost link */
 export type UplinkAuth =
-  | { kind: 'device'; url: URL; key: string; cert: string }
-  | { kind: 'bridge'; url: URL; userId: string; token: string }
+  | { kind: 'device'; urls: URL[]; first: number; key: string; cert: string }
+  | { kind: 'bridge'; urls: URL[]; first: number; userId: string; token: string }
 
 const BACKOFF_BASE_MS = 1000
 const BACKOFF_CAP_MS = 60_000
@@ -418,6 +419,8 @@ export class Uplink {
   private connected = false
   private everConnected = false
   private attempt = 0
+  /** how many times this link moved on to the next broker of its list */
+  private turn = 0
   private reconnectTimer: NodeJS.Timeout | null = null
   private offlineUntil = 0
   /** cut by the tunnel and not connected since: the next CONNACK is this link's recovery */
@@ -483,8 +486,9 @@ export class Uplink {
     }
     let client: MqttClient
     const auth = this.auth
-    const port = Number(auth.url.port)
-    const host = auth.url.hostname
+    const url = pick(auth.urls, auth.first, this.turn)
+    const port = Number(url.port)
+    const host = url.hostname
     if (auth.kind === 'device') {
       this.secureContext ??= tls.createSecureContext({ ca: this.env.ca, key: auth.key, cert: auth.cert })
       const secureContext = this.secureContext
@@ -495,7 +499,7 @@ export class Uplink {
       )
     } else {
       // Phone bridges are few: MQTT.js builds their TCP/WS stream from the URL.
-      client = mqtt.connect(auth.url.href, { ...base, username: 'jwt', password: auth.token, ca: this.env.ca })
+      client = mqtt.connect(url.href, { ...base, username: 'jwt', password: auth.token, ca: this.env.ca })
     }
     this.client = client
     client.on('connect', () => {
@@ -554,6 +558,8 @@ export class Uplink {
     }
     this.inflight.clear()
     if (this.stopping) return
+    // With several brokers the next attempt goes to the next one: a dead node's devices spread over the others.
+    if (this.auth.urls.length > 1) this.turn++
     const now = Date.now()
     if (now < this.offlineUntil) {
       this.reconnectTimer = setTimeout(() => this.connect(), this.offlineUntil - now)

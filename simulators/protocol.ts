@@ -45,12 +45,22 @@ export interface UserSpec {
   dropOut: boolean
 }
 
+/**
+ * The brokers to play against: one entry per node (a cluster addressed directly) or one (a single broker or a load
+ * balancer). Connection i starts on entry i mod n and, after losing its link, tries the next one (as a device
+ * behind a DNS name with several addresses would), so killing a node moves its devices to the others.
+ */
 export interface Target {
-  mqtts: string
-  ws: string
-  /** plain MQTT for phone bridges; null → bridges use the WebSocket listener */
-  mqtt: string | null
+  mqtts: string[]
+  ws: string[]
+  /** plain MQTT for phone bridges; null → bridges use the WebSocket listeners */
+  mqtt: string[] | null
   caPath: string
+}
+
+/** Entry `start + turn` of a broker list, round-robin. */
+export function pick<T>(list: readonly T[], start: number, turn = 0): T {
+  return list[(start + turn) % list.length] as T
 }
 
 export interface WorkerOptions {

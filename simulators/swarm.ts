@@ -97,10 +97,16 @@ export interface SwarmOptions {
   seed?: number
   /** cut the links of a share of users at atS for forS seconds (a tunnel): their devices buffer and re-upload */
   offline?: { share: number; atS: number; forS: number } | null
-  /** mqtts://host:port of the device listener (default: 127.0.0.1 and the configured port) */
-  url?: string
-  /** ws://host:port/mqtt for apps and medics (default: 127.0.0.1 and the configured HTTP port) */
-  wsUrl?: string
+  /**
+   * mqtts://host:port of the device listener (default: 127.0.0.1 and the configured port). Several (one per node of a
+   * cluster): devices are spread over them round-robin and move on to the next after losing their link.
+   */
+  url?: string | string[]
+  /** ws://host:port/mqtt for apps and medics (default: 127.0.0.1 and the configured HTTP port); several as for url */
+  wsUrl?: string | string[]
+  /** mqtt://host:port for phone bridges (default: the configured plain port on url's host, with a single url; with
+   *  several urls and none of these, bridges use the WebSocket listeners) */
+  mqttUrl?: string | string[]
   /** start pulsegate in this process on ephemeral ports (self-contained runs, CI) */
   embeddedBroker?: boolean
   /** drive an already running in-process broker (tests via the harness) */
@@ -203,6 +209,7 @@ type OptionalKeys =
   | 'anomalyAtS'
   | 'url'
   | 'wsUrl'
+  | 'mqttUrl'
   | 'broker'
   | 'config'
   | 'report'
@@ -528,6 +535,29 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
   }
 }
 
+/** A comma-separated list or an array of URLs, as an array (empty when unset). */
+export function urlList(v: string | string[] | undefined): string[] {
+  const items = Array.isArray(v) ? v : v === undefined ? [] : v.split(',')
+  return items.map((u) => u.trim()).filter((u) => u.length > 0)
+}
+
+/** A broker (or several, or a load balancer) in other processes: the listeners from the options or the config. */
+function externalTarget(o: Resolved, config: BrokerConfig, caPath: string): Target {
+  const host = '127.0.0.1'
+  const mqtts = urlList(o.url)
+  const ws = urlList(o.wsUrl)
+  const mqtt = urlList(o.mqttUrl)
+  if (mqtts.length === 0) mqtts.push(`mqtts://${host}:${config.mqttsPort}`)
+  if (ws.length === 0) {
+    // The configured HTTP port on each device listener's host, unless told otherwise.
+    const scheme = config.tls.wss ? 'wss' : 'ws'
+    ws.push(...new Set(mqtts.map((u) => `${scheme}://${new URL(u).hostname}:${config.httpPort}/mqtt`)))
+  }
+  if (mqtt.length === 0 && mqtts.length === 1 && config.mqttEnabled)
+    mqtt.push(`mqtt://${new URL(mqtts[0] as string).hostname}:${config.mqttPort}`)
+  return { mqtts, ws, mqtt: mqtt.length > 0 ? mqtt : null, caPath }
+}
+
 async function runAgainst(
   o: Resolved,
   config: BrokerConfig,
@@ -550,17 +580,12 @@ async function runAgainst(
   const host = '127.0.0.1'
   const target: Target = instance
     ? {
-        mqtts: `mqtts://${host}:${instance.ports.mqtts ?? 0}`,
-        ws: `${config.tls.wss ? 'wss' : 'ws'}://${host}:${instance.ports.http}/mqtt`,
-        mqtt: instance.ports.mqtt !== null ? `mqtt://${host}:${instance.ports.mqtt}` : null,
+        mqtts: [`mqtts://${host}:${instance.ports.mqtts ?? 0}`],
+        ws: [`${config.tls.wss ? 'wss' : 'ws'}://${host}:${instance.ports.http}/mqtt`],
+        mqtt: instance.ports.mqtt !== null ? [`mqtt://${host}:${instance.ports.mqtt}`] : null,
         caPath,
       }
-    : {
-        mqtts: o.url ?? `mqtts://${host}:${config.mqttsPort}`,
-        ws: o.wsUrl ?? `${config.tls.wss ? 'wss' : 'ws'}://${host}:${config.httpPort}/mqtt`,
-        mqtt: config.mqttEnabled ? `mqtt://${new URL(o.url ?? `mqtts://${host}`).hostname}:${config.mqttPort}` : null,
-        caPath,
-      }
+    : externalTarget(o, config, caPath)
   if (instance && instance.ports.mqtts === null) throw new Error('the broker has no MQTT/TLS listener for devices')
 
   // Plan and provision.
@@ -652,7 +677,7 @@ async function runAgainst(
   const cores = os.availableParallelism()
   const nWorkers = inProcess ? 1 : Math.max(1, Math.min(o.workers ?? cores - (instance ? 1 : 0), p.users.length))
   const connections = p.users.length + p.users.filter((u) => u.app).length
-  const loopback = /^127\./.test(new URL(target.mqtts).hostname)
+  const loopback = target.mqtts.every((u) => /^127\./.test(new URL(u).hostname))
   const sources = loopback && connections > CONNS_PER_SOURCE ? Math.ceil(connections / CONNS_PER_SOURCE) : 0
   const sourceAddresses = Array.from({ length: sources }, (_, i) => `127.0.0.${i + 1}`)
   const slices: UserSpec[][] = Array.from({ length: nWorkers }, () => [])
@@ -956,9 +981,9 @@ async function runAgainst(
       offline: o.offline ?? null,
     },
     target: {
-      mqtts: target.mqtts,
-      ws: target.ws,
-      mqtt: target.mqtt,
+      mqtts: target.mqtts.join(','),
+      ws: target.ws.join(','),
+      mqtt: target.mqtt ? target.mqtt.join(',') : null,
       broker: ownBroker ? 'embedded' : instance ? 'in-process' : 'external',
       store: instance ? instance.db.kind : config.databaseUrl ? 'postgres' : 'embedded (external broker)',
     },

@@ -19,6 +19,7 @@ import {
   type HistogramSet,
   newHistogram,
   type ParentToWorker,
+  pick,
   type RunsWire,
   type UserSpec,
   type WorkerInit,
@@ -120,7 +121,20 @@ export class WorkerDriver {
     return {
       headers: { Authorization: `Bearer ${token}` },
       ...(localAddress ? { localAddress } : {}),
-      ...(this.init.target.ws.startsWith('wss:') ? { ca: this.ca } : {}),
+      ...(this.init.target.ws.some((u) => u.startsWith('wss:')) ? { ca: this.ca } : {}),
+    }
+  }
+
+  /**
+   * WebSocket clients (apps, the medic) start on listener `start` of the list and take the next one at each
+   * reconnect, so an app whose node died comes back on another.
+   */
+  private wsFailover(start: number) {
+    const list = this.init.target.ws
+    let turn = 0
+    return {
+      url: pick(list, start),
+      transformWsUrl: list.length > 1 ? () => pick(list, start, turn++) : undefined,
     }
   }
 
@@ -129,7 +143,9 @@ export class WorkerDriver {
     if (!app) return Promise.resolve()
     const c = this.counters
     c.appAttempts++
-    const client = mqtt.connect(this.init.target.ws, {
+    const ws = this.wsFailover(u.index)
+    const client = mqtt.connect(ws.url, {
+      ...(ws.transformWsUrl ? { transformWsUrl: ws.transformWsUrl } : {}),
       clientId: `app:${u.userId}`,
       protocolVersion: 4,
       clean: true,
@@ -179,7 +195,9 @@ export class WorkerDriver {
   private connectMedic(userId: string, token: string): Promise<void> {
     const eventId = this.init.options.eventId
     if (!eventId) return Promise.resolve()
-    const client = mqtt.connect(this.init.target.ws, {
+    const ws = this.wsFailover(0)
+    const client = mqtt.connect(ws.url, {
+      ...(ws.transformWsUrl ? { transformWsUrl: ws.transformWsUrl } : {}),
       clientId: `medic:${userId}`,
       protocolVersion: 4,
       reconnectPeriod: 2000,
@@ -295,13 +313,15 @@ export class WorkerDriver {
         spec.via === 'direct'
           ? {
               kind: 'device',
-              url: new URL(this.init.target.mqtts),
+              urls: this.init.target.mqtts.map((u) => new URL(u)),
+              first: spec.index,
               key: fs.readFileSync(first.keyPath, 'utf8'),
               cert: fs.readFileSync(first.certPath, 'utf8'),
             }
           : {
               kind: 'bridge',
-              url: new URL(this.init.target.mqtt ?? this.init.target.ws),
+              urls: (this.init.target.mqtt ?? this.init.target.ws).map((u) => new URL(u)),
+              first: spec.index,
               userId: spec.userId,
               token: spec.bridgeToken ?? '',
             }

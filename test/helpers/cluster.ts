@@ -19,7 +19,7 @@ import { Registry } from '../../src/store/registry.js'
 import { createTestDatabase, type DeviceCreds, dropRedisPrefix, REDIS_URL, tempDir } from './harness.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
-const JWT_SECRET = 'test-secret-0123456789abcdef'
+export const JWT_SECRET = 'test-secret-0123456789abcdef'
 
 export interface ClusterNode {
   name: string

@@ -1,0 +1,396 @@
+// bench/marathon.ts — the 50,000-runner marathon played for real on this machine: N pulsegate processes in cluster
+// mode (one Redis, one PostgreSQL database), the device swarm (simulators/, `pulsegate simulate`) in several worker
+// processes addressing the nodes directly (devices round-robin; a device that loses its node moves to the next).
+//
+// What it does: a fresh PostgreSQL database, a private redis-server on a free port (nothing persisted, so its
+// INFO commandstats are this run's alone; `--redis-url` to use another), a shared data dir (dev PKI, keys), then
+// `--nodes` broker processes (`node dist/src/cli/main.js start`, node 1 first: it creates the keys and migrates).
+// Each node holds at most ~20,000 descriptors here (the hard limit), so with the default 5 % apps 50,000 devices
+// need 3 nodes; the swarm's workers are sized the same way (`--workers`, default one per 15,000 connections, at
+// least 2). Prints:
+//   - devices connected (and reconnects), acked readings stored exactly once (lost / duplicates, by SQL query)
+//   - alert latency p50/p99 (device publish of the triggering sample → the user's app receives the alert)
+//   - per node: connections, RSS before/after, RSS per connection, CPU s and CPU ms per 1,000 readings committed
+//   - Redis: commands during the run (INFO commandstats after − before) per reading acked, and the messages routed
+//     through Redis on the run's devices/… channels (a pattern subscriber): that must be 0 — readings stay node-local
+// Then one line of JSON. Exit code 1 when verification fails or a reading went through Redis.
+//
+// How to run (from the repository root; PostgreSQL at PULSEGATE_BENCH_PG_URL, default postgres://postgres@127.0.0.1):
+//   npm run build
+//   node dist/bench/marathon.js --devices 300 --duration 20              # smoke run
+//   node dist/bench/marathon.js --devices 50000 --nodes 3 --duration 120 --ramp 400 --workers 4   # the marathon
+// Caveat: everything shares the machine's cores (brokers, PostgreSQL, Redis, load generator): figures are for this
+// machine, and the swarm's own event-loop delay is in its report (`workers`) to tell a saturated generator.
+// `--haproxy` (exactly 3 nodes): a real HAProxy from deploy/haproxy.cfg in front, the nodes on 127.0.0.2–4 with the
+// same ports (the config's three servers), PROXY v2 from 127.0.0.5 (`proxy.* = optional`, trusted), and the swarm
+// addressing HAProxy only. HAProxy is one process needing two descriptors per connection, so under the 20,000 limit
+// it carries at most ~9,000 connections here (LB_MAXCONN 9000): the full marathon addresses the nodes directly.
+//   node dist/bench/marathon.js --devices 3000 --haproxy
+import { type ChildProcess, spawn } from 'node:child_process'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+import { ephemeralConfig } from '../broker.config.js'
+import { initPki, pkiPaths } from '../src/identity/pki.js'
+import { runSwarm, type SwarmReport } from '../simulators/swarm.js'
+import { num, printHeaderAndExit, usage } from './lib/args.js'
+import { PG_ADMIN_URL } from './lib/broker.js'
+import { loadavg, procCpuSeconds, round, sleep } from './lib/stats.js'
+
+const { values: a } = parseArgs({
+  options: {
+    devices: { type: 'string', default: '300' },
+    duration: { type: 'string', default: '20' },
+    nodes: { type: 'string', default: '3' },
+    ramp: { type: 'string', default: '300' },
+    workers: { type: 'string' },
+    apps: { type: 'string', default: '0.05' },
+    'redis-url': { type: 'string' },
+    haproxy: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+})
+if (a.help) printHeaderAndExit(import.meta.url)
+const opts = {
+  devices: num('devices', a.devices, 1),
+  durationS: num('duration', a.duration, 1),
+  nodes: num('nodes', a.nodes, 1),
+  ramp: num('ramp', a.ramp, 1),
+  apps: num('apps', a.apps, 0),
+}
+if (a.haproxy && opts.nodes !== 3) usage('--haproxy needs --nodes 3 (deploy/haproxy.cfg has three servers)')
+const connections = Math.ceil(opts.devices * (1 + opts.apps))
+const workers = a.workers ? num('workers', a.workers, 1) : Math.max(2, Math.ceil(connections / 15_000))
+const log = (s: string) => process.stderr.write(`[marathon] ${s}\n`)
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js')
+const JWT_SECRET = crypto.randomBytes(24).toString('hex')
+const PREFIX = `marathon-${crypto.randomBytes(4).toString('hex')}`
+
+async function freePort(): Promise<number> {
+  const s = net.createServer()
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+  const { port } = s.address() as net.AddressInfo
+  await new Promise<void>((r) => s.close(() => r()))
+  return port
+}
+
+async function admin(sql: string): Promise<void> {
+  const c = new pg.Client({ connectionString: PG_ADMIN_URL })
+  await c.connect()
+  try {
+    await c.query(sql)
+  } finally {
+    await c.end()
+  }
+}
+
+function rssKb(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) : 0
+  } catch {
+    return 0
+  }
+}
+
+async function waitUntil(fn: () => Promise<boolean>, what: string, timeoutMs = 120_000): Promise<void> {
+  const until = Date.now() + timeoutMs
+  // A thrown Error that says "exited" ends the wait at once; other failures (connection refused) are retried.
+  while (
+    !(await fn().catch((err: Error) => {
+      if (/exited/.test(err.message)) throw err
+      return false
+    }))
+  ) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
+    await sleep(250)
+  }
+}
+
+interface Node {
+  name: string
+  proc: ChildProcess
+  ports: { mqtt: number; mqtts: number; http: number }
+  host: string
+}
+
+const children: ChildProcess[] = []
+process.on('exit', () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
+})
+
+async function startRedis(): Promise<{ url: string; proc: ChildProcess }> {
+  const port = await freePort()
+  const proc = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  )
+  children.push(proc)
+  let out = ''
+  await new Promise<void>((resolve, reject) => {
+    proc.stdout?.on('data', (c: Buffer) => {
+      out += c.toString()
+      if (out.includes('Ready to accept connections')) resolve()
+    })
+    proc.once('exit', (code) => reject(new Error(`redis-server exited (${code})`)))
+  })
+  proc.stdout?.removeAllListeners('data')
+  proc.stdout?.resume()
+  return { url: `redis://127.0.0.1:${port}`, proc }
+}
+
+const LB_SOURCE = '127.0.0.5'
+const HAPROXY_CFG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../deploy/haproxy.cfg')
+
+/** HAProxy in front of the three nodes (same ports on 127.0.0.2–4); resolves with its listener ports once it routes. */
+async function startHaproxy(
+  nodePorts: Node['ports'],
+  dir: string,
+): Promise<{ proc: ChildProcess; ports: { mqtt: number; mqtts: number; ws: number } }> {
+  const p = pkiPaths(path.join(dir, 'pki'))
+  const pem = path.join(dir, 'haproxy.pem')
+  const part = (f: string) => fs.readFileSync(f, 'utf8').trim()
+  fs.writeFileSync(pem, `${part(p.serverCert)}\n${part(p.serverKey)}\n`, { mode: 0o600 })
+  const ports = { mqtt: await freePort(), mqtts: await freePort(), ws: await freePort() }
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    LB_BIND: '127.0.0.1',
+    LB_SOURCE,
+    LB_MQTT_PORT: String(ports.mqtt),
+    LB_MQTTS_PORT: String(ports.mqtts),
+    LB_MQTTS_TERM_PORT: String(await freePort()),
+    LB_WS_PORT: String(ports.ws),
+    LB_STATS_PORT: String(await freePort()),
+    LB_STATS_SOCKET: path.join(dir, 'haproxy.sock'),
+    LB_TLS_PEM: pem,
+    LB_DEVICE_CA: p.caCert,
+    LB_CHECK_INTER: '500ms',
+    LB_MAX_CONN_RATE: '100000',
+    LB_MAXCONN: '9000',
+    LB_LOG_LEVEL: 'notice',
+    PG_NODE1: '127.0.0.2',
+    PG_NODE2: '127.0.0.3',
+    PG_NODE3: '127.0.0.4',
+    PG_MQTT_PORT: String(nodePorts.mqtt),
+    PG_MQTTS_PORT: String(nodePorts.mqtts),
+    PG_HTTP_PORT: String(nodePorts.http),
+  }
+  const proc = spawn('haproxy', ['-db', '-f', HAPROXY_CFG], { env, stdio: ['ignore', 'ignore', 'inherit'] })
+  children.push(proc)
+  // Routed = /readyz answers through its WebSocket frontend (TCP to a node, with the PROXY header).
+  await waitUntil(async () => {
+    if (proc.exitCode !== null) throw new Error(`haproxy exited (${proc.exitCode})`)
+    return (await fetch(`http://127.0.0.1:${ports.ws}/readyz`)).ok
+  }, 'haproxy routing')
+  return { proc, ports }
+}
+
+async function startNode(i: number, env: NodeJS.ProcessEnv, shared?: Node['ports']): Promise<Node> {
+  const ports = shared ?? { mqtt: await freePort(), mqtts: await freePort(), http: await freePort() }
+  const host = shared ? `127.0.0.${i + 2}` : '127.0.0.1'
+  const name = `n${i + 1}`
+  const proc = spawn(process.execPath, [CLI, 'start'], {
+    env: {
+      ...env,
+      PULSEGATE_NODE_NAME: name,
+      PULSEGATE_HOST: host,
+      PULSEGATE_MQTT_PORT: String(ports.mqtt),
+      PULSEGATE_MQTTS_PORT: String(ports.mqtts),
+      PULSEGATE_HTTP_PORT: String(ports.http),
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
+  children.push(proc)
+  await waitUntil(async () => (await fetch(`http://${host}:${ports.http}/readyz`)).ok, `node ${name} ready`)
+  return { name, proc, ports, host }
+}
+
+async function metricSum(node: Node, name: string): Promise<number> {
+  const text = await (await fetch(`http://${node.host}:${node.ports.http}/metrics`)).text()
+  let sum = 0
+  for (const line of text.split('\n'))
+    if (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) sum += Number(line.slice(line.lastIndexOf(' ') + 1))
+  return sum
+}
+
+async function commandCalls(redis: Redis): Promise<number> {
+  const info = await redis.info('commandstats')
+  let calls = 0
+  for (const m of info.matchAll(/calls=(\d+)/g)) calls += Number(m[1])
+  return calls
+}
+
+const dbName = `pulsegate_marathon_${crypto.randomBytes(4).toString('hex')}`
+const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-marathon-'))
+let redisProc: ChildProcess | null = null
+let haproxyProc: ChildProcess | null = null
+const nodes: Node[] = []
+let exitCode = 0
+try {
+  await admin(`CREATE DATABASE ${dbName}`)
+  const dbUrl = PG_ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`)
+  let redisUrl = a['redis-url']
+  if (!redisUrl) {
+    const r = await startRedis()
+    redisUrl = r.url
+    redisProc = r.proc
+  }
+  await initPki(path.join(dataDir, 'pki'))
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PULSEGATE_DATA_DIR: dataDir,
+    PULSEGATE_DATABASE_URL: dbUrl,
+    PULSEGATE_REDIS_URL: redisUrl,
+    PULSEGATE_CLUSTER_PREFIX: PREFIX,
+    PULSEGATE_JWT_SECRET: JWT_SECRET,
+    PULSEGATE_LOG_LEVEL: process.env.PULSEGATE_LOG_LEVEL ?? 'warn',
+    ...(a.haproxy
+      ? {
+          PULSEGATE_PROXY_MQTT: 'optional',
+          PULSEGATE_PROXY_MQTTS: 'optional',
+          PULSEGATE_PROXY_HTTP: 'optional',
+          PULSEGATE_PROXY_TRUSTED: `${LB_SOURCE}/32`,
+        }
+      : {}),
+  }
+  log(`${opts.nodes} nodes, redis ${redisUrl}, database ${dbName}; ${connections} connections, ${workers} workers`)
+  const shared = a.haproxy ? { mqtt: await freePort(), mqtts: await freePort(), http: await freePort() } : undefined
+  nodes.push(await startNode(0, env, shared))
+  nodes.push(...(await Promise.all(Array.from({ length: opts.nodes - 1 }, (_, i) => startNode(i + 1, env, shared)))))
+  const lb = shared ? await startHaproxy(shared, dataDir) : null
+  haproxyProc = lb?.proc ?? null
+  const urls = lb
+    ? {
+        url: [`mqtts://127.0.0.1:${lb.ports.mqtts}`],
+        wsUrl: [`ws://127.0.0.1:${lb.ports.ws}/mqtt`],
+        mqttUrl: [`mqtt://127.0.0.1:${lb.ports.mqtt}`],
+      }
+    : {
+        url: nodes.map((n) => `mqtts://${n.host}:${n.ports.mqtts}`),
+        wsUrl: nodes.map((n) => `ws://${n.host}:${n.ports.http}/mqtt`),
+        mqttUrl: nodes.map((n) => `mqtt://${n.host}:${n.ports.mqtt}`),
+      }
+
+  const redis = new Redis(redisUrl)
+  const tap = new Redis(redisUrl)
+  let routedReadings = 0
+  tap.on('pmessage', () => {
+    routedReadings++
+  })
+  await tap.psubscribe(`${PREFIX}/devices/*`)
+  const rssBefore = nodes.map((n) => rssKb(n.proc.pid ?? 0))
+  const cpuBefore = nodes.map((n) => procCpuSeconds(n.proc.pid ?? 0) ?? 0)
+  const rowsBefore = await Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_ingest_rows_committed_total')))
+  const callsBefore = await commandCalls(redis)
+  let atPeak: { rss: number[]; conns: number[] } | null = null
+  const report: SwarmReport = await runSwarm({
+    devices: opts.devices,
+    durationS: opts.durationS,
+    rampPerS: opts.ramp,
+    appShare: opts.apps,
+    workers,
+    ...urls,
+    config: ephemeralConfig({ dataDir, databaseUrl: dbUrl, logLevel: 'warn', jwtSecret: JWT_SECRET }),
+    drainS: 120,
+    progress: true,
+    onPhase: (phase) => {
+      // At the end of sampling every link is still up: memory and connections per node at their peak.
+      if (phase !== 'draining') return
+      void Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_connections'))).then((conns) => {
+        atPeak = { rss: nodes.map((n) => rssKb(n.proc.pid ?? 0)), conns }
+      })
+    },
+  })
+  const callsAfter = await commandCalls(redis)
+  // Give the last messages on the tap a moment; a routed reading would be published right after its PUBACK.
+  await sleep(500)
+  const rowsAfter = await Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_ingest_rows_committed_total')))
+  const peak = atPeak as { rss: number[]; conns: number[] } | null
+  const perNode = nodes.map((n, i) => {
+    const conns = peak?.conns[i] ?? 0
+    const rss = peak?.rss[i] ?? rssKb(n.proc.pid ?? 0)
+    const cpuS = (procCpuSeconds(n.proc.pid ?? 0) ?? 0) - (cpuBefore[i] ?? 0)
+    const rows = (rowsAfter[i] ?? 0) - (rowsBefore[i] ?? 0)
+    return {
+      node: n.name,
+      connections: conns,
+      rssBeforeMb: round((rssBefore[i] ?? 0) / 1024),
+      rssPeakMb: round(rss / 1024),
+      rssPerConnKb: conns > 0 ? round((rss - (rssBefore[i] ?? 0)) / conns) : null,
+      cpuS: round(cpuS, 2),
+      rowsCommitted: rows,
+      cpuMsPer1000Rows: rows > 0 ? round((cpuS * 1e6) / rows, 1) : null,
+    }
+  })
+  const v = report.verification
+  const acked = report.readings.acked
+  const redisCalls = callsAfter - callsBefore
+  const out = {
+    devices: report.options.devices,
+    nodes: opts.nodes,
+    haproxy: a.haproxy === true,
+    workers,
+    connected: report.connections.devices.connected + report.connections.bridges.connected,
+    users: report.options.users,
+    reconnects: report.connections.devices.reconnects + report.connections.bridges.reconnects,
+    readingsAcked: acked,
+    verification: { status: v.status, expected: v.expected, found: v.found, lost: v.lost, duplicates: v.duplicates },
+    alertMs: { p50: report.latency.alertMs.p50, p99: report.latency.alertMs.p99, n: report.latency.alertMs.count },
+    ackMs: { p50: report.latency.ackMs.p50, p99: report.latency.ackMs.p99 },
+    readingsPerS: report.throughput.readingsPerS,
+    perNode,
+    redis: {
+      commands: redisCalls,
+      commandsPerReading: acked > 0 ? round(redisCalls / acked, 4) : null,
+      readingMessagesRouted: routedReadings,
+    },
+    generator: report.workers,
+    loadavg: loadavg(),
+  }
+  console.log(
+    [
+      `devices connected: ${out.connected}/${out.users} links (${out.devices} devices), reconnects ${out.reconnects}`,
+      `acked readings: ${acked}, stored once: ${v.found}/${v.expected} (lost ${v.lost}, duplicates ${v.duplicates}) [${v.status}]`,
+      `alert latency: p50 ${out.alertMs.p50} ms, p99 ${out.alertMs.p99} ms (${out.alertMs.n} alerts); ack p50 ${out.ackMs.p50} ms p99 ${out.ackMs.p99} ms`,
+      ...perNode.map(
+        (p) =>
+          `${p.node}: ${p.connections} connections, RSS ${p.rssBeforeMb} → ${p.rssPeakMb} MB (${p.rssPerConnKb ?? '–'} KB/conn), ` +
+          `CPU ${p.cpuS} s, ${p.cpuMsPer1000Rows ?? '–'} ms per 1,000 rows`,
+      ),
+      `redis: ${redisCalls} commands during the run, ${out.redis.commandsPerReading ?? '–'} per reading (outputs, leases, heartbeats); readings routed through Redis: ${routedReadings}`,
+      `load average ${out.loadavg}`,
+    ].join('\n'),
+  )
+  console.log(JSON.stringify(out))
+  if (v.status !== 'ok' || routedReadings > 0) exitCode = 1
+  await tap.quit()
+  await redis.quit()
+} catch (err) {
+  log(`failed: ${(err as Error).stack ?? String(err)}`)
+  exitCode = 1
+} finally {
+  await Promise.all(
+    nodes.map(async (n) => {
+      if (n.proc.exitCode !== null || n.proc.signalCode !== null) return
+      const exited = new Promise<void>((r) => n.proc.once('exit', () => r()))
+      n.proc.kill('SIGTERM')
+      const t = setTimeout(() => n.proc.kill('SIGKILL'), 20_000)
+      await exited
+      clearTimeout(t)
+    }),
+  )
+  if (haproxyProc && haproxyProc.exitCode === null) haproxyProc.kill('SIGTERM')
+  if (redisProc && redisProc.exitCode === null) redisProc.kill('SIGTERM')
+  await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined)
+  fs.rmSync(dataDir, { recursive: true, force: true })
+}
+process.exit(exitCode)
