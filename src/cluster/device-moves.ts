@@ -22,26 +22,64 @@ export async function lastFixOf(db: Db, deviceKey: number): Promise<{ t: number;
   return row ? { t: Math.round(Number(row.t)), lat: row.lat, lon: row.lon } : null
 }
 
+/** The newest committed fix of each of a user's devices (null for one without positions), for a bridge's devices. */
+export async function lastFixesOfUser(
+  db: Db,
+  userId: string,
+): Promise<{ deviceKey: number; deviceId: string; fix: { t: number; lat: number; lon: number } | null }[]> {
+  const r = await db.query<{
+    device_key: number
+    device_id: string
+    t: string | number | null
+    lat: number | null
+    lon: number | null
+  }>(
+    `SELECT d.device_key, d.device_id, (extract(epoch FROM f.time) * 1000)::float8 AS t, f.lat, f.lon
+       FROM devices d
+       LEFT JOIN LATERAL (
+         SELECT time, lat, lon FROM positions WHERE device_key = d.device_key ORDER BY time DESC LIMIT 1
+       ) f ON true
+      WHERE d.user_id = $1`,
+    [userId],
+  )
+  return r.rows.map((row) => ({
+    deviceKey: row.device_key,
+    deviceId: row.device_id,
+    fix:
+      row.t === null || row.lat === null || row.lon === null
+        ? null
+        : { t: Math.round(Number(row.t)), lat: row.lat, lon: row.lon },
+  }))
+}
+
 export function resumeDevicesOnConnect(
   aedes: Aedes,
   deps: { db: Db; principals: Principals; ingest: DeviceResume; log: Logger },
 ): void {
-  const internals = aedes as unknown as { authenticate: AuthenticateHook }
+  const internals = aedes as unknown as { authenticate: AuthenticateHook; clients: Record<string, Client | undefined> }
   const authenticate = internals.authenticate
+  const connected = (deviceId: string) => internals.clients[deviceId] !== undefined
   internals.authenticate = (client: Client, username, password, cb) => {
     authenticate(client, username, password, (err, ok) => {
       const p = ok && !err ? deps.principals.get(client) : undefined
-      if (p?.role !== 'device' || p.deviceKey === null) return cb(err, ok)
-      const deviceKey = p.deviceKey
-      lastFixOf(deps.db, deviceKey).then(
-        (fix) => {
-          deps.ingest.resumeDevice(deviceKey, fix)
+      // A phone bridge relays its user's devices: when it moves node, so do they (their tracks continue here).
+      const fixes =
+        p?.role === 'device' && p.deviceKey !== null
+          ? lastFixOf(deps.db, p.deviceKey).then((fix) => [{ deviceKey: p.deviceKey as number, fix }])
+          : p?.role === 'bridge' && p.userId !== null
+            ? // A device connected here on its own keeps its state: it may hold a validated fix not yet committed.
+              lastFixesOfUser(deps.db, p.userId).then((list) => list.filter((d) => !connected(d.deviceId)))
+            : null
+      if (!fixes) return cb(err, ok)
+      fixes.then(
+        (list) => {
+          for (const { deviceKey, fix } of list) deps.ingest.resumeDevice(deviceKey, fix)
           cb(null, true)
         },
         (e: Error) => {
-          // Without its last fix the device would lose (never double) one segment; refusing is worse.
-          deps.log.warn({ err: e.message, deviceId: p.deviceId }, 'cluster: last position not loaded')
-          deps.ingest.resumeDevice(deviceKey, null)
+          // Without its last fix a device would lose (never double) one segment; refusing is worse.
+          deps.log.warn({ err: e.message, clientId: client.id }, 'cluster: last position not loaded')
+          if (p?.role === 'device' && p.deviceKey !== null) deps.ingest.resumeDevice(p.deviceKey, null)
           cb(null, true)
         },
       )
