@@ -11,7 +11,6 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, promisify } from 'node:util'
-import pg from 'pg'
 import { loadConfig } from '../broker.config.js'
 import { createLogger } from '../src/log.js'
 import { openAuditLog } from '../src/ops/audit.js'
@@ -22,6 +21,7 @@ import { migrate } from '../src/store/migrate.js'
 import { openPostgres } from '../src/store/postgres.js'
 import { num, printHeaderAndExit, usage } from './lib/args.js'
 import { PG_ADMIN_URL } from './lib/broker.js'
+import { adminSql } from './lib/fresh-store.js'
 
 const run = promisify(execFile)
 const { values } = parseArgs({
@@ -59,16 +59,6 @@ if (values['verify-child']) {
   process.exit(0)
 }
 
-async function admin(sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 3000 })
-  await c.connect()
-  try {
-    await c.query(sql)
-  } finally {
-    await c.end()
-  }
-}
-
 const ACTIONS = ['sync.request', 'sync.request', 'sync.request', 'subscribe.event', 'tap.readings', 'export']
 function entry(i: number): AuditEntry {
   const action = ACTIONS[i % ACTIONS.length] as string
@@ -86,7 +76,7 @@ function entry(i: number): AuditEntry {
 const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-bench-audit-'))
 const dbName = store === 'postgres' ? `pulsegate_bench_${crypto.randomBytes(5).toString('hex')}` : null
 const dbUrl = dbName ? PG_ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`) : undefined
-if (dbName) await admin(`CREATE DATABASE ${dbName}`)
+if (dbName) await adminSql(`CREATE DATABASE ${dbName}`)
 try {
   const cfg = loadConfig({ dataDir, ...(dbUrl ? { databaseUrl: dbUrl } : {}), logLevel: 'warn' }, {})
   const db = await open(dataDir, dbUrl)
@@ -153,6 +143,6 @@ try {
   )
   console.log(JSON.stringify(result))
 } finally {
-  if (dbName) await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => {})
+  if (dbName) await adminSql(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => {})
   fs.rmSync(dataDir, { recursive: true, force: true })
 }

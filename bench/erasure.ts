@@ -18,21 +18,15 @@
 //   node dist/bench/erasure.js --store embedded                       # TimescaleDB in process: compressed chunks, rollups
 //   node dist/bench/erasure.js --store embedded --users 10 --rows 20000   # a quick check that it works
 import crypto from 'node:crypto'
-import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import { parseArgs } from 'node:util'
-import pg from 'pg'
 import { createLogger } from '../src/log.js'
 import type { AuditEntry } from '../src/ops/audit-types.js'
 import { eraseUser } from '../src/ops/erase.js'
 import type { Db } from '../src/store/db.js'
-import { openEmbedded } from '../src/store/embedded.js'
 import { migrate } from '../src/store/migrate.js'
-import { openPostgres } from '../src/store/postgres.js'
 import { Registry } from '../src/store/registry.js'
 import { num, oneOf, printHeaderAndExit } from './lib/args.js'
-import { PG_ADMIN_URL } from './lib/broker.js'
+import { openFreshStore } from './lib/fresh-store.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -52,44 +46,10 @@ const INSERT_BATCH = num('insert-batch', a['insert-batch'], 1000)
 const say = (s: string) => process.stderr.write(`[erasure-bench] ${s}\n`)
 const log = createLogger('warn', 'erasure-bench')
 
-async function admin(sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 3000 })
-  await c.connect()
-  try {
-    await c.query(sql)
-  } finally {
-    await c.end()
-  }
-}
-
-async function open(): Promise<{ db: Db; cleanup(): Promise<void> }> {
-  if (store === 'postgres') {
-    const name = `pulsegate_bench_${crypto.randomBytes(5).toString('hex')}`
-    await admin(`CREATE DATABASE ${name}`)
-    const db = openPostgres(PG_ADMIN_URL.replace(/\/[^/]*$/, `/${name}`), 2, log)
-    return {
-      db,
-      async cleanup() {
-        await db.close()
-        await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-      },
-    }
-  }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-erasure-bench-'))
-  const db = await openEmbedded(dir, log)
-  return {
-    db,
-    async cleanup() {
-      await db.close()
-      fs.rmSync(dir, { recursive: true, force: true })
-    },
-  }
-}
-
 const count = async (db: Db, sql: string, params: unknown[] = []) =>
   Number((await db.query<{ n: number }>(sql, params)).rows[0]?.n ?? 0)
 
-const { db, cleanup } = await open()
+const { db, cleanup } = await openFreshStore(store, { connections: 2, tmpPrefix: 'pulsegate-erasure-bench-', log })
 try {
   const { timescale } = await migrate(db, log)
   const registry = new Registry(db)

@@ -1,30 +1,6 @@
-// bench/insights.ts — time and CPU to evaluate every daily recommendation rule (src/insights) for `--users` people
-// with `--days` days of history each (default 100,000 × 35), on PostgreSQL or the embedded TimescaleDB.
-//
-// What it does: a fresh store (a new PostgreSQL database, dropped afterwards, or the embedded TimescaleDB in a temp dir),
-// migrated; `--users` users with one tracker each and the recommendations consent. Their history is written as what
-// the engine keeps of it — one daily_features row per user and day (generate_series, deterministic pseudo-random
-// nights, steps, zone minutes and loads; 1 user in 20 with two elevated nights at the end, 1 in 20 with a load jump)
-// — because 35 days of per-minute samples for 100k people is 5 billion rows. The per-minute part of the work, the
-// feature statements over samples_1m (TimescaleDB) or samples (PostgreSQL), is timed separately on the last two days
-// of real per-minute samples for `--minute-users` of them (default 1,000). Then every daily rule (rhr_elevated,
-// zone_minutes_weekly, step_goal, load_jump, recovery_day) runs for all users the way the scheduler runs them: rounds
-// of `--round` users (insights.maxUsersPerTick), each round one statement per rule plus the delivery (consent,
-// preferences, budget, the recommendations insert). Printed: wall time, this process's CPU (user+sys; for the
-// embedded store that includes the database), the PostgreSQL backend's CPU from /proc when the server is local,
-// users/s, recommendations made, then one JSON line.
-//
-// How to run (from the repository root):
-//   npm run build
-//   node dist/bench/insights.js --store postgres                     # 100k users × 35 days
-//   node dist/bench/insights.js --store embedded
-//   node dist/bench/insights.js --store embedded --users 1000        # a quick check that it works
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
-import path from 'node:path'
 import { parseArgs } from 'node:util'
-import pg from 'pg'
 import { Registry as PromRegistry } from 'prom-client'
 import { loadConfig } from '../broker.config.js'
 import { InsightsEngine } from '../src/insights/engine.js'
@@ -35,12 +11,9 @@ import { PreferencesService } from '../src/insights/preferences/service.js'
 import { PreferencesStore } from '../src/insights/preferences/store.js'
 import { createLogger } from '../src/log.js'
 import { ConsentService } from '../src/ops/consent.js'
-import type { Db } from '../src/store/db.js'
-import { openEmbedded } from '../src/store/embedded.js'
 import { migrate } from '../src/store/migrate.js'
-import { openPostgres } from '../src/store/postgres.js'
 import { num, oneOf, printHeaderAndExit } from './lib/args.js'
-import { PG_ADMIN_URL } from './lib/broker.js'
+import { openFreshStore } from './lib/fresh-store.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -63,41 +36,6 @@ const say = (s: string) => process.stderr.write(`[insights-bench] ${s}\n`)
 const log = createLogger('warn', 'insights-bench')
 const AT = new Date('2026-03-26T08:00:00Z')
 
-async function admin(sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 3000 })
-  await c.connect()
-  try {
-    await c.query(sql)
-  } finally {
-    await c.end()
-  }
-}
-
-async function open(): Promise<{ db: Db; cleanup(): Promise<void> }> {
-  if (store === 'postgres') {
-    const name = `pulsegate_bench_${crypto.randomBytes(5).toString('hex')}`
-    await admin(`CREATE DATABASE ${name}`)
-    // One connection: the backend whose CPU is read from /proc is the one doing the work.
-    const db = openPostgres(PG_ADMIN_URL.replace(/\/[^/]*$/, `/${name}`), 1, log)
-    return {
-      db,
-      async cleanup() {
-        await db.close()
-        await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-      },
-    }
-  }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-insights-bench-'))
-  const db = await openEmbedded(dir, log)
-  return {
-    db,
-    async cleanup() {
-      await db.close()
-      fs.rmSync(dir, { recursive: true, force: true })
-    },
-  }
-}
-
 /** CPU seconds of a local PostgreSQL backend (utime + stime from /proc), or null when it is not readable. */
 function backendCpu(pid: number | null): number | null {
   if (pid === null) return null
@@ -109,7 +47,8 @@ function backendCpu(pid: number | null): number | null {
   }
 }
 
-const { db, cleanup } = await open()
+// One connection: the backend whose CPU is read from /proc is the one doing the work.
+const { db, cleanup } = await openFreshStore(store, { connections: 1, tmpPrefix: 'pulsegate-insights-bench-', log })
 try {
   const { timescale } = await migrate(db, log)
   const pid =

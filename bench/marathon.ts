@@ -35,12 +35,12 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
-import pg from 'pg'
 import { ephemeralConfig } from '../broker.config.js'
 import { initPki, pkiPaths } from '../src/identity/pki.js'
 import { runSwarm, type SwarmReport } from '../simulators/swarm.js'
 import { num, printHeaderAndExit, usage } from './lib/args.js'
 import { PG_ADMIN_URL } from './lib/broker.js'
+import { adminSql } from './lib/fresh-store.js'
 import { loadavg, procCpuSeconds, round, sleep } from './lib/stats.js'
 
 const { values: a } = parseArgs({
@@ -78,16 +78,6 @@ async function freePort(): Promise<number> {
   const { port } = s.address() as net.AddressInfo
   await new Promise<void>((r) => s.close(() => r()))
   return port
-}
-
-async function admin(sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: PG_ADMIN_URL })
-  await c.connect()
-  try {
-    await c.query(sql)
-  } finally {
-    await c.end()
-  }
 }
 
 function rssKb(pid: number): number {
@@ -236,7 +226,7 @@ let haproxyProc: ChildProcess | null = null
 const nodes: Node[] = []
 let exitCode = 0
 try {
-  await admin(`CREATE DATABASE ${dbName}`)
+  await adminSql(`CREATE DATABASE ${dbName}`)
   const dbUrl = PG_ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`)
   let redisUrl = a['redis-url']
   if (!redisUrl) {
@@ -390,7 +380,7 @@ try {
   )
   if (haproxyProc && haproxyProc.exitCode === null) haproxyProc.kill('SIGTERM')
   if (redisProc && redisProc.exitCode === null) redisProc.kill('SIGTERM')
-  await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined)
+  await adminSql(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined)
   fs.rmSync(dataDir, { recursive: true, force: true })
 }
 process.exit(exitCode)
