@@ -80,6 +80,7 @@ import {
 } from './lib/stats.js'
 import { num, oneOf, printHeaderAndExit, usage } from './lib/args.js'
 import { runSummary, type WindowReport, WorkerHandle } from './lib/worker-protocol.js'
+import { freePort } from './lib/free-port.js'
 
 const TARGETS = ['pulsegate', 'aedes-mtls', 'aedes', 'external', 'mosquitto-mtls'] as const
 type TargetName = (typeof TARGETS)[number]
@@ -239,14 +240,6 @@ async function startBareAedes(name: 'aedes' | 'aedes-mtls', pki: BenchPki): Prom
   if (msg.type !== 'listening') throw new Error(`bare Aedes did not start: ${msg.message}`)
   const describe = `bare Aedes 1.2 (createBroker defaults, no hooks), child process, ${mtls ? 'mTLS (client certificate required)' : 'plain TCP'}`
   return childTarget(name, describe, child, msg.port, mtls ? 'mtls' : 'tcp', pki.caCert)
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()))
-  const port = (s.address() as net.AddressInfo).port
-  await new Promise((r) => s.close(r))
-  return port
 }
 
 async function startMosquittoMtls(pki: BenchPki): Promise<Target> {

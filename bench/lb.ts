@@ -33,6 +33,7 @@ import { ensureBenchCerts } from './lib/certs.js'
 import type { FromConnectWorker, ToConnectWorker } from './lib/connect-worker.js'
 import { loadavg, mergeHistograms, procCpuSeconds, round, sleep, summarizeMs } from './lib/stats.js'
 import { WorkerHandle } from './lib/worker-protocol.js'
+import { freePort } from './lib/free-port.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -55,14 +56,6 @@ const opts = {
 const log = (s: string) => process.stderr.write(`[lb-bench] ${s}\n`)
 const LB_SOURCE = '127.0.0.2'
 const CFG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../deploy/haproxy.cfg')
-
-async function freePort(): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const { port } = s.address() as net.AddressInfo
-  await new Promise<void>((r) => s.close(() => r()))
-  return port
-}
 
 function rssOf(pid: number): number {
   const line = fs

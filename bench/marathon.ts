@@ -29,7 +29,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -42,6 +41,7 @@ import { num, printHeaderAndExit, usage } from './lib/args.js'
 import { PG_ADMIN_URL } from './lib/broker.js'
 import { adminSql } from './lib/fresh-store.js'
 import { loadavg, procCpuSeconds, round, sleep } from './lib/stats.js'
+import { freePort } from './lib/free-port.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -71,14 +71,6 @@ const log = (s: string) => process.stderr.write(`[marathon] ${s}\n`)
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js')
 const JWT_SECRET = crypto.randomBytes(24).toString('hex')
 const PREFIX = `marathon-${crypto.randomBytes(4).toString('hex')}`
-
-async function freePort(): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const { port } = s.address() as net.AddressInfo
-  await new Promise<void>((r) => s.close(() => r()))
-  return port
-}
 
 function rssKb(pid: number): number {
   try {
