@@ -88,6 +88,21 @@ export const configSchema = z
       keyFile: z.string().optional(),
       /** serve the WebSocket listener as WSS with the same server certificate */
       wss: bool,
+      /** TLS session tickets on 8883, so a reconnecting device skips the full handshake (src/transport/tls-tickets.ts) */
+      resumption: bool,
+      /** the ticket key is derived from this; give every node the same one so a device resumes on any node */
+      ticketSecret: z.string().min(32).optional(),
+      ticketRotationMinutes: z.coerce
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 24 * 60),
+      /** ticket lifetime told to clients, seconds (RFC 8446 allows up to 7 days) */
+      sessionTimeoutS: z.coerce
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 24 * 3600),
     }),
     jwt: z.object({
       /** HS256 secret; unset (and no JWKS URL) → a dev secret generated into dataDir/jwt.secret */
@@ -279,7 +294,16 @@ export function defaults(): BrokerConfig {
     httpPort: 8080,
     mqttEnabled: true,
     mqttsEnabled: true,
-    tls: { caFile: undefined, certFile: undefined, keyFile: undefined, wss: false },
+    tls: {
+      caFile: undefined,
+      certFile: undefined,
+      keyFile: undefined,
+      wss: false,
+      resumption: true,
+      ticketSecret: undefined,
+      ticketRotationMinutes: 12 * 60,
+      sessionTimeoutS: 2 * 3600,
+    },
     jwt: { secret: undefined, jwksUrl: undefined, issuer: 'pulsegate', audience: 'pulsegate' },
     logLevel: 'info',
     limits: {
@@ -375,6 +399,10 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_TLS_CERT_FILE: 'tls.certFile',
   PULSEGATE_TLS_KEY_FILE: 'tls.keyFile',
   PULSEGATE_TLS_WSS: 'tls.wss',
+  PULSEGATE_TLS_RESUMPTION: 'tls.resumption',
+  PULSEGATE_TLS_TICKET_SECRET: 'tls.ticketSecret',
+  PULSEGATE_TLS_TICKET_ROTATION_MINUTES: 'tls.ticketRotationMinutes',
+  PULSEGATE_TLS_SESSION_TIMEOUT_S: 'tls.sessionTimeoutS',
   PULSEGATE_JWT_SECRET: 'jwt.secret',
   PULSEGATE_JWKS_URL: 'jwt.jwksUrl',
   PULSEGATE_JWT_ISSUER: 'jwt.issuer',

@@ -300,7 +300,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       ports.mqtt = await listen(s, config.mqttPort, config.host)
     }
     if (config.mqttsEnabled && tlsMaterial) {
-      const s = createTlsServer(deps, tlsMaterial)
+      const s = createTlsServer(deps, tlsMaterial, config.tls)
       capHandshakes(s, {
         max: config.limits.maxTlsHandshakes,
         maxQueued: config.limits.maxQueuedHandshakes,
