@@ -143,6 +143,13 @@ export const configSchema = z
       maxTlsHandshakes: z.coerce.number().int().min(1),
       /** connections waiting for a handshake slot; beyond it they are closed at once (0 = no queue) */
       maxQueuedHandshakes: z.coerce.number().int().min(0),
+      /** slow consumers (src/limits/outbound.ts): bytes waiting for one client before QoS 0 is held back (newest per
+       *  topic kept) and before a QoS 1/2 delivery disconnects it; 0 = off */
+      outbound: z.object({
+        softBytes: z.coerce.number().int().min(0),
+        hardBytes: z.coerce.number().int().min(0),
+        keepTopics: z.coerce.number().int().min(1).max(10_000),
+      }),
     }),
     ingest: z.object({
       /** rows per INSERT statement at most */
@@ -327,6 +334,7 @@ export function defaults(): BrokerConfig {
       flapping: { maxConnects: 0, windowMs: 60_000, banMs: 5 * 60_000 },
       maxTlsHandshakes: 32,
       maxQueuedHandshakes: 20_000,
+      outbound: { softBytes: 64 * 1024, hardBytes: 256 * 1024, keepTopics: 64 },
     },
     ingest: {
       maxBatchRows: 20_000,
@@ -441,6 +449,9 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_FLAPPING_BAN_MS: 'limits.flapping.banMs',
   PULSEGATE_MAX_TLS_HANDSHAKES: 'limits.maxTlsHandshakes',
   PULSEGATE_MAX_QUEUED_HANDSHAKES: 'limits.maxQueuedHandshakes',
+  PULSEGATE_OUTBOUND_SOFT_BYTES: 'limits.outbound.softBytes',
+  PULSEGATE_OUTBOUND_HARD_BYTES: 'limits.outbound.hardBytes',
+  PULSEGATE_OUTBOUND_KEEP_TOPICS: 'limits.outbound.keepTopics',
   PULSEGATE_INGEST_MAX_BATCH_ROWS: 'ingest.maxBatchRows',
   PULSEGATE_INGEST_FLUSH_MS: 'ingest.flushIntervalMs',
   PULSEGATE_INGEST_MAX_QUEUED_ROWS: 'ingest.maxQueuedRows',

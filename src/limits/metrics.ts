@@ -43,6 +43,23 @@ export function createLimitMetrics(registry: Registry) {
       help: 'client id + address pairs banned now',
       registers,
     }),
+    outboundDropped: new Counter({
+      name: 'pulsegate_outbound_dropped_total',
+      help: 'QoS 0 deliveries held back from a client that is not reading (the newest per topic is sent on drain), by role',
+      labelNames: ['role'],
+      registers,
+    }),
+    outboundHeld: new Gauge({
+      name: 'pulsegate_outbound_held',
+      help: 'QoS 0 packets held back for slow clients now (one per client and topic)',
+      registers,
+    }),
+    outboundCuts: new Counter({
+      name: 'pulsegate_outbound_disconnects_total',
+      help: 'clients disconnected because a QoS 1/2 delivery found too many bytes waiting for them, by role',
+      labelNames: ['role'],
+      registers,
+    }),
     handshakesInProgress: new Gauge({
       name: 'pulsegate_tls_handshakes_in_progress',
       help: 'TLS handshakes in progress on the mTLS listener',
