@@ -49,6 +49,8 @@ export const configSchema = z
     databaseUrl: z.string().url().optional(),
     /** connections in the pg pool for registry look-ups and outputs (the writer has its own, ingest.writers) */
     databasePoolSize: z.coerce.number().int().min(1).max(64),
+    /** the embedded store runs PGlite on its own worker thread (off the broker's event loop) or, 'main', in it */
+    embeddedThread: z.enum(['worker', 'main']),
     /** Redis (leaderboards; with a server database also cluster mode, src/cluster/); unset → in-process, one node */
     redisUrl: z.string().url().optional(),
     /** cluster mode (docs/cluster.md): used only when redisUrl and databaseUrl are both set */
@@ -283,6 +285,7 @@ export function defaults(): BrokerConfig {
     dataDir: path.resolve('data'),
     databaseUrl: undefined,
     databasePoolSize: 8,
+    embeddedThread: 'worker',
     redisUrl: undefined,
     cluster: {
       prefix: 'pulsegate',
@@ -389,6 +392,7 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_DATA_DIR: 'dataDir',
   PULSEGATE_DATABASE_URL: 'databaseUrl',
   PULSEGATE_DATABASE_POOL_SIZE: 'databasePoolSize',
+  PULSEGATE_EMBEDDED_THREAD: 'embeddedThread',
   PULSEGATE_REDIS_URL: 'redisUrl',
   PULSEGATE_CLUSTER_PREFIX: 'cluster.prefix',
   PULSEGATE_CLUSTER_REDIS_DB: 'cluster.redisDb',
