@@ -77,7 +77,6 @@ async function counts() {
     throttled: metricValue(text, 'pulsegate_brownout_devices_throttled'),
   }
 }
-type Counts = Awaited<ReturnType<typeof counts>>
 
 /** Messages per reading and messages/s from `from` until `readings` more readings have been received. */
 async function measure(readings: number, timeoutMs: number) {
