@@ -6,7 +6,7 @@
 // firmware's priority rule still sends anomalies at once. See docs/limits.md.
 import type { Readable } from 'node:stream'
 import type { Aedes, Client, PublishPacket } from 'aedes'
-import type { Registry } from 'prom-client'
+import type { Histogram, Registry } from 'prom-client'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Logger } from '../log.js'
 import { topicFor } from '../topics/grammar.js'
@@ -16,7 +16,7 @@ export type BrownoutSettings = BrokerConfig['limits']['brownout']
 
 /** What the brownout reads of the group-commit writer (src/pipeline/commit.ts). */
 export interface PressureSource {
-  takeCommitLatencyMs(): number
+  readonly oldestWaitingMs: number
   readonly queuedRows: number
 }
 
@@ -30,7 +30,8 @@ export interface BrownoutDeps {
   writer: PressureSource
   persistence: RetainedReader
   publish(topic: string, payload: string, qos: 0 | 1, retain: boolean): void
-  metrics: { registry: Registry }
+  /** the broker's metrics: the commit-latency histogram (enqueue → commit) is read for its mean between samples */
+  metrics: { registry: Registry; commitLatency: Histogram }
   log: Logger
 }
 
@@ -64,6 +65,8 @@ export class Brownout {
   private readonly ops: Op[] = []
   private working = false
   private timer: NodeJS.Timeout | null = null
+  /** the histogram's sum and count at the last sample */
+  private seen = { sum: 0, count: 0 }
 
   constructor(private readonly d: BrownoutDeps) {
     this.metrics = createBrownoutMetrics(d.metrics.registry)
@@ -89,8 +92,33 @@ export class Brownout {
   }
 
   start(): void {
-    this.timer = setInterval(() => this.sample(), this.d.settings.sampleMs)
+    this.timer = setInterval(() => void this.tick(), this.d.settings.sampleMs)
     this.timer.unref()
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      this.sample(await this.commitLatencyMs(), this.d.writer.queuedRows)
+    } catch (err) {
+      this.d.log.warn({ err: (err as Error).message }, 'brownout: sampling failed')
+    }
+  }
+
+  /**
+   * Mean enqueue→commit time of the batches settled since the last sample, or the age of the oldest batch still
+   * waiting when that is longer: a stalled database settles nothing, and its latency must still show.
+   */
+  private async commitLatencyMs(): Promise<number> {
+    let sum = 0
+    let count = 0
+    for (const v of (await this.d.metrics.commitLatency.get()).values) {
+      if (v.metricName?.endsWith('_sum')) sum += v.value
+      else if (v.metricName?.endsWith('_count')) count += v.value
+    }
+    const n = count - this.seen.count
+    const mean = n > 0 ? ((sum - this.seen.sum) / n) * 1000 : 0
+    this.seen = { sum, count }
+    return Math.max(mean, this.d.writer.oldestWaitingMs)
   }
 
   stop(): void {
@@ -99,10 +127,8 @@ export class Brownout {
   }
 
   /** One look at the pressure: the hysteresis decides, the ranking follows, the op queue publishes. */
-  sample(now = Date.now()): void {
+  sample(latency: number, queued: number, now = Date.now()): void {
     const s = this.d.settings
-    const latency = this.d.writer.takeCommitLatencyMs()
-    const queued = this.d.writer.queuedRows
     this.metrics.latency.set(latency / 1000)
     if (now - this.windowStart >= s.rankWindowMs) {
       this.previousCounts = this.counts

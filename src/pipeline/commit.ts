@@ -121,9 +121,6 @@ export class GroupCommitWriter {
   private barriers: { waiting: Set<Columns>; resolve(): void }[] = []
   /** true while the last statement failed for connectivity: readiness reports it */
   healthy = true
-  /** enqueue→commit times settled since the last takeCommitLatencyMs() (brownout's signal) */
-  private latencySumMs = 0
-  private latencyCount = 0
 
   constructor(
     private readonly db: Db,
@@ -138,20 +135,11 @@ export class GroupCommitWriter {
     return this.queued
   }
 
-  /**
-   * Mean enqueue→commit time of the batches settled since the last call, or the age of the oldest batch still waiting
-   * when that is longer: a stalled database settles nothing, and its latency must still show (src/limits/brownout.ts).
-   */
-  takeCommitLatencyMs(): number {
-    const mean = this.latencyCount > 0 ? this.latencySumMs / this.latencyCount : 0
-    this.latencySumMs = 0
-    this.latencyCount = 0
-    let oldest = Number.POSITIVE_INFINITY
-    for (const c of [this.current, ...this.ready, ...this.flying]) {
-      const w = c.waiters[0]
-      if (w && w.enqueuedAt < oldest) oldest = w.enqueuedAt
-    }
-    return Math.max(mean, oldest === Number.POSITIVE_INFINITY ? 0 : performance.now() - oldest)
+  /** Age of the oldest batch waiting for its commit (0: none): a stalled database settles nothing (limits/brownout). */
+  get oldestWaitingMs(): number {
+    const now = performance.now()
+    const cols = [this.current, ...this.ready, ...this.flying]
+    return now - Math.min(now, ...cols.map((c) => c.waiters[0]?.enqueuedAt ?? now))
   }
 
   /** Room for `rows` more rows? Callers check before decoding work is wasted on a full queue. */
@@ -315,8 +303,6 @@ export class GroupCommitWriter {
     this.metrics.queueDepth.set(this.queued)
     for (const w of cols.waiters) {
       this.metrics.commitLatency.observe((now - w.enqueuedAt) / 1000)
-      this.latencySumMs += now - w.enqueuedAt
-      this.latencyCount++
       if (err) w.reject(err)
       else w.resolve(outcome)
     }

@@ -43,7 +43,7 @@ beforeAll(async () => {
         brownout: {
           enabled: true,
           sampleMs: 100,
-          enter: { commitLatencyMs: 1200, queueRows: 10_000_000, forMs: 1000 },
+          enter: { commitLatencyMs: 1500, queueRows: 10_000_000, forMs: 1000 },
           leave: { commitLatencyMs: 500, queueRows: 10_000_000, forMs: 1500 },
           batchEvery: BROWNOUT_BATCH,
           normalBatchEvery: NORMAL_BATCH,
