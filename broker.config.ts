@@ -40,6 +40,12 @@ const bucket = z.object({
   byteBurst: z.coerce.number().int().min(1),
 })
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')])
+/** brownout thresholds: mean commit latency (or the oldest waiting batch's age) and rows queued for the database */
+const pressure = z.object({
+  commitLatencyMs: z.coerce.number().int().min(1),
+  queueRows: z.coerce.number().int().min(1),
+  forMs: ms,
+})
 
 export const configSchema = z
   .object({
@@ -152,6 +158,30 @@ export const configSchema = z
         hardBytes: z.coerce.number().int().min(0),
         keepTopics: z.coerce.number().int().min(1).max(10_000),
       }),
+      /** load-adaptive edge throttling (src/limits/brownout.ts, docs/limits.md): under database pressure the busiest
+       *  devices get a retained devices/{id}/config with a longer batch, restored when the pressure is gone */
+      brownout: z
+        .object({
+          enabled: bool,
+          /** how often commit latency and queue depth are sampled */
+          sampleMs: z.coerce.number().int().min(50).max(60_000),
+          /** enter: commit latency or queued rows above these for forMs */
+          enter: pressure,
+          /** leave: commit latency and queued rows below these for forMs (hysteresis: below enter's) */
+          leave: pressure,
+          /** samples per batch asked of a throttled device (the firmware's batchEvery, 1…600) */
+          batchEvery: z.coerce.number().int().min(1).max(600),
+          /** batchEvery restored to a device that had no config of its own before the brownout */
+          normalBatchEvery: z.coerce.number().int().min(1).max(600),
+          /** devices throttled at most, the busiest (messages in the last rankWindowMs) first */
+          maxDevices: z.coerce.number().int().min(1),
+          /** the window messages are counted in to rank devices */
+          rankWindowMs: z.coerce.number().int().min(100),
+        })
+        .refine((b) => b.leave.commitLatencyMs <= b.enter.commitLatencyMs && b.leave.queueRows <= b.enter.queueRows, {
+          message: 'leave thresholds must not be above enter thresholds',
+          path: ['leave'],
+        }),
     }),
     ingest: z.object({
       /** rows per INSERT statement at most */
@@ -338,6 +368,17 @@ export function defaults(): BrokerConfig {
       maxTlsHandshakes: 32,
       maxQueuedHandshakes: 20_000,
       outbound: { softBytes: 64 * 1024, hardBytes: 256 * 1024, keepTopics: 64 },
+      // Off by default: it rewrites device configuration, so an operator turns it on knowing the firmware obeys it.
+      brownout: {
+        enabled: false,
+        sampleMs: 500,
+        enter: { commitLatencyMs: 2000, queueRows: 100_000, forMs: 10_000 },
+        leave: { commitLatencyMs: 500, queueRows: 20_000, forMs: 30_000 },
+        batchEvery: 60,
+        normalBatchEvery: 5,
+        maxDevices: 20_000,
+        rankWindowMs: 10_000,
+      },
     },
     ingest: {
       maxBatchRows: 20_000,
@@ -456,6 +497,18 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_OUTBOUND_SOFT_BYTES: 'limits.outbound.softBytes',
   PULSEGATE_OUTBOUND_HARD_BYTES: 'limits.outbound.hardBytes',
   PULSEGATE_OUTBOUND_KEEP_TOPICS: 'limits.outbound.keepTopics',
+  PULSEGATE_BROWNOUT_ENABLED: 'limits.brownout.enabled',
+  PULSEGATE_BROWNOUT_SAMPLE_MS: 'limits.brownout.sampleMs',
+  PULSEGATE_BROWNOUT_ENTER_LATENCY_MS: 'limits.brownout.enter.commitLatencyMs',
+  PULSEGATE_BROWNOUT_ENTER_QUEUE_ROWS: 'limits.brownout.enter.queueRows',
+  PULSEGATE_BROWNOUT_ENTER_FOR_MS: 'limits.brownout.enter.forMs',
+  PULSEGATE_BROWNOUT_LEAVE_LATENCY_MS: 'limits.brownout.leave.commitLatencyMs',
+  PULSEGATE_BROWNOUT_LEAVE_QUEUE_ROWS: 'limits.brownout.leave.queueRows',
+  PULSEGATE_BROWNOUT_LEAVE_FOR_MS: 'limits.brownout.leave.forMs',
+  PULSEGATE_BROWNOUT_BATCH_EVERY: 'limits.brownout.batchEvery',
+  PULSEGATE_BROWNOUT_NORMAL_BATCH_EVERY: 'limits.brownout.normalBatchEvery',
+  PULSEGATE_BROWNOUT_MAX_DEVICES: 'limits.brownout.maxDevices',
+  PULSEGATE_BROWNOUT_RANK_WINDOW_MS: 'limits.brownout.rankWindowMs',
   PULSEGATE_INGEST_MAX_BATCH_ROWS: 'ingest.maxBatchRows',
   PULSEGATE_INGEST_FLUSH_MS: 'ingest.flushIntervalMs',
   PULSEGATE_INGEST_MAX_QUEUED_ROWS: 'ingest.maxQueuedRows',

@@ -18,7 +18,7 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
-import { capHandshakes } from './limits/index.js'
+import { capHandshakes, installBrownout } from './limits/index.js'
 import { InsightsEngine } from './insights/engine.js'
 import { createInsightsMetrics } from './insights/metrics.js'
 import { createLogger, type Logger } from './log.js'
@@ -211,6 +211,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   // Not on Redis: the index would see only this node's retained messages and hide the others' (HGET is O(1) there).
   if (!cluster) indexRetained(persistence)
   const sessions = indexSessions(persistence)
+  installBrownout(aedes, { settings: config.limits.brownout, writer, persistence, publish, metrics, log })
   routing.install(aedes)
   await cluster?.attach({ aedes, db, ingest, outputs, principals })
   // Aedes keeps connected clients by id at runtime; its types leave the map out.

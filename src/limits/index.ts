@@ -12,6 +12,7 @@ import { PublishLimiter } from './publish-limiter.js'
 
 export { clientAddress } from './address.js'
 export { capHandshakes } from './handshakes.js'
+export { Brownout, installBrownout } from './brownout.js'
 
 export interface LimitsDeps {
   config: BrokerConfig['limits']
