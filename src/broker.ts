@@ -231,6 +231,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       (userId: string) => privacy.consent.forget([userId]),
       (userId: string) => void preferences.erase(userId),
       (userId: string) => insights.forget(userId),
+      (userId: string) => live.forget(userId),
     ],
   }
   const control = new ControlPlane({

@@ -35,6 +35,8 @@ export interface LiveDeps {
 export interface LiveRoutes {
   /** true when the request was a /live/ one (answered here) */
   handle(req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<boolean>
+  /** erasure: the person's runner streams end */
+  forget(userId: string): void
   stop(): void
 }
 
@@ -177,6 +179,9 @@ export function installLive(d: LiveDeps): LiveRoutes {
         opening--
       }
       return true
+    },
+    forget(userId) {
+      sources.endRunner(userId, 'erasure')
     },
     stop() {
       sources.stop()

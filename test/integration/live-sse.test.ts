@@ -111,7 +111,7 @@ describe('live streams over SSE', () => {
   afterAll(async () => {
     for (const c of curls) c.stop()
     await browser?.close()
-    for (const d of devs) await d.endAsync()
+    for (const d of devs) await d.endAsync().catch(() => {})
     await tb?.stop()
   })
 
@@ -234,6 +234,17 @@ describe('live streams over SSE', () => {
     for (let k = 1; k < got.length; k++) expect(Number(got[k]?.id)).toBeGreaterThan(Number(got[k - 1]?.id))
     expect((JSON.parse(got.at(-1)?.data ?? '{}') as LeaderboardMessage).eventId).toBe(PUB)
   }, 120_000)
+  it("an erasure ends the person's runner stream (runs last: it cuts runner 2's device off)", async () => {
+    await rpc({ op: 'setConsent', userId: 'sse-run-2', purpose: 'live_sharing', granted: true })
+    const r = curl(`/live/events/${PUB}/runners/102`)
+    await waitFor(() => r.status !== null)
+    expect(r.status).toBe(200)
+    await rpc({ op: 'eraseUser', userId: 'sse-run-2' })
+    await waitFor(() => r.done, 30_000)
+    const m = await (await fetch(`${base}/metrics`)).text()
+    expect(metricValue(m, 'pulsegate_sse_ended_total', { reason: 'erasure' })).toBeGreaterThanOrEqual(1)
+    expect((await fetch(`${base}/live/events/${PUB}/runners/102`)).status).toBe(404)
+  }, 60_000)
 })
 
 describe('live streams: slow readers and capacity', () => {

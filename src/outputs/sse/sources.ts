@@ -156,9 +156,10 @@ export class LiveSources {
     })
   }
 
-  private endRunner(userId: string): void {
+  /** Ends the user's runner streams (a withdrawal of `live_sharing`, an erasure). */
+  endRunner(userId: string, reason: 'consent' | 'erasure' = 'consent'): void {
     const set = this.runners.get(userId)
-    if (set) this.deps.hub.end((s) => set.has(s), 'consent')
+    if (set) this.deps.hub.end((s) => set.has(s), reason)
   }
 
   private passthrough(key: string, kind: 'leaderboard' | 'stats', topic: string): LiveStream {

@@ -57,7 +57,7 @@ export function createStreamMetrics(registry: Registry, clients: () => Map<Strea
     }),
     ended: new Counter({
       name: 'pulsegate_sse_ended_total',
-      help: 'SSE streams the broker ended: consent (the runner withdrew live_sharing), shutdown',
+      help: 'SSE streams the broker ended: consent (the runner withdrew live_sharing), erasure, shutdown',
       labelNames: ['reason'],
       registers,
     }),
@@ -220,7 +220,7 @@ export class LiveHub {
   }
 
   /** Ends the readers of the streams `which` selects (their clients see the stream close). */
-  end(which: (s: LiveStream) => boolean, reason: 'consent' | 'shutdown'): void {
+  end(which: (s: LiveStream) => boolean, reason: 'consent' | 'erasure' | 'shutdown'): void {
     for (const s of this.streams.values()) {
       if (!which(s)) continue
       for (const r of s.readers) {
