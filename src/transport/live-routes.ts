@@ -158,6 +158,10 @@ export function installLive(d: LiveDeps): LiveRoutes {
         await snapshot(req, res, what === 'stats' ? topicFor.stats(eventId) : topicFor.leaderboard(eventId), a.public)
         return true
       }
+      if (req.method === 'HEAD') {
+        refuse(res, 405, 'bad_request', 'streams are GET only', { allow: 'GET' })
+        return true
+      }
       if (hub.open + opening >= settings.maxClients) {
         refuse(res, 503, 'capacity', 'too many live clients on this node, retry', { 'retry-after': '5' })
         return true
