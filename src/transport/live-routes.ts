@@ -117,14 +117,15 @@ export function installLive(d: LiveDeps): LiveRoutes {
     const session = await createSession<ReaderState>(req, res, {
       keepAlive: null, // the hub's one heartbeat timer (streams.ts)
       retry: settings.retryMs,
-      // States are serialised once per stream, not once per reader.
+      // States are serialised and framed once per stream (streams.ts), not once per reader.
       serializer: String,
       headers: {
         'x-accel-buffering': 'no',
         ...(pub ? { 'access-control-allow-origin': '*' } : {}),
       },
-      state: { res, waiting: false },
+      state: { res, waiting: false, sent: '' },
     })
+    session.state.sent = session.lastId
     // Gone while the session opened: its disconnect already happened, and would never reach the hub.
     if (req.destroyed || res.destroyed) return hub.release(s)
     hub.attach(s, session)
