@@ -203,6 +203,24 @@ describe('live streams over SSE', () => {
     expect((await fetch(url, { headers: { 'if-none-match': '"other"' } })).status).toBe(200)
   })
 
+  it('a burst of states is coalesced: at most one per second per stream, the newest last', async () => {
+    const ev = `burst-${tag}`
+    await tb.pg.registry.createEvent({ eventId: ev, isPublic: true })
+    const topic = `events/${ev}/leaderboard`
+    tb.pg.publish(topic, JSON.stringify({ eventId: ev, i: 0 }), 0, true)
+    const c = curl(`/live/events/${ev}/leaderboard`)
+    await waitFor(() => c.events.length >= 1)
+    const started = Date.now()
+    for (let i = 1; i <= 50; i++) tb.pg.publish(topic, JSON.stringify({ eventId: ev, i }), 0, true)
+    await waitFor(() => c.events.some((e) => (JSON.parse(e.data) as { i: number }).i === 50))
+    const elapsed = Date.now() - started
+    const burst = c.events.slice(1)
+    // One right away at most (the interval since the first state may be over), then one per full second.
+    expect(burst.length).toBeLessThanOrEqual(2 + Math.floor(elapsed / 1000))
+    expect(burst.length).toBeLessThan(50)
+    expect((JSON.parse(burst.at(-1)?.data ?? '{}') as { i: number }).i).toBe(50)
+  })
+
   it('the dp statistics stream carries the released statistics', async () => {
     const c = curl(`/live/events/${PUB}/stats`)
     await waitFor(() => c.events.length >= 1, 30_000)
