@@ -1,5 +1,6 @@
 // Live streams over Server-Sent Events (better-sse does the framing). A stream is one piece of output state — an
-// event's board, its statistics, a runner's progress — with the newest state serialised once for all its readers.
+// event's board, its statistics, a runner's progress — with the newest state serialised and framed once for all its
+// readers, and written to them in slices (FANOUT_SLICE) with yields between, so MQTT work interleaves.
 // Bounded by design: a stream holds one state, never a history; a reader whose socket has more than maxQueuedBytes
 // unsent skips the states that come meanwhile and gets the newest one when it drains ("dropped to latest"). Updates
 // go out at most once per minIntervalMs per stream (newer states replace a pending one). Event ids are monotonic per
