@@ -221,6 +221,22 @@ export const configSchema = z
       /** distance comes from one GPS source at a time; another device takes over after this much silence */
       gpsSourceSwitchMs: ms,
     }),
+    /** public live streams over Server-Sent Events on the HTTP port (/live/…, src/outputs/sse/) */
+    live: z.object({
+      enabled: bool,
+      /** open SSE streams at most (all kinds together); the next gets 503 with Retry-After */
+      maxClients: z.coerce.number().int().min(0),
+      /** a comment line every so often keeps proxies and load balancers from closing an idle stream */
+      heartbeatMs: z.coerce.number().int().min(100),
+      /** a stream sends at most one update per this interval (newer states replace a pending one) */
+      minIntervalMs: ms,
+      /** a client with more than this unsent on its socket is skipped (dropped to the newest state when it drains) */
+      maxQueuedBytes: z.coerce.number().int().min(1024),
+      /** the reconnection delay suggested to EventSource clients */
+      retryMs: ms,
+      /** runner streams carry the runner's last position (outside their privacy zones); false: progress only */
+      runnerPositions: bool,
+    }),
     preferences: z.object({
       /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
        *  next year must not win its fields until next year */
@@ -399,6 +415,15 @@ export function defaults(): BrokerConfig {
       auditCheckpointMs: 5 * 60_000,
     },
     outputs: { silentRunnerMs: 120_000, gpsSourceSwitchMs: 30_000 },
+    live: {
+      enabled: true,
+      maxClients: 10_000,
+      heartbeatMs: 15_000,
+      minIntervalMs: 1000,
+      maxQueuedBytes: 64 * 1024,
+      retryMs: 2000,
+      runnerPositions: true,
+    },
     preferences: { maxClockAheadMs: 3600_000 },
     dp: {
       enabled: true,
@@ -517,6 +542,13 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
   PULSEGATE_SILENT_RUNNER_MS: 'outputs.silentRunnerMs',
   PULSEGATE_GPS_SOURCE_SWITCH_MS: 'outputs.gpsSourceSwitchMs',
+  PULSEGATE_LIVE_ENABLED: 'live.enabled',
+  PULSEGATE_LIVE_MAX_CLIENTS: 'live.maxClients',
+  PULSEGATE_LIVE_HEARTBEAT_MS: 'live.heartbeatMs',
+  PULSEGATE_LIVE_MIN_INTERVAL_MS: 'live.minIntervalMs',
+  PULSEGATE_LIVE_MAX_QUEUED_BYTES: 'live.maxQueuedBytes',
+  PULSEGATE_LIVE_RETRY_MS: 'live.retryMs',
+  PULSEGATE_LIVE_RUNNER_POSITIONS: 'live.runnerPositions',
   PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
   PULSEGATE_DP_ENABLED: 'dp.enabled',
   PULSEGATE_DP_EPSILON: 'dp.epsilonPerRelease',

@@ -41,6 +41,7 @@ import { openDb } from './store/open.js'
 import { openPostgres } from './store/postgres.js'
 import { Registry } from './store/registry.js'
 import { createHttpRoutes } from './transport/http-routes.js'
+import { installLive } from './transport/live-routes.js'
 import {
   createHttpServer,
   createTcpServer,
@@ -231,6 +232,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       (userId: string) => privacy.consent.forget([userId]),
       (userId: string) => void preferences.erase(userId),
       (userId: string) => insights.forget(userId),
+      (userId: string) => live.forget(userId),
     ],
   }
   const control = new ControlPlane({
@@ -265,6 +267,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     ...privacy,
     zones: new ZoneOperations(db, new PreferencesStore(db), audit, (u, p) => preferences.handle(u, p)),
   }
+  const live = installLive({ ...liveDeps, config, consent: privacy.consent, zones, db, tokens, metrics, log })
   const routes = createHttpRoutes({
     config,
     metrics,
@@ -285,6 +288,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     audit,
     eraseUser: (userId, actor) => eraseLive(userId, { actor }),
     insights,
+    live,
     log,
   })
   const httpServer: http.Server = createHttpServer(
@@ -338,6 +342,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       log.info('shutting down: no new connections; finishing in-flight commits')
       const deadline = Date.now() + config.limits.shutdownTimeoutMs
       for (const s of servers) s.close()
+      live.stop()
       limits.stop()
       await dp.stop()
       await insights.stop()

@@ -30,6 +30,7 @@ import type { AuditActor, AuditEntry } from '../ops/audit-types.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
+import type { LiveRoutes } from './live-routes.js'
 import { handlePortability } from './portability-routes.js'
 
 export interface RouteDeps {
@@ -53,6 +54,8 @@ export interface RouteDeps {
   eraseUser?(userId: string, actor: AuditActor): Promise<ErasureReport>
   /** the broker's recommendation engine (insightsRun RPC: published live) */
   insights?: InsightsRunner
+  /** public live streams, /live/… (live-routes.ts) */
+  live?: LiveRoutes
   log: Logger
 }
 
@@ -378,6 +381,7 @@ export function createHttpRoutes(deps: RouteDeps) {
           throw err
         }
       }
+      if (deps.live && (await deps.live.handle(req, res, url))) return
       if (await handlePortability(deps, req, res, url)) return
       if (req.method === 'GET' && url.pathname === '/')
         return send(res, 200, raceControlPage(), 'text/html; charset=utf-8')
