@@ -167,6 +167,13 @@ export const configSchema = z
       /** distance comes from one GPS source at a time; another device takes over after this much silence */
       gpsSourceSwitchMs: ms,
     }),
+    /** the race-control console at / (src/transport/console-routes.ts) */
+    console: z.object({
+      /** map tiles, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; unset → no tile layer (works offline) */
+      tileUrl: z.string().optional(),
+      /** shown under the map when tiles are drawn (the tile provider's licence) */
+      tileAttribution: z.string(),
+    }),
     preferences: z.object({
       /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
        *  next year must not win its fields until next year */
@@ -323,6 +330,7 @@ export function defaults(): BrokerConfig {
       auditCheckpointMs: 5 * 60_000,
     },
     outputs: { silentRunnerMs: 120_000, gpsSourceSwitchMs: 30_000 },
+    console: { tileUrl: undefined, tileAttribution: '' },
     preferences: { maxClockAheadMs: 3600_000 },
     dp: {
       enabled: true,
@@ -421,6 +429,8 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
   PULSEGATE_SILENT_RUNNER_MS: 'outputs.silentRunnerMs',
   PULSEGATE_GPS_SOURCE_SWITCH_MS: 'outputs.gpsSourceSwitchMs',
+  PULSEGATE_CONSOLE_TILE_URL: 'console.tileUrl',
+  PULSEGATE_CONSOLE_TILE_ATTRIBUTION: 'console.tileAttribution',
   PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
   PULSEGATE_DP_ENABLED: 'dp.enabled',
   PULSEGATE_DP_EPSILON: 'dp.epsilonPerRelease',

@@ -284,6 +284,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     audit,
     eraseUser: (userId, actor) => eraseLive(userId, { actor }),
     insights,
+    console: { sync, zones, publish },
     log,
   })
   const httpServer: http.Server = createHttpServer(
