@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS alert_actions (
   note      text CHECK (length(note) <= 500),
   at        timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS alert_actions_alert_idx ON alert_actions (alert_id, at);
+-- Each action once per alert: two medics pressing acknowledge at once record one acknowledgement (the other: 409).
+CREATE UNIQUE INDEX IF NOT EXISTS alert_actions_once_idx ON alert_actions (alert_id, action);
 -- The console lists an event's recent alerts.
 CREATE INDEX IF NOT EXISTS alerts_event_idx ON alerts (event_id, opened_at) WHERE event_id IS NOT NULL;

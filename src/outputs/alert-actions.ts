@@ -82,8 +82,8 @@ export class AlertActions {
   }
 
   /**
-   * A medic's action on one alert of one of `events` (null: any, an admin). Idempotent per action: a second
-   * acknowledge of the same alert records and publishes nothing (409).
+   * A medic's action on one alert of one of `events` (null: any, an admin). Once per action (a unique index): a
+   * second acknowledge of the same alert records and publishes nothing (409), even when both arrive at once.
    */
   async act(
     alertId: string,
@@ -108,10 +108,14 @@ export class AlertActions {
       purpose: 'medical_alerts',
       details: { alertId, eventId: row.event_id, kind: row.kind },
     })
-    await this.db.query(
-      'INSERT INTO alert_actions (alert_id, action, actor_role, actor_id, note) VALUES ($1, $2, $3, $4, $5)',
+    const inserted = await this.db.query(
+      `INSERT INTO alert_actions (alert_id, action, actor_role, actor_id, note) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (alert_id, action) DO NOTHING`,
       [alertId, action, actor.role, actor.id, note],
     )
+    // Another medic's same action won the race (the audit row records this attempt all the same).
+    if (inserted.rowCount === 0)
+      throw new AlertActionError(409, `already ${action === 'acknowledge' ? 'acknowledged' : 'resolved'}`)
     // The medic closes the case; the episode's own row is closed too unless the rules closed it already.
     if (action === 'resolve')
       await this.db.query('UPDATE alerts SET resolved_at = now() WHERE id = $1 AND resolved_at IS NULL', [alertId])

@@ -101,7 +101,7 @@ describe('race-control console in Chromium', () => {
   afterAll(async () => {
     if (page) {
       fs.mkdirSync(ARTIFACTS, { recursive: true })
-      await page.screenshot({ path: path.join(ARTIFACTS, 'console.png') }).catch(() => undefined)
+      await page.screenshot({ path: path.join(ARTIFACTS, 'console-final.png') }).catch(() => undefined)
     }
     await browser?.close()
     await swarm?.catch(() => undefined)
@@ -167,7 +167,14 @@ describe('race-control console in Chromium', () => {
       const userId = [...sharing][0] as string
       const id = '7d0b8e3e-5a51-4c55-9c1d-1e2f3a4b5c6d'
       const openedAt = Date.now()
-      const evidence = { t: openedAt, hr: 41, lat: 48.8584, lon: 2.2945 }
+      // Where the runner is: the newest fix the swarm's tracker sent.
+      const fix = await tb.pg.db.query<{ lat: number; lon: number }>(
+        `SELECT p.lat, p.lon FROM positions p JOIN devices d USING (device_key)
+          WHERE d.user_id = $1 ORDER BY p.time DESC LIMIT 1`,
+        [userId],
+      )
+      const { lat, lon } = fix.rows[0] ?? { lat: 52.52, lon: 13.405 }
+      const evidence = { t: openedAt, hr: 41, lat: Number(lat), lon: Number(lon) }
       // Injected as the engine does it (episodes.ts): persisted first, then published to the event's medics.
       await tb.pg.db.query(
         `INSERT INTO alerts (id, user_id, device_id, event_id, kind, severity, opened_at, evidence)
@@ -198,6 +205,8 @@ describe('race-control console in Chromium', () => {
       )
       await page.click(`${item} button.ack`)
       await page.waitForSelector(`${item}[data-acked="true"]`)
+      fs.mkdirSync(ARTIFACTS, { recursive: true })
+      await page.screenshot({ path: path.join(ARTIFACTS, 'console.png') })
 
       const rows = await tb.pg.db.query<{ action: string; actor_role: string; actor_id: string }>(
         'SELECT action, actor_role, actor_id FROM alert_actions WHERE alert_id = $1',
@@ -231,6 +240,30 @@ describe('race-control console in Chromium', () => {
         headers: { authorization: `Bearer ${await token(tb, 'doc9', 'medic', ['other-event'])}` },
       })
       expect(list.status).toBe(403)
+
+      // Two medics resolve at once: one resolution, the other a 409; the page shows it closed.
+      const resolve = async (jwt: string) =>
+        (
+          await fetch(`${base()}/console/api/alerts/${id}/resolve`, {
+            method: 'POST',
+            headers: { authorization: `Bearer ${jwt}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ note: 'on scene' }),
+          })
+        ).status
+      const codes = await Promise.all([resolve(medic), resolve(await token(tb, 'doc3', 'medic', [EVENT]))])
+      expect(codes.sort()).toEqual([200, 409])
+      await page.waitForSelector(`${item}[data-closed="true"]`)
+      const closed = await tb.pg.db.query<{ resolved: boolean; actions: number }>(
+        `SELECT resolved_at IS NOT NULL AS resolved,
+                (SELECT count(*)::int FROM alert_actions WHERE alert_id = $1) AS actions FROM alerts WHERE id = $1`,
+        [id],
+      )
+      expect(closed.rows).toEqual([{ resolved: true, actions: 2 }])
+      await waitFor(() =>
+        tapped.find(
+          (m) => m.payload['id'] === id && (m.payload['action'] as { action?: string })?.action === 'resolve',
+        ),
+      )
     },
     LONG,
   )

@@ -125,11 +125,27 @@
     try {
       const res = await api('GET', `/console/api/alerts?event=${encodeURIComponent(s.eventId)}`)
       if (s !== session) return
-      for (const a of res.alerts) alerts.set(a.id, a)
+      for (const a of res.alerts) {
+        alerts.set(a.id, a)
+        pinInView(a)
+      }
       dirty.alerts = dirty.map = true
     } catch (err) {
       setConn('error', `alerts: ${err.message}`)
     }
+  }
+
+  function extend(mx, my) {
+    if (mx < bounds.minX) bounds.minX = mx
+    if (mx > bounds.maxX) bounds.maxX = mx
+    if (my < bounds.minY) bounds.minY = my
+    if (my > bounds.maxY) bounds.maxY = my
+  }
+  /** An open alert's position belongs in the followed view, runner or not. */
+  function pinInView(a) {
+    const { lat, lon } = a.evidence || {}
+    if (!a.closed && a.state !== 'resolved' && typeof lat === 'number' && typeof lon === 'number')
+      extend(mercX(lon), mercY(lat))
   }
 
   function onMessage(topic, buf) {
@@ -153,10 +169,7 @@
           cur.t = r.t
           cur.alert = r.alert
         } else runners.set(r.userId, { mx, my, t: r.t, alert: r.alert })
-        if (mx < bounds.minX) bounds.minX = mx
-        if (mx > bounds.maxX) bounds.maxX = mx
-        if (my < bounds.minY) bounds.minY = my
-        if (my > bounds.maxY) bounds.maxY = my
+        extend(mx, my)
       }
       perf.positions += m.runners.length
       dirty.map = true
@@ -166,6 +179,7 @@
     } else if (leaf === 'alerts') {
       const prev = alerts.get(m.id)
       alerts.set(m.id, { acknowledged: null, closed: null, ...prev, ...m })
+      pinInView(m)
       dirty.alerts = dirty.map = true
     }
   }
@@ -244,16 +258,29 @@
     pixels.fill(0)
     const { ox, oy, scale } = view
     let drawn = 0
+    // 2×2 px per runner in a crowd, 4×4 while they are few enough to be told apart.
+    const big = runners.size <= 5000
+    const edge = big ? 3 : 1
     for (const r of runners.values()) {
       const x = ((r.mx - ox) * scale) | 0
       const y = ((r.my - oy) * scale) | 0
-      if (x < 0 || y < 0 || x >= w - 1 || y >= h - 1) continue
+      if (x < 0 || y < 0 || x >= w - edge || y >= h - edge) continue
       const c = r.alert ? FLAGGED : RUNNER
       const i = y * w + x
       pixels[i] = c
       pixels[i + 1] = c
       pixels[i + w] = c
       pixels[i + w + 1] = c
+      if (big) {
+        for (let k = 0; k < 4; k++) {
+          pixels[i + 2 * w + k] = c
+          pixels[i + 3 * w + k] = c
+        }
+        pixels[i + 2] = c
+        pixels[i + 3] = c
+        pixels[i + w + 2] = c
+        pixels[i + w + 3] = c
+      }
       drawn++
     }
     dctx.putImageData(image, 0, 0)
@@ -267,6 +294,7 @@
       if (typeof lat !== 'number' || typeof lon !== 'number') continue
       const x = (mercX(lon) - ox) * scale
       const y = (mercY(lat) - oy) * scale
+      if (x < 0 || y < 0 || x > w || y > h) continue
       ctx.strokeStyle = a.acknowledged ? '#e90' : '#d11'
       ctx.beginPath()
       ctx.arc(x, y, 9, 0, 2 * Math.PI)
@@ -526,8 +554,9 @@
     })
     g.stroke()
     g.fillStyle = '#555'
-    g.fillText(v1.toFixed(1), 0, 10)
-    g.fillText(v0.toFixed(1), 0, c.height - 2)
+    const digits = v1 - v0 < 1 ? 2 : 1
+    g.fillText(v1.toFixed(digits), 0, 10)
+    g.fillText(v0.toFixed(digits), 0, c.height - 2)
   }
 
   function drawCharts(s) {
