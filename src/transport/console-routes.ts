@@ -237,6 +237,14 @@ export function createConsoleRoutes(deps: ConsoleDeps) {
         return true
       }
       const alerts = await (await alertActions()).list(eventId)
+      // The queue names many runners at once: one row for the listing (as subscribe.event for the topic).
+      await deps.audit.record({
+        actor: actorOf(p),
+        action: 'console.alerts',
+        subject: null,
+        purpose: 'medical_alerts',
+        details: { eventId, alerts: alerts.length },
+      })
       requests.inc({ route: 'alerts', outcome: 'ok' })
       send(res, 200, { eventId, alerts })
       return true
