@@ -218,6 +218,10 @@ describe('race-control console in Chromium', () => {
         [userId],
       )
       expect(audit.rows).toEqual([{ actor_id: 'doc1', purpose: 'medical_alerts' }])
+      const listed = await tb.pg.db.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM audit_log WHERE action = 'console.alerts' AND actor_id = 'doc1'`,
+      )
+      expect(listed.rows[0]?.n).toBeGreaterThan(0)
       const published = await waitFor(() =>
         tapped.find((m) => m.payload['id'] === id && (m.payload['action'] as { action?: string })?.action),
       )
