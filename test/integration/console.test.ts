@@ -9,6 +9,7 @@ import puppeteer, { type Browser, type Page } from 'puppeteer-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runSwarm, type SwarmReport } from '../../simulators/swarm.js'
 import { connectWithToken, startTestBroker, type TestBroker, token, waitFor } from '../helpers/harness.js'
+import { metricValue } from '../helpers/metrics-text.js'
 
 const EVENT = 'sim-marathon' // the swarm's marathon
 const USERS = 24
@@ -282,6 +283,21 @@ describe('race-control console in Chromium', () => {
       body: JSON.stringify({ eventId: EVENT, userId: hidden }),
     })
     expect(res.status).toBe(404)
+    // Bad input: a clear 400 and a metric.
+    const bad = await fetch(`${base()}/console/api/runner`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${medic}`, 'content-type': 'application/json' },
+      body: '{"eventId": "sim-marathon", "userId": "no spaces"',
+    })
+    expect(bad.status).toBe(400)
+    expect(((await bad.json()) as { error: string }).error).toMatch(/invalid JSON/)
+    const metrics = await (await fetch(`${base()}/metrics`)).text()
+    expect(metricValue(metrics, 'pulsegate_console_requests_total', { route: 'runner', outcome: 'bad_request' })).toBe(
+      1,
+    )
+    expect(metricValue(metrics, 'pulsegate_console_requests_total', { route: 'runner', outcome: 'not_visible' })).toBe(
+      1,
+    )
   })
 
   it(
