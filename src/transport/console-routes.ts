@@ -192,13 +192,13 @@ export function createConsoleRoutes(deps: ConsoleDeps) {
       userId,
       syncRequestSchema.parse({ cursor: { readings: cursor }, kinds: ['readings'], limit, resolution: 'raw' }),
     )
-    const rows = (page['readings'] as { t: number; metric: string; value: number }[]).filter((r) =>
+    const rows = (page['readings'] as { t: number; device: string; metric: string; value: number }[]).filter((r) =>
       DETAIL_METRICS.has(r.metric),
     )
     requests.inc({ route: 'runner', outcome: 'ok' })
     send(res, 200, {
       userId,
-      readings: rows.map((r) => ({ t: r.t, metric: r.metric, value: r.value })),
+      readings: rows.map((r) => ({ t: r.t, device: r.device, metric: r.metric, value: r.value })),
       nextCursor: (page['nextCursor'] as { readings: number }).readings,
       more: page['more'],
     })

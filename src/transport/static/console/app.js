@@ -512,9 +512,18 @@
 
   function series(s) {
     const hr = []
-    const dist = []
-    for (const r of s.readings) (r.metric === 'hr' ? hr : dist).push([r.t, r.value])
+    // Distance is counted per device: the curve follows the device with the most of it.
+    const byDevice = new Map()
+    for (const r of s.readings) {
+      if (r.metric === 'hr') hr.push([r.t, r.value])
+      else {
+        if (!byDevice.has(r.device)) byDevice.set(r.device, [])
+        byDevice.get(r.device).push([r.t, r.value])
+      }
+    }
+    const dist = [...byDevice.values()].sort((a, b) => b.length - a.length)[0] || []
     dist.sort((a, b) => a[0] - b[0])
+    hr.sort((a, b) => a[0] - b[0])
     const pc = []
     // Pace over the last minute of distance, in min/km.
     let j = 0
