@@ -237,6 +237,13 @@ export const configSchema = z
       /** runner streams carry the runner's last position (outside their privacy zones); false: progress only */
       runnerPositions: bool,
     }),
+    /** the race-control console at / (src/transport/console-routes.ts) */
+    console: z.object({
+      /** map tiles, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; unset → no tile layer (works offline) */
+      tileUrl: z.string().optional(),
+      /** shown under the map when tiles are drawn (the tile provider's licence) */
+      tileAttribution: z.string(),
+    }),
     preferences: z.object({
       /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
        *  next year must not win its fields until next year */
@@ -424,6 +431,7 @@ export function defaults(): BrokerConfig {
       retryMs: 2000,
       runnerPositions: true,
     },
+    console: { tileUrl: undefined, tileAttribution: '' },
     preferences: { maxClockAheadMs: 3600_000 },
     dp: {
       enabled: true,
@@ -549,6 +557,8 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_LIVE_MAX_QUEUED_BYTES: 'live.maxQueuedBytes',
   PULSEGATE_LIVE_RETRY_MS: 'live.retryMs',
   PULSEGATE_LIVE_RUNNER_POSITIONS: 'live.runnerPositions',
+  PULSEGATE_CONSOLE_TILE_URL: 'console.tileUrl',
+  PULSEGATE_CONSOLE_TILE_ATTRIBUTION: 'console.tileAttribution',
   PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
   PULSEGATE_DP_ENABLED: 'dp.enabled',
   PULSEGATE_DP_EPSILON: 'dp.epsilonPerRelease',

@@ -289,6 +289,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     eraseUser: (userId, actor) => eraseLive(userId, { actor }),
     insights,
     live,
+    console: { sync, zones, publish },
     log,
   })
   const httpServer: http.Server = createHttpServer(

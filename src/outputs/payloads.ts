@@ -71,3 +71,14 @@ export interface PositionsMessage {
   t: number
   runners: { userId: string; t: number; lat: number; lon: number; alert: boolean }[]
 }
+
+/**
+ * Race control's view of an alert (GET /console/api/alerts, src/outputs/alert-actions.ts) and, with `action`, the
+ * message on `events/{eid}/alerts` (QoS 1) when a medic acknowledges or resolves it: an AlertMessage with who
+ * acknowledged / closed it. `state` stays the episode's (`resolved` once a medic resolved it).
+ */
+export interface AlertActionMessage extends AlertMessage {
+  acknowledged: { at: number; by: string | null } | null
+  closed: { at: number; by: string | null } | null
+  action?: { action: 'acknowledge' | 'resolve'; by: string | null; at: number }
+}
