@@ -1,10 +1,12 @@
 // Group commit: samples from many connections are gathered for a few milliseconds (or until a size cap) and written
 // with one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING per table. Every waiting QoS 1 batch is released
 // only when the statement that carried its rows has committed. The queue is bounded; a failed statement is retried
-// with backoff until the database comes back, so nothing accepted is ever dropped here.
+// with backoff until the database comes back, so nothing accepted is ever dropped here. A flush with GPS fixes is one
+// transaction that also derives their distance (derive.ts): the fixes and their distance commit together or not at all.
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { type Db, isConnectionError } from '../store/db.js'
+import { type Db, isConnectionError, type Queryable } from '../store/db.js'
+import { type DistanceTrack, deriveSegments, type OwnedFix } from './derive.js'
 import type { PositionSample, ScalarSample } from './types.js'
 
 export interface WriterOptions {
@@ -18,6 +20,14 @@ export interface CommitOutcome {
   /** rows of this flush that were new (the rest were duplicates of stored rows) */
   inserted: number
   rows: number
+  /** distance rows derived (and committed) from this batch's new fixes */
+  derived: readonly ScalarSample[]
+}
+
+interface WriteResult {
+  inserted: number
+  /** per waiter of the flush */
+  derived: ScalarSample[][]
 }
 
 /** A batch the database itself refused (not a connectivity problem): it is retried alone, then reported. */
@@ -85,6 +95,16 @@ export const INSERT_POSITIONS = `INSERT INTO positions (time, device_key, lat, l
 // A plain statement that hits the unique key fails whole and is re-run with ON CONFLICT (see write()).
 const PLAIN_SAMPLES = INSERT_SAMPLES.replace(/\s*ON CONFLICT DO NOTHING$/, '')
 const PLAIN_POSITIONS = INSERT_POSITIONS.replace(/\s*ON CONFLICT DO NOTHING$/, '')
+/** only the fixes this statement stored: distance is derived from those alone */
+const UPSERT_POSITIONS_RETURNING = `${INSERT_POSITIONS} RETURNING device_key AS d, (extract(epoch FROM time) * 1000)::float8 AS t`
+/**
+ * Locks the flush's devices' track rows (creating missing ones), in device order so two flushes never deadlock, and
+ * returns the newest committed fix of each. DO UPDATE (a no-op change) is what locks and returns an existing row.
+ */
+const LOCK_TRACKS = `INSERT INTO device_tracks (device_key) SELECT unnest($1::int4[])
+  ON CONFLICT (device_key) DO UPDATE SET device_key = EXCLUDED.device_key RETURNING device_key, t, lat, lon`
+const UPDATE_TRACKS = `UPDATE device_tracks dt SET t = u.t, lat = u.la, lon = u.lo
+  FROM unnest($1::int4[], $2::float8[], $3::float8[], $4::float8[]) AS u(d, t, la, lo) WHERE dt.device_key = u.d`
 /** after a unique violation, statements carry ON CONFLICT for this long (a re-upload usually comes in a burst) */
 const CONFLICT_MODE_MS = 30_000
 
@@ -203,41 +223,128 @@ export class GroupCommitWriter {
   }
 
   /**
-   * One statement per table. Each statement commits on its own: when the positions statement fails after the samples
-   * one committed, the retry re-inserts the samples, and the unique key makes that a no-op (counted as duplicates).
+   * Readings alone: one autocommit statement. With fixes: one transaction that locks the devices' tracks, stores the
+   * fixes, derives distance from the ones that were new and stores it with the other samples.
    */
-  private async write(cols: Columns): Promise<number> {
+  private async write(cols: Columns): Promise<WriteResult> {
     const started = performance.now()
-    let inserted = 0
-    if (cols.sTime.length > 0) {
+    let result: WriteResult
+    if (cols.pTime.length === 0) {
       const n = await this.insert(
+        this.db,
         INSERT_SAMPLES,
         PLAIN_SAMPLES,
         [cols.sTime, cols.sDev, cols.sMetric, cols.sValue].map(numericArrayLiteral),
         cols.sTime.length,
       )
-      inserted += n
       this.metrics.rowsCommitted.inc({ table: 'samples' }, n)
-    }
-    if (cols.pTime.length > 0) {
-      const n = await this.insert(
-        INSERT_POSITIONS,
-        PLAIN_POSITIONS,
-        [cols.pTime, cols.pDev, cols.pLat, cols.pLon, cols.pAlt, cols.pAcc],
-        cols.pTime.length,
-      )
-      inserted += n
-      this.metrics.rowsCommitted.inc({ table: 'positions' }, n)
+      result = { inserted: n, derived: [] }
+    } else {
+      const upsert = performance.now() < this.conflictModeUntil
+      try {
+        result = await this.db.transaction((q) => this.writeTracked(q, cols, upsert))
+      } catch (err) {
+        if (upsert || !isUniqueViolation(err)) throw err
+        // The transaction wrote nothing: the same rows again, idempotently.
+        this.metrics.conflictRetries.inc()
+        this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
+        result = await this.db.transaction((q) => this.writeTracked(q, cols, true))
+      }
     }
     this.metrics.statementLatency.observe((performance.now() - started) / 1000)
-    return inserted
+    return result
+  }
+
+  private async writeTracked(q: Queryable, cols: Columns, upsert: boolean): Promise<WriteResult> {
+    const devices = [...new Set(cols.pDev)].sort((a, b) => a - b)
+    const locked = await q.query<{ device_key: number; t: number | null; lat: number | null; lon: number | null }>(
+      LOCK_TRACKS,
+      [numericArrayLiteral(devices)],
+    )
+    const tracks = new Map<number, DistanceTrack>()
+    for (const r of locked.rows) {
+      const t = r.t === null ? null : Number(r.t)
+      tracks.set(Number(r.device_key), t === null ? {} : { last: { t, lat: Number(r.lat), lon: Number(r.lon) } })
+    }
+    const params = [cols.pTime, cols.pDev, cols.pLat, cols.pLon, cols.pAlt, cols.pAcc]
+    const owner = ownersOfPositions(cols)
+    // Which fixes are new: all of them after a plain INSERT, those RETURNING names after ON CONFLICT DO NOTHING.
+    let fresh: number[]
+    if (upsert) {
+      const index = new Map<string, number>()
+      for (let k = cols.pTime.length - 1; k >= 0; k--) index.set(fixKey(cols.pDev[k], cols.pTime[k]), k)
+      const res = await q.query<{ d: number; t: number }>(UPSERT_POSITIONS_RETURNING, params)
+      fresh = []
+      for (const r of res.rows) {
+        const k = index.get(fixKey(Number(r.d), Number(r.t)))
+        if (k !== undefined) fresh.push(k)
+      }
+    } else {
+      await q.query(PLAIN_POSITIONS, params)
+      fresh = cols.pTime.map((_t, k) => k)
+    }
+    const byDevice = new Map<number, OwnedFix[]>()
+    for (const k of fresh) {
+      const d = cols.pDev[k] as number
+      let list = byDevice.get(d)
+      if (!list) {
+        list = []
+        byDevice.set(d, list)
+      }
+      list.push({
+        t: cols.pTime[k] as number,
+        lat: cols.pLat[k] as number,
+        lon: cols.pLon[k] as number,
+        owner: owner[k] as number,
+      })
+    }
+    const derived: ScalarSample[][] = cols.waiters.map(() => [])
+    const sTime = cols.sTime.slice()
+    const sDev = cols.sDev.slice()
+    const sMetric = cols.sMetric.slice()
+    const sValue = cols.sValue.slice()
+    const moved: { d: number[]; t: number[]; lat: number[]; lon: number[] } = { d: [], t: [], lat: [], lon: [] }
+    for (const [d, fixes] of byDevice) {
+      const track = tracks.get(d) ?? {}
+      const before = track.last?.t
+      deriveSegments(fixes, track, (o, smp) => {
+        ;(derived[o] as ScalarSample[]).push(smp)
+        sTime.push(smp.t)
+        sDev.push(d)
+        sMetric.push(smp.metric)
+        sValue.push(smp.value)
+      })
+      if (track.last && track.last.t !== before) {
+        moved.d.push(d)
+        moved.t.push(track.last.t)
+        moved.lat.push(track.last.lat)
+        moved.lon.push(track.last.lon)
+      }
+    }
+    const derivedRows = sTime.length - cols.sTime.length
+    let samplesIn = 0
+    if (sTime.length > 0) {
+      const res = await q.query(
+        upsert ? INSERT_SAMPLES : PLAIN_SAMPLES,
+        [sTime, sDev, sMetric, sValue].map(numericArrayLiteral),
+      )
+      samplesIn = res.rowCount
+    }
+    if (moved.d.length > 0) {
+      await q.query(UPDATE_TRACKS, [moved.d, moved.t, moved.lat, moved.lon].map(numericArrayLiteral))
+    }
+    this.metrics.rowsCommitted.inc({ table: 'samples' }, samplesIn)
+    this.metrics.rowsCommitted.inc({ table: 'positions' }, fresh.length)
+    const inserted = Math.max(0, samplesIn - derivedRows) + fresh.length
+    if (upsert && inserted < cols.rows) this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
+    return { inserted, derived }
   }
 
   /** Plain INSERT while no duplicates are around; after a unique violation, the same rows with ON CONFLICT. */
-  private async insert(upsert: string, plain: string, params: unknown[], rows: number): Promise<number> {
+  private async insert(q: Queryable, upsert: string, plain: string, params: unknown[], rows: number): Promise<number> {
     if (performance.now() >= this.conflictModeUntil) {
       try {
-        return (await this.db.query(plain, params)).rowCount
+        return (await q.query(plain, params)).rowCount
       } catch (err) {
         if (!isUniqueViolation(err)) throw err
         // The failed statement wrote nothing (it is atomic): write the same rows idempotently.
@@ -245,7 +352,7 @@ export class GroupCommitWriter {
         this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
       }
     }
-    const inserted = (await this.db.query(upsert, params)).rowCount
+    const inserted = (await q.query(upsert, params)).rowCount
     // Stay in conflict mode while duplicates keep arriving (a re-upload burst); otherwise it lapses.
     if (inserted < rows) this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
     return inserted
@@ -257,9 +364,9 @@ export class GroupCommitWriter {
     let attempt = 0
     for (;;) {
       try {
-        const inserted = await this.write(cols)
+        const { inserted, derived } = await this.write(cols)
         this.healthy = true
-        this.settle(cols, { inserted, rows }, null)
+        this.settle(cols, { inserted, rows, derived: [] }, null, derived)
         const dup = rows - inserted
         if (dup > 0) this.metrics.duplicates.inc({ where: 'database' }, dup)
         return
@@ -276,7 +383,7 @@ export class GroupCommitWriter {
         }
         if (!isConnectionError(err)) {
           this.log.error({ err: (err as Error).message }, 'batch refused by the database')
-          this.settle(cols, { inserted: 0, rows }, new StoreRejectedError((err as Error).message))
+          this.settle(cols, { inserted: 0, rows, derived: [] }, new StoreRejectedError((err as Error).message))
           return
         }
         this.healthy = false
@@ -290,15 +397,15 @@ export class GroupCommitWriter {
     }
   }
 
-  private settle(cols: Columns, outcome: CommitOutcome, err: Error | null): void {
+  private settle(cols: Columns, outcome: CommitOutcome, err: Error | null, derived: ScalarSample[][] = []): void {
     const now = performance.now()
     this.queued -= cols.rows
     this.metrics.queueDepth.set(this.queued)
-    for (const w of cols.waiters) {
+    cols.waiters.forEach((w, i) => {
       this.metrics.commitLatency.observe((now - w.enqueuedAt) / 1000)
       if (err) w.reject(err)
-      else w.resolve(outcome)
-    }
+      else w.resolve({ ...outcome, derived: derived[i] ?? [] })
+    })
   }
 
   /** Binary split by batch until the refused batch stands alone; the others commit normally. */
@@ -353,6 +460,20 @@ function splitColumns(cols: Columns): Columns[] {
   if (cols.waiters.length < 2) return [cols]
   const mid = Math.floor(cols.waiters.length / 2)
   return [slice(cols, 0, mid), slice(cols, mid, cols.waiters.length)]
+}
+
+/** The waiter (batch) each position of a flush belongs to. */
+function ownersOfPositions(cols: Columns): number[] {
+  const out = new Array<number>(cols.pTime.length)
+  cols.spans.forEach((sp, i) => {
+    for (let k = sp.p0; k < sp.p1; k++) out[k] = i
+  })
+  return out
+}
+
+/** device and time to the microsecond (what timestamptz keeps), for matching RETURNING rows to the flush's fixes */
+function fixKey(device: number | undefined, t: number | undefined): string {
+  return `${device}:${Math.round((t ?? 0) * 1000)}`
 }
 
 interface Span {
