@@ -99,9 +99,26 @@ export interface OrderedRow {
   row: Record<string, unknown>
 }
 
-/** The horizon: below it every transaction has finished (pg_snapshot_xmin of this statement's snapshot). */
+/**
+ * The horizon: below it every transaction that can write this database has finished. It is the smallest id still in
+ * progress in this statement's snapshot, or the snapshot's xmax when none is. Transaction ids are server-wide, so an
+ * id that pg_stat_activity shows as another database's transaction does not hold the horizon back (a long write in a
+ * neighbouring database must not stall every app here); an id it cannot place (finished meanwhile, stats not
+ * visible, a prepared transaction) does, which is only ever late, never wrong. Rows are read by later statements:
+ * what finished before the horizon is visible to them.
+ */
 export async function horizon(q: Queryable): Promise<number> {
-  const r = await q.query<{ h: string }>(`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS h`)
+  const r = await q.query<{ h: string }>(
+    `WITH s AS (SELECT pg_current_snapshot() AS snap),
+          here AS (SELECT oid FROM pg_database WHERE datname = current_database())
+     SELECT least(pg_snapshot_xmax(s.snap), (
+              SELECT min(x) FROM pg_snapshot_xip(s.snap) AS x
+              WHERE NOT EXISTS (
+                SELECT 1 FROM pg_stat_activity a
+                WHERE a.backend_xid IS NOT NULL AND a.datid IS DISTINCT FROM (SELECT oid FROM here)
+                  AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)))::text AS h
+     FROM s`,
+  )
   return Number(r.rows[0]?.h ?? 0)
 }
 

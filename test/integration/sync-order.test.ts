@@ -10,6 +10,7 @@ import {
   connectDevice,
   connectWithToken,
   type DeviceCreds,
+  PG_ADMIN_URL,
   provisionDevice,
   type StoreKind,
   type TestBroker,
@@ -136,6 +137,11 @@ describe.each(stores)('delta sync by commit order on %s', (store) => {
       const before = await syncAll(app, 'so-user', '0', 5000, responses)
       const slow = new pg.Client({ connectionString: tb.dbUrl! })
       await slow.connect()
+      // A writing transaction in another database of the server holds an id too: it must not hold the horizon back.
+      const neighbour = new pg.Client({ connectionString: PG_ADMIN_URL })
+      await neighbour.connect()
+      await neighbour.query('BEGIN')
+      await neighbour.query('SELECT pg_current_xact_id()')
       try {
         // The slow transaction takes its id first, then a batch commits (with a larger id) while it is still open.
         await slow.query('BEGIN')
@@ -161,6 +167,8 @@ describe.each(stores)('delta sync by commit order on %s', (store) => {
       } finally {
         await slow.query('ROLLBACK').catch(() => {})
         await slow.end()
+        await neighbour.query('ROLLBACK').catch(() => {})
+        await neighbour.end()
       }
     },
   )
