@@ -80,6 +80,11 @@ export const syncResponseSchema = z.object({
 })
 export type SyncResponse = z.infer<typeof syncResponseSchema>
 
+/** A reading's identity on the wire: device, metric name, sample time in microseconds (what the database keeps). */
+export function readingId(deviceId: string, metricCode: number, timeUs: bigint | string): string {
+  return `${deviceId}/${METRIC_NAMES[metricCode] ?? String(metricCode)}/${timeUs}`
+}
+
 const METRIC_NAMES: Record<number, string> = {
   1: 'hr',
   2: 'spo2',
@@ -320,7 +325,7 @@ function orderedRow(o: OrderedRow): unknown {
       const us = BigInt(String(r['k2']))
       const metric = METRIC_NAMES[Number(r['k1'])] ?? String(r['k1'])
       return {
-        id: `${String(r['device'])}/${metric}/${us}`,
+        id: readingId(String(r['device']), Number(r['k1']), us),
         t: Number(us) / 1000,
         device: String(r['device']),
         metric,
