@@ -82,8 +82,11 @@ class Columns {
 }
 
 // to_timestamp(float8) rounds to the microsecond, so integer epoch milliseconds map to exactly one timestamptz.
-export const INSERT_SAMPLES = `INSERT INTO samples (time, device_key, metric, value)
-  SELECT to_timestamp(t / 1000.0), d, m, v FROM unnest($1::float8[], $2::int4[], $3::int2[], $4::float8[]) AS u(t, d, m, v)
+// commit_seq (migration 0014, delta sync by commit order) is the transaction id, computed once per statement (an
+// InitPlan) rather than per row as the column default would.
+export const INSERT_SAMPLES = `INSERT INTO samples (time, device_key, metric, value, commit_seq)
+  SELECT to_timestamp(t / 1000.0), d, m, v, (SELECT pg_current_xact_id()::text::bigint)
+  FROM unnest($1::float8[], $2::int4[], $3::int2[], $4::float8[]) AS u(t, d, m, v)
   ON CONFLICT DO NOTHING`
 export const INSERT_POSITIONS = `INSERT INTO positions (time, device_key, lat, lon, alt, acc)
   SELECT to_timestamp(t / 1000.0), d, la, lo, al, ac
