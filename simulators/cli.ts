@@ -20,6 +20,14 @@ function positive(name: string) {
   }
 }
 
+function wholeNumber(name: string) {
+  return (v: string): number => {
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number (0 or more)`)
+    return n
+  }
+}
+
 function share(name: string) {
   return (v: string): number => {
     const n = Number(v)
@@ -48,6 +56,7 @@ interface SimulateOpts {
   offlineShare: number
   offlineAt?: number
   offlineFor: number
+  appReconnects: number
   report?: string
   svg?: string
   url?: string
@@ -107,6 +116,12 @@ export function simulateCommand(): Command {
       positive('--offline-at'),
     )
     .option('--offline-for <s>', 'how long the link stays down', positive('--offline-for'), 10)
+    .option(
+      '--app-reconnects <n>',
+      'times each app drops its link during the run (it reconnects and catches up by delta sync)',
+      wholeNumber('--app-reconnects'),
+      0,
+    )
     .option('--report <file.json>', 'write the full report as JSON')
     .option('--svg <file.svg>', 'write a chart of rates and ack latency over time')
     .option(
@@ -145,6 +160,7 @@ export function simulateCommand(): Command {
         bufferSamples: opts.buffer,
         drainS: opts.drain,
         seed: opts.seed,
+        appReconnects: opts.appReconnects,
         offline:
           opts.offlineShare > 0
             ? { share: opts.offlineShare, atS: opts.offlineAt ?? opts.duration / 3, forS: opts.offlineFor }
@@ -164,6 +180,13 @@ export function simulateCommand(): Command {
       if (v.status === 'failed') {
         throw new Error(
           `verification failed: ${v.lost} lost, ${v.duplicates} duplicates${v.reason ? ` (${v.reason})` : ''}`,
+        )
+      }
+      const a = report.appConvergence
+      if (a.status === 'failed') {
+        throw new Error(
+          `apps' copies differ from the database: ${a.missing} missing, ${a.extra} extra, ${a.duplicated} duplicated, ` +
+            `${a.incomplete} not caught up${a.reason ? ` (${a.reason})` : ''}`,
         )
       }
     })

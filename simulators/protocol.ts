@@ -1,6 +1,7 @@
 // What the swarm parent and its workers exchange: the slice of users/devices a worker drives, and the stats it
 // reports back (cumulative counters, interval HDR histograms, and at the end the acked readings for verification).
 import * as hdr from 'hdr-histogram-js'
+import type { AppCopyWire } from './app-copy.js'
 import type { AnomalyKind } from './physiology.js'
 
 export type Scenario = 'marathon' | 'wellness'
@@ -79,6 +80,8 @@ export interface WorkerOptions {
   raceStartMs: number
   seed: number
   offline: { atS: number; forS: number } | null
+  /** times each app drops its link during the run */
+  appReconnects: number
   statsIntervalMs: number
   /** spread connections over 127.0.0.x source addresses (more than one ephemeral port range); loopback only */
   sourceAddresses: string[]
@@ -110,6 +113,8 @@ export const COUNTER_KEYS = [
   'appFailures',
   'appRefused',
   'appLost',
+  /** app links dropped on purpose (--app-reconnects); each reconnects and catches up by delta sync */
+  'appDrops',
   'medicConnects',
   'medicFailures',
   'connected',
@@ -265,6 +270,8 @@ export interface FinalMessage {
   interval: HistogramSet
   runs: RunsWire[]
   anomalies: AnomalyOutcome[]
+  /** each app's local copy (live alerts + delta sync), compared with the database afterwards */
+  appCopies: AppCopyWire[]
   /** earliest and latest sample time generated, for the verification window */
   tMin: number
   tMax: number

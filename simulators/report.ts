@@ -3,6 +3,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Histogram } from 'hdr-histogram-js'
+import type { AppConvergence } from './app-verify.js'
 import type { AnomalyKind } from './physiology.js'
 import type { Counters, Format, Scenario, WorkerSelf } from './protocol.js'
 
@@ -173,6 +174,8 @@ export interface SwarmReport {
   /** each worker's event-loop delay and CPU: high lag means the simulator, not the broker, set the pace */
   workers: WorkerSelf[]
   verification: Verification
+  /** each app's local copy against the database for its user (app-verify.ts) */
+  appConvergence: AppConvergence
   timeline: TimelinePoint[]
   counters: Counters
 }
@@ -249,6 +252,14 @@ export function summaryText(r: SwarmReport): string {
       : `verification (${v.via}): ${v.status.toUpperCase()}: ${fmt(v.expected)} expected, ${fmt(v.found)} found, ` +
           `${fmt(v.lost)} lost, ${fmt(v.duplicates)} duplicates; ${fmt(v.storedRows)} rows stored ` +
           `(${fmt(v.storedUnconfirmed)} never confirmed to the device)${v.reason ? ` — ${v.reason}` : ''}`,
+  )
+  const a = r.appConvergence
+  lines.push(
+    a.status === 'skipped'
+      ? `apps' copies: skipped (${a.reason})`
+      : `apps' copies: ${a.status.toUpperCase()}: ${fmt(a.apps)} apps, ${fmt(a.rows)} rows held, ${fmt(a.syncs)} sync pages, ` +
+          `${fmt(r.counters.appDrops)} links dropped on purpose; ${fmt(a.missing)} missing, ${fmt(a.extra)} extra, ` +
+          `${fmt(a.duplicated)} duplicated, ${fmt(a.incomplete)} not caught up${a.reason ? ` — ${a.reason}` : ''}`,
   )
   return lines.join('\n')
 }

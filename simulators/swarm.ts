@@ -17,6 +17,7 @@ import { Tokens } from '../src/identity/tokens.js'
 import { createLogger } from '../src/log.js'
 import type { Queryable } from '../src/store/db.js'
 import { type RpcRequest, runRpc } from '../src/transport/http-routes.js'
+import { type AppConvergence, compareAppCopies } from './app-verify.js'
 import { MARATHON_M } from './course.js'
 import { ANOMALY_KINDS, type AnomalyKind, hashSeed, Rng, randomProfile } from './physiology.js'
 import {
@@ -97,6 +98,8 @@ export interface SwarmOptions {
   seed?: number
   /** cut the links of a share of users at atS for forS seconds (a tunnel): their devices buffer and re-upload */
   offline?: { share: number; atS: number; forS: number } | null
+  /** times each app drops its link during the run, reconnects and catches up by delta sync (default 0) */
+  appReconnects?: number
   /**
    * mqtts://host:port of the device listener (default: 127.0.0.1 and the configured port). Several (one per node of a
    * cluster): devices are spread over them round-robin and move on to the next after losing their link.
@@ -247,6 +250,7 @@ function withDefaults(o: SwarmOptions) {
     awaitAlerts: o.awaitAlerts ?? false,
     raceClockS: o.raceClockS ?? 1800,
     seed: o.seed ?? 1,
+    appReconnects: o.appReconnects ?? 0,
     embeddedBroker: o.embeddedBroker ?? false,
     inProcess: o.inProcess ?? false,
     verify: o.verify ?? true,
@@ -760,6 +764,7 @@ async function runAgainst(
     seed: o.seed,
     offline: o.offline ? { atS: o.offline.atS, forS: o.offline.forS } : null,
     statsIntervalMs: 1000,
+    appReconnects: o.appReconnects,
     sourceAddresses,
   }
   phase('connecting', instance)
@@ -908,6 +913,7 @@ async function runAgainst(
     tMax = Math.max(tMax, f.tMax)
   }
   const anomalies = done.flatMap((f) => f.anomalies)
+  const appCopies = done.flatMap((f) => f.appCopies)
 
   // Verification.
   phase('verifying', instance)
@@ -923,6 +929,18 @@ async function runAgainst(
     storedUnconfirmed: 0,
     unknownDevices: 0,
     queryMs: 0,
+  }
+  let convergence: AppConvergence = {
+    status: 'skipped',
+    reason: appCopies.length === 0 ? 'no apps' : 'verification turned off or unavailable',
+    apps: appCopies.length,
+    missing: 0,
+    extra: 0,
+    duplicated: 0,
+    incomplete: 0,
+    rows: 0,
+    syncs: 0,
+    failing: [],
   }
   if (!o.verify) verification = { ...verification, status: 'skipped', reason: 'verification turned off' }
   else if (tMax === 0) verification = { ...verification, status: 'skipped', reason: 'no samples were generated' }
@@ -950,6 +968,11 @@ async function runAgainst(
           status: 'failed',
           reason: `verification query failed: ${(err as Error).message}`,
         }
+      }
+      try {
+        if (appCopies.length > 0) convergence = await db.transaction((q) => compareAppCopies(q, appCopies))
+      } catch (err) {
+        convergence = { ...convergence, status: 'failed', reason: `comparison failed: ${(err as Error).message}` }
       } finally {
         await db.close()
       }
@@ -1094,6 +1117,7 @@ async function runAgainst(
     broker,
     workers: done.map((f) => f.self),
     verification,
+    appConvergence: convergence,
     timeline,
     counters,
   }

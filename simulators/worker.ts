@@ -8,6 +8,7 @@ import { pathToFileURL } from 'node:url'
 import type { Histogram } from 'hdr-histogram-js'
 import mqtt, { type MqttClient } from 'mqtt'
 import type { AlertMessage, LiveSnapshot } from '../src/outputs/payloads.js'
+import { AppCopy } from './app-copy.js'
 import { marathonCourse } from './course.js'
 import { Firmware, Tracker, Uplink, type UplinkAuth } from './device.js'
 import { EXPECTED_ALERTS, hashSeed, randomProfile, randomRunnerPlan, Rng, Wearer } from './physiology.js'
@@ -41,6 +42,8 @@ interface SimUser {
 }
 
 const DRAIN_POLL_MS = 100
+/** how often a connected app syncs during the run */
+const APP_SYNC_EVERY_MS = 3000
 /** after the last device is drained, apps get this long for alerts still on their way */
 const ALERT_GRACE_MS = 2000
 
@@ -81,6 +84,10 @@ export class WorkerDriver {
   private readonly users: SimUser[] = []
   private readonly byUser = new Map<string, SimUser>()
   private readonly apps: MqttClient[] = []
+  /** each app's local copy, kept by live alerts and delta sync (app-copy.ts) */
+  private readonly copies = new Map<string, { copy: AppCopy; client: MqttClient }>()
+  private syncTimer: NodeJS.Timeout | null = null
+  private readonly appDrops: NodeJS.Timeout[] = []
   private medic: MqttClient | null = null
   private readonly ca: Buffer
   private startAt = 0
@@ -154,6 +161,8 @@ export class WorkerDriver {
       wsOptions: this.wsOptions(app.token, u.index),
     })
     this.apps.push(client)
+    const copy = new AppCopy(u.userId, () => client)
+    this.copies.set(u.userId, { copy, client })
     let first = true
     let up = false
     client.on('close', () => {
@@ -178,10 +187,13 @@ export class WorkerDriver {
         const topics: Record<string, { qos: 0 | 1 }> = {
           [`users/${u.userId}/alerts`]: { qos: 1 },
           [`users/${u.userId}/live`]: { qos: 0 },
+          [copy.responseTopic]: { qos: 1 },
         }
         if (app.leaderboard && this.init.options.eventId)
           topics[`events/${this.init.options.eventId}/leaderboard`] = { qos: 0 }
         client.subscribe(topics, () => {
+          // (Re)connected: catch up from the cursor held (what was missed while away comes with it).
+          if (!this.closingApps) void copy.sync()
           if (!first) return
           first = false
           clearTimeout(timer)
@@ -243,9 +255,14 @@ export class WorkerDriver {
         this.hist.liveLagMs.recordValue(Math.max(1, now - snap.t))
       return
     }
+    if (topic.endsWith('/sync/response')) {
+      this.copies.get(u.userId)?.copy.onResponse(payload)
+      return
+    }
     if (leaf !== 'alerts') return
     const alert = parseJson(payload)
     if (!isAlertMessage(alert)) return
+    this.copies.get(u.userId)?.copy.live(alert)
     if (alert.state === 'resolved') {
       c.alertsResolved++
       return
@@ -346,9 +363,36 @@ export class WorkerDriver {
       this.users.push(user)
       this.byUser.set(spec.userId, user)
     }
+    this.scheduleAppDrops(atMs)
+    // Apps sync now and then while the run goes on, as a phone coming to the foreground does.
+    this.syncTimer = setInterval(() => {
+      for (const { copy, client } of this.copies.values()) if (client.connected) void copy.sync()
+    }, APP_SYNC_EVERY_MS)
     this.loopDelay.enable()
     this.loop = setInterval(() => this.tick(), 100)
     this.statsTimer = setInterval(() => this.sendStats(), o.statsIntervalMs)
+  }
+
+  /** --app-reconnects: each app loses its link that many times during the run (mqtt.js reconnects it). */
+  private scheduleAppDrops(atMs: number): void {
+    const n = this.init.options.appReconnects
+    if (n <= 0) return
+    for (const [userId, { client }] of this.copies) {
+      const rng = new Rng(hashSeed(this.init.options.seed, `app-drops:${userId}`))
+      for (let i = 0; i < n; i++) {
+        const at = atMs + rng.range(0.1, 0.9) * this.init.options.durationS * 1000
+        this.appDrops.push(
+          setTimeout(
+            () => {
+              if (!client.connected || this.closingApps) return
+              this.counters.appDrops++
+              client.stream.destroy()
+            },
+            Math.max(0, at - Date.now()),
+          ),
+        )
+      }
+    }
   }
 
   private tick(): void {
@@ -421,6 +465,17 @@ export class WorkerDriver {
       }
       // Synchronously after the last check: no link can drop between it and the stop.
       await Promise.all(this.users.map((u) => (u.active ? u.uplink.stop() : Promise.resolve())))
+      // Every acked reading is committed now: each app catches up once more (reconnecting first if it must).
+      for (const t of this.appDrops) clearTimeout(t)
+      if (this.syncTimer) clearInterval(this.syncTimer)
+      await forEachLimit([...this.copies.values()], 32, async ({ copy, client }) => {
+        const until = Date.now() + this.init.options.drainS * 1000
+        copy.complete = false
+        while (Date.now() < until) {
+          if (client.connected && (await copy.sync())) return
+          await new Promise((r) => setTimeout(r, DRAIN_POLL_MS))
+        }
+      })
       this.closingApps = true
       await Promise.all(
         [...this.apps, ...(this.medic ? [this.medic] : [])].map((c) => c.endAsync(false).catch(() => undefined)),
@@ -514,6 +569,7 @@ export class WorkerDriver {
       interval: this.takeInterval(),
       runs,
       anomalies: this.users.flatMap((u) => (u.outcome ? [u.outcome] : [])),
+      appCopies: [...this.copies.values()].map(({ copy }) => copy.wire()),
       tMin,
       tMax,
       errors: { ...this.errors },

@@ -1,29 +1,89 @@
 // Delta sync: an app publishes {cursor, kinds, limit, resolution} to users/{uid}/sync/request and receives on
-// users/{uid}/sync/response the readings/alerts after the cursor, a page at a time, from the database. Long ranges
-// can ask for per-minute or per-hour rollups (continuous aggregates on TimescaleDB, computed on plain PostgreSQL).
+// users/{uid}/sync/response what changed after the cursor, a page at a time, from the database.
+//
+// The cursor is a string (docs/contract.md "Delta sync"): a position in commit order over readings, alerts,
+// recommendations and consent changes (sync-order.ts), "0" to start. It converges: late uploads, resolved alerts and
+// new consent rows all come after the cursor an app holds. The older per-kind time cursors ({readings: epoch ms, …})
+// keep working for existing apps and for rollups (per-minute or per-hour: continuous aggregates on TimescaleDB,
+// computed on plain PostgreSQL), but they miss rows whose sample time is older than the cursor when they arrive.
 import { z } from 'zod'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Publisher } from '../pipeline/ingest.js'
 import type { Db } from '../store/db.js'
 import { topicFor } from '../topics/grammar.js'
+import { BadCursorError, decodeCursor, encodeCursor, type OrderedRow, pageAfter, SYNC_KINDS } from './sync-order.js'
 
-const cursor = z.number().finite().min(0)
+const timeCursor = z.number().finite().min(0)
 export const syncRequestSchema = z.object({
   requestId: z.string().max(100).optional(),
-  /** epoch ms, exclusive; per kind. Readings are ordered by sample time, alerts by their last change. */
+  /**
+   * A commit-order cursor: "0" at first, then the nextCursor of the last response. Or (legacy) epoch ms, exclusive,
+   * per kind: readings ordered by sample time, alerts by their last change, recommendations by delivery time.
+   */
   cursor: z
-    .object({ readings: cursor.optional(), alerts: cursor.optional(), recommendations: cursor.optional() })
+    .union([
+      z.string().max(400),
+      z.object({
+        readings: timeCursor.optional(),
+        alerts: timeCursor.optional(),
+        recommendations: timeCursor.optional(),
+      }),
+    ])
     .default({}),
-  /** recommendations (src/insights) are returned when asked for, ordered by delivery time */
-  kinds: z
-    .array(z.enum(['readings', 'alerts', 'recommendations']))
-    .min(1)
-    .default(['readings', 'alerts']),
+  /** default: all four with a commit-order cursor, readings and alerts with time cursors (consents need the former) */
+  kinds: z.array(z.enum(SYNC_KINDS)).min(1).optional(),
   limit: z.number().int().min(1).max(5000).default(500),
   resolution: z.enum(['raw', '1m', '1h']).default('raw'),
 })
 export type SyncRequest = z.infer<typeof syncRequestSchema>
+type TimeRequest = SyncRequest & { cursor: Exclude<SyncRequest['cursor'], string>; kinds: SyncRequest['kinds'] & {} }
+
+/** One reading in a commit-order response; `id` is its identity (device, metric, time): a re-sent row has the same. */
+export const syncReadingSchema = z.object({
+  id: z.string(),
+  t: z.number(),
+  device: z.string(),
+  metric: z.string(),
+  value: z.number(),
+})
+export const syncAlertSchema = z.object({
+  id: z.string(),
+  kind: z.string(),
+  severity: z.string(),
+  eventId: z.string().nullable(),
+  deviceId: z.string(),
+  state: z.enum(['opened', 'resolved']),
+  openedAt: z.number(),
+  resolvedAt: z.number().nullable(),
+  changedAt: z.number(),
+  evidence: z.unknown(),
+})
+export const syncConsentSchema = z.object({
+  id: z.string(),
+  purpose: z.string(),
+  eventId: z.string().nullable(),
+  granted: z.boolean(),
+  version: z.number(),
+  source: z.string(),
+  at: z.number(),
+})
+/** A response to a commit-order request (or an error: {requestId, error, detail?}). */
+export const syncResponseSchema = z.object({
+  requestId: z.string().nullable(),
+  readings: z.array(syncReadingSchema).optional(),
+  alerts: z.array(syncAlertSchema).optional(),
+  recommendations: z.array(z.unknown()).optional(),
+  consents: z.array(syncConsentSchema).optional(),
+  nextCursor: z.string(),
+  more: z.boolean(),
+})
+export type SyncResponse = z.infer<typeof syncResponseSchema>
+
+/** A reading's identity on the wire: device, metric name, sample time in microseconds (what the database keeps). */
+export function readingId(deviceId: string, metricCode: number, timeUs: bigint | string): string {
+  return `${deviceId}/${METRIC_NAMES[metricCode] ?? String(metricCode)}/${timeUs}`
+}
 
 const METRIC_NAMES: Record<number, string> = {
   1: 'hr',
@@ -58,8 +118,17 @@ export class SyncService {
       )
       return
     }
+    if (typeof req.cursor === 'string') {
+      await this.handleOrdered(userId, req, req.cursor)
+      return
+    }
+    const treq: TimeRequest = { ...req, cursor: req.cursor, kinds: req.kinds ?? ['readings', 'alerts'] }
+    if (treq.kinds.includes('consents')) {
+      this.refuse(userId, req, 'bad_request', 'consents are synced with a commit-order cursor only (send cursor "0")')
+      return
+    }
     try {
-      const body = await this.query(userId, req)
+      const body = await this.query(userId, treq)
       this.publisher.publish(topicFor.syncResponse(userId), JSON.stringify(body), 1, false)
       this.metrics.syncRequests.inc({ outcome: 'ok' })
     } catch (err) {
@@ -75,7 +144,7 @@ export class SyncService {
   }
 
   /** One page of the user's data after the cursor (the response body); also race control's runner detail. */
-  async query(userId: string, req: SyncRequest): Promise<Record<string, unknown>> {
+  async query(userId: string, req: TimeRequest): Promise<Record<string, unknown>> {
     const body: Record<string, unknown> = { requestId: req.requestId ?? null }
     const next: Record<string, number> = {}
     let more = false
@@ -102,7 +171,53 @@ export class SyncService {
     return body
   }
 
-  private async readings(userId: string, req: SyncRequest) {
+  private refuse(userId: string, req: SyncRequest, error: string, detail: string): void {
+    this.metrics.syncRequests.inc({ outcome: error })
+    this.publisher.publish(
+      topicFor.syncResponse(userId),
+      JSON.stringify({ requestId: req.requestId ?? null, error, detail }),
+      1,
+      false,
+    )
+  }
+
+  /** A commit-order page: every kind asked for, in one order, and one cursor for all of them. */
+  private async handleOrdered(userId: string, req: SyncRequest, cursor: string): Promise<void> {
+    if (req.resolution !== 'raw') {
+      this.refuse(userId, req, 'bad_request', 'rollups (1m, 1h) are served with time cursors only')
+      return
+    }
+    let from: ReturnType<typeof decodeCursor>
+    try {
+      from = decodeCursor(cursor)
+    } catch (err) {
+      if (!(err instanceof BadCursorError)) throw err
+      this.refuse(userId, req, 'bad_cursor', err.message)
+      return
+    }
+    const kinds = req.kinds ?? SYNC_KINDS
+    try {
+      const page = await pageAfter(this.db, userId, kinds, from, req.limit)
+      const body: Record<string, unknown> = { requestId: req.requestId ?? null }
+      for (const k of kinds) body[k] = []
+      for (const r of page.rows) (body[r.kind] as unknown[]).push(orderedRow(r))
+      body['nextCursor'] = encodeCursor(page.next)
+      body['more'] = page.more
+      this.publisher.publish(topicFor.syncResponse(userId), JSON.stringify(body), 1, false)
+      this.metrics.syncRequests.inc({ outcome: 'ok' })
+    } catch (err) {
+      this.metrics.syncRequests.inc({ outcome: 'error' })
+      this.log.warn({ err: (err as Error).message }, 'sync request failed')
+      this.publisher.publish(
+        topicFor.syncResponse(userId),
+        JSON.stringify({ requestId: req.requestId ?? null, error: 'unavailable' }),
+        1,
+        false,
+      )
+    }
+  }
+
+  private async readings(userId: string, req: TimeRequest) {
     const from = req.cursor.readings ?? 0
     let sql: string
     if (req.resolution === 'raw') {
@@ -144,7 +259,7 @@ export class SyncService {
     }
   }
 
-  private async alerts(userId: string, req: SyncRequest) {
+  private async alerts(userId: string, req: TimeRequest) {
     const from = req.cursor.alerts ?? 0
     const res = await this.db.query<{
       id: string
@@ -182,7 +297,7 @@ export class SyncService {
     return { rows, next, more }
   }
 
-  private async recommendations(userId: string, req: SyncRequest) {
+  private async recommendations(userId: string, req: TimeRequest) {
     const from = req.cursor.recommendations ?? 0
     const res = await this.db.query<{ payload: unknown; t: number }>(
       `SELECT payload, (extract(epoch FROM delivered_at) * 1000)::float8 AS t FROM recommendations
@@ -203,5 +318,50 @@ export class SyncService {
       next,
       more,
     }
+  }
+}
+
+const json = (v: unknown): unknown => (typeof v === 'string' ? (JSON.parse(v) as unknown) : v)
+
+/** A row of a commit-order page in its wire shape (the schemas above). */
+function orderedRow(o: OrderedRow): unknown {
+  const r = o.row
+  switch (o.kind) {
+    case 'readings': {
+      const us = BigInt(String(r['k2']))
+      const metric = METRIC_NAMES[Number(r['k1'])] ?? String(r['k1'])
+      return {
+        id: readingId(String(r['device']), Number(r['k1']), us),
+        t: Number(us) / 1000,
+        device: String(r['device']),
+        metric,
+        value: Number(r['value']),
+      }
+    }
+    case 'alerts':
+      return {
+        id: String(r['k0']),
+        kind: r['kind'],
+        severity: r['severity'],
+        eventId: r['event_id'] ?? null,
+        deviceId: r['device_id'],
+        state: r['resolved_at'] === null ? 'opened' : 'resolved',
+        openedAt: Number(r['opened_at']),
+        resolvedAt: r['resolved_at'] === null ? null : Number(r['resolved_at']),
+        changedAt: Number(r['resolved_at'] ?? r['opened_at']),
+        evidence: json(r['evidence']),
+      }
+    case 'recommendations':
+      return json(r['payload'])
+    case 'consents':
+      return {
+        id: String(r['k0']),
+        purpose: r['purpose'],
+        eventId: r['event_id'] ?? null,
+        granted: r['granted'],
+        version: Number(r['version']),
+        source: r['source'],
+        at: Number(r['at']),
+      }
   }
 }

@@ -1,11 +1,25 @@
 // Group commit: samples from many connections are gathered for a few milliseconds (or until a size cap) and written
 // with one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING per table. Every waiting QoS 1 batch is released
 // only when the statement that carried its rows has committed. The queue is bounded; a failed statement is retried
-// with backoff until the database comes back, so nothing accepted is ever dropped here.
+// with backoff until the database comes back, so nothing accepted is ever dropped here. A flush with GPS fixes is one
+// transaction that also derives their distance (derive.ts): the fixes and their distance commit together or not at all.
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { type Db, isConnectionError } from '../store/db.js'
+import { type Db, isConnectionError, type Queryable } from '../store/db.js'
+import {
+  Columns,
+  INSERT_SAMPLES,
+  isUniqueViolation,
+  numericArrayLiteral,
+  PLAIN_SAMPLES,
+  splitColumns,
+  type CommitOutcome,
+  type TrackedResult,
+  writeTracked,
+} from './commit-rows.js'
 import type { PositionSample, ScalarSample } from './types.js'
+
+export { type CommitOutcome, INSERT_POSITIONS, INSERT_SAMPLES, numericArrayLiteral } from './commit-rows.js'
 
 export interface WriterOptions {
   maxBatchRows: number
@@ -14,10 +28,10 @@ export interface WriterOptions {
   writers: number
 }
 
-export interface CommitOutcome {
-  /** rows of this flush that were new (the rest were duplicates of stored rows) */
+interface WriteResult {
   inserted: number
-  rows: number
+  /** per waiter of the flush */
+  derived: ScalarSample[][]
 }
 
 /** A batch the database itself refused (not a connectivity problem): it is retried alone, then reported. */
@@ -25,85 +39,10 @@ export class StoreRejectedError extends Error {}
 export class QueueFullError extends Error {}
 export class WriterClosedError extends Error {}
 
-interface Waiter {
-  resolve(o: CommitOutcome): void
-  reject(e: Error): void
-  enqueuedAt: number
-}
-
-/** One flush worth of rows in column form: what unnest() wants, with no per-row objects. */
-class Columns {
-  sTime: number[] = []
-  sDev: number[] = []
-  sMetric: number[] = []
-  sValue: number[] = []
-  pTime: number[] = []
-  pDev: number[] = []
-  pLat: number[] = []
-  pLon: number[] = []
-  pAlt: (number | null)[] = []
-  pAcc: (number | null)[] = []
-  waiters: Waiter[] = []
-  /** where each waiter's rows sit, so a refused flush can be split by batch */
-  spans: Span[] = []
-  get rows(): number {
-    return this.sTime.length + this.pTime.length
-  }
-  add(deviceKey: number, scalars: readonly ScalarSample[], positions: readonly PositionSample[], waiter: Waiter): void {
-    const s0 = this.sTime.length
-    const p0 = this.pTime.length
-    for (const s of scalars) {
-      this.sTime.push(s.t)
-      this.sDev.push(deviceKey)
-      this.sMetric.push(s.metric)
-      this.sValue.push(s.value)
-    }
-    for (const p of positions) {
-      this.pTime.push(p.t)
-      this.pDev.push(deviceKey)
-      this.pLat.push(p.lat)
-      this.pLon.push(p.lon)
-      this.pAlt.push(p.alt)
-      this.pAcc.push(p.acc)
-    }
-    this.spans.push({ s0, s1: this.sTime.length, p0, p1: this.pTime.length })
-    this.waiters.push(waiter)
-  }
-}
-
-// to_timestamp(float8) rounds to the microsecond, so integer epoch milliseconds map to exactly one timestamptz.
-export const INSERT_SAMPLES = `INSERT INTO samples (time, device_key, metric, value)
-  SELECT to_timestamp(t / 1000.0), d, m, v FROM unnest($1::float8[], $2::int4[], $3::int2[], $4::float8[]) AS u(t, d, m, v)
-  ON CONFLICT DO NOTHING`
-export const INSERT_POSITIONS = `INSERT INTO positions (time, device_key, lat, lon, alt, acc)
-  SELECT to_timestamp(t / 1000.0), d, la, lo, al, ac
-  FROM unnest($1::float8[], $2::int4[], $3::float8[], $4::float8[], $5::float4[], $6::float4[]) AS u(t, d, la, lo, al, ac)
-  ON CONFLICT DO NOTHING`
-
-// Without ON CONFLICT: PostgreSQL's speculative insertion for ON CONFLICT costs ~45 % more per row (4.5 vs 8 µs/row at
-// 10k-row statements here), and duplicates that reach the database are rare (the seq window answers redeliveries).
-// A plain statement that hits the unique key fails whole and is re-run with ON CONFLICT (see write()).
-const PLAIN_SAMPLES = INSERT_SAMPLES.replace(/\s*ON CONFLICT DO NOTHING$/, '')
-const PLAIN_POSITIONS = INSERT_POSITIONS.replace(/\s*ON CONFLICT DO NOTHING$/, '')
 /** after a unique violation, statements carry ON CONFLICT for this long (a re-upload usually comes in a burst) */
 const CONFLICT_MODE_MS = 30_000
 
-function isUniqueViolation(err: unknown): boolean {
-  return (err as { code?: string } | null)?.code === '23505'
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-/**
- * A PostgreSQL array literal of validated finite numbers. pg's own serializer quotes and regex-escapes every element
- * (two replaces each, 100k+ per flush at race-day rates); numbers need neither, and JS prints the shortest
- * round-trip form, which float8 parses back exactly.
- */
-export function numericArrayLiteral(xs: readonly (number | null)[]): string {
-  // Array#join is native and several times faster than building the string element by element.
-  const body = xs.includes(null) ? xs.map((x) => (x === null ? 'NULL' : x)).join(',') : xs.join(',')
-  return `{${body}}`
-}
 
 export class GroupCommitWriter {
   private current = new Columns()
@@ -210,41 +149,51 @@ export class GroupCommitWriter {
   }
 
   /**
-   * One statement per table. Each statement commits on its own: when the positions statement fails after the samples
-   * one committed, the retry re-inserts the samples, and the unique key makes that a no-op (counted as duplicates).
+   * Readings alone: one autocommit statement. With fixes: one transaction that locks the devices' tracks, stores the
+   * fixes, derives distance from the ones that were new and stores it with the other samples.
    */
-  private async write(cols: Columns): Promise<number> {
+  private async write(cols: Columns): Promise<WriteResult> {
     const started = performance.now()
-    let inserted = 0
-    if (cols.sTime.length > 0) {
+    let result: WriteResult
+    if (cols.pTime.length === 0) {
       const n = await this.insert(
+        this.db,
         INSERT_SAMPLES,
         PLAIN_SAMPLES,
         [cols.sTime, cols.sDev, cols.sMetric, cols.sValue].map(numericArrayLiteral),
         cols.sTime.length,
       )
-      inserted += n
       this.metrics.rowsCommitted.inc({ table: 'samples' }, n)
-    }
-    if (cols.pTime.length > 0) {
-      const n = await this.insert(
-        INSERT_POSITIONS,
-        PLAIN_POSITIONS,
-        [cols.pTime, cols.pDev, cols.pLat, cols.pLon, cols.pAlt, cols.pAcc],
-        cols.pTime.length,
-      )
-      inserted += n
-      this.metrics.rowsCommitted.inc({ table: 'positions' }, n)
+      result = { inserted: n, derived: [] }
+    } else {
+      const upsert = performance.now() < this.conflictModeUntil
+      try {
+        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, upsert)), cols, upsert)
+      } catch (err) {
+        if (upsert || !isUniqueViolation(err)) throw err
+        // The transaction wrote nothing: the same rows again, idempotently.
+        this.metrics.conflictRetries.inc()
+        this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
+        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, true)), cols, true)
+      }
     }
     this.metrics.statementLatency.observe((performance.now() - started) / 1000)
-    return inserted
+    return result
+  }
+
+  private tracked(r: TrackedResult, cols: Columns, upsert: boolean): WriteResult {
+    this.metrics.rowsCommitted.inc({ table: 'samples' }, r.samplesIn)
+    this.metrics.rowsCommitted.inc({ table: 'positions' }, r.positionsIn)
+    // Stay in conflict mode while duplicates keep arriving (a re-upload burst).
+    if (upsert && r.inserted < cols.rows) this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
+    return { inserted: r.inserted, derived: r.derived }
   }
 
   /** Plain INSERT while no duplicates are around; after a unique violation, the same rows with ON CONFLICT. */
-  private async insert(upsert: string, plain: string, params: unknown[], rows: number): Promise<number> {
+  private async insert(q: Queryable, upsert: string, plain: string, params: unknown[], rows: number): Promise<number> {
     if (performance.now() >= this.conflictModeUntil) {
       try {
-        return (await this.db.query(plain, params)).rowCount
+        return (await q.query(plain, params)).rowCount
       } catch (err) {
         if (!isUniqueViolation(err)) throw err
         // The failed statement wrote nothing (it is atomic): write the same rows idempotently.
@@ -252,7 +201,7 @@ export class GroupCommitWriter {
         this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
       }
     }
-    const inserted = (await this.db.query(upsert, params)).rowCount
+    const inserted = (await q.query(upsert, params)).rowCount
     // Stay in conflict mode while duplicates keep arriving (a re-upload burst); otherwise it lapses.
     if (inserted < rows) this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
     return inserted
@@ -264,9 +213,9 @@ export class GroupCommitWriter {
     let attempt = 0
     for (;;) {
       try {
-        const inserted = await this.write(cols)
+        const { inserted, derived } = await this.write(cols)
         this.healthy = true
-        this.settle(cols, { inserted, rows }, null)
+        this.settle(cols, { inserted, rows, derived: [] }, null, derived)
         const dup = rows - inserted
         if (dup > 0) this.metrics.duplicates.inc({ where: 'database' }, dup)
         return
@@ -283,7 +232,7 @@ export class GroupCommitWriter {
         }
         if (!isConnectionError(err)) {
           this.log.error({ err: (err as Error).message }, 'batch refused by the database')
-          this.settle(cols, { inserted: 0, rows }, new StoreRejectedError((err as Error).message))
+          this.settle(cols, { inserted: 0, rows, derived: [] }, new StoreRejectedError((err as Error).message))
           return
         }
         this.healthy = false
@@ -297,15 +246,15 @@ export class GroupCommitWriter {
     }
   }
 
-  private settle(cols: Columns, outcome: CommitOutcome, err: Error | null): void {
+  private settle(cols: Columns, outcome: CommitOutcome, err: Error | null, derived: ScalarSample[][] = []): void {
     const now = performance.now()
     this.queued -= cols.rows
     this.metrics.queueDepth.set(this.queued)
-    for (const w of cols.waiters) {
+    cols.waiters.forEach((w, i) => {
       this.metrics.commitLatency.observe((now - w.enqueuedAt) / 1000)
       if (err) w.reject(err)
-      else w.resolve(outcome)
-    }
+      else w.resolve({ ...outcome, derived: derived[i] ?? [] })
+    })
   }
 
   /** Binary split by batch until the refused batch stands alone; the others commit normally. */
@@ -353,42 +302,4 @@ export class GroupCommitWriter {
       for (const w of this.drainWaiters.splice(0)) w()
     }
   }
-}
-
-/** Splits a merged flush in two halves by waiter; each waiter's rows are contiguous (its span). */
-function splitColumns(cols: Columns): Columns[] {
-  if (cols.waiters.length < 2) return [cols]
-  const mid = Math.floor(cols.waiters.length / 2)
-  return [slice(cols, 0, mid), slice(cols, mid, cols.waiters.length)]
-}
-
-interface Span {
-  s0: number
-  s1: number
-  p0: number
-  p1: number
-}
-
-function slice(cols: Columns, from: number, to: number): Columns {
-  const out = new Columns()
-  for (let i = from; i < to; i++) {
-    const sp = cols.spans[i] as Span
-    const scalars: ScalarSample[] = []
-    const positions: PositionSample[] = []
-    for (let k = sp.s0; k < sp.s1; k++) {
-      scalars.push({ t: cols.sTime[k] as number, metric: cols.sMetric[k] as number, value: cols.sValue[k] as number })
-    }
-    for (let k = sp.p0; k < sp.p1; k++) {
-      positions.push({
-        t: cols.pTime[k] as number,
-        lat: cols.pLat[k] as number,
-        lon: cols.pLon[k] as number,
-        alt: cols.pAlt[k] ?? null,
-        acc: cols.pAcc[k] ?? null,
-      })
-    }
-    const dev = (sp.s1 > sp.s0 ? cols.sDev[sp.s0] : cols.pDev[sp.p0]) as number
-    out.add(dev, scalars, positions, cols.waiters[i] as Waiter)
-  }
-  return out
 }

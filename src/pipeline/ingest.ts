@@ -14,7 +14,6 @@ import {
 } from './commit.js'
 import { DecodeError, decodeBatch } from './decode.js'
 import { payloadHash, SeqWindow } from './dedupe.js'
-import { type DistanceTrack, deriveDistance } from './derive.js'
 import type { PositionSample, Rejection, ScalarSample } from './types.js'
 import { type DeviceTrack, validateBatch } from './validate.js'
 
@@ -50,8 +49,8 @@ export interface IngestGate {
 const MAX_REJECTION_MESSAGES = 32
 
 interface DeviceState {
+  /** the plausibility (speed) check's last accepted fix; distance is derived at commit (commit.ts), not here */
   track: DeviceTrack
-  distance: DistanceTrack
 }
 
 export class Ingest {
@@ -92,12 +91,12 @@ export class Ingest {
   /**
    * Cluster mode: the device (re)connected to this node, possibly after sending readings to another one. What this
    * process held about it may be stale, so it goes; the newest committed fix (from the database) continues the
-   * track, so no stretch is counted twice and none is lost.
+   * speed check. Distance needs nothing here: it is derived from the committed track in the commit transaction.
    */
   resumeDevice(deviceKey: number, lastFix: { t: number; lat: number; lon: number } | null): void {
     this.seqs.forget(deviceKey)
     this.devices.delete(deviceKey)
-    if (lastFix) this.devices.set(deviceKey, { track: { lastPos: { ...lastFix } }, distance: { last: { ...lastFix } } })
+    if (lastFix) this.devices.set(deviceKey, { track: { lastPos: { ...lastFix } } })
   }
 
   private track<T>(write: Promise<T>): Promise<T> {
@@ -129,7 +128,7 @@ export class Ingest {
     let s = this.devices.get(deviceKey)
     if (!s) {
       if (this.devices.size > 1_000_000) this.devices.clear()
-      s = { track: {}, distance: {} }
+      s = { track: {} }
       this.devices.set(deviceKey, s)
     }
     return s
@@ -155,10 +154,9 @@ export class Ingest {
       return
     }
     const st = this.state(src.deviceKey)
-    // The tracks move forward in validation; a batch turned away below (queue full, QoS 0 shed) puts them back, or
-    // its retry would derive no distance for the stretch it covers.
+    // The speed check's track moves forward in validation; a batch turned away below (queue full, QoS 0 shed) puts
+    // it back, so its retry is checked against the same fix.
     const lastPos = st.track.lastPos
-    const lastFix = st.distance.last
     const v = validateBatch(
       batch,
       {
@@ -170,7 +168,6 @@ export class Ingest {
       st.track,
     )
     const scalars = v.scalars
-    deriveDistance(v.positions, st.distance, scalars)
     const accepted = v.scalars.length + v.positions.length
     this.metrics.samplesReceived.inc(accepted + v.rejections.length + v.inBatchDuplicates)
     this.metrics.samplesAccepted.inc(accepted)
@@ -181,7 +178,8 @@ export class Ingest {
       if (v.rejections.length > 0) this.publishRejections(src.deviceId, v.rejections)
       if (durable) this.seqs.record(src.deviceKey, batch.seq, hash)
       if (outcome && this.listeners.length > 0) {
-        const committed: CommittedBatch = { ...src, scalars, positions: v.positions }
+        const all = outcome.derived.length > 0 ? [...scalars, ...outcome.derived] : scalars
+        const committed: CommittedBatch = { ...src, scalars: all, positions: v.positions }
         for (const l of this.listeners) {
           try {
             l(committed)
@@ -202,7 +200,6 @@ export class Ingest {
       // room that QoS 1 readings (which carry a promise) need. Dropped and counted, as QoS 0 allows.
       this.metrics.dropped.inc({ reason: 'qos0_overload' })
       st.track.lastPos = lastPos
-      st.distance.last = lastFix
       done()
       return
     }
@@ -211,7 +208,6 @@ export class Ingest {
       commit = this.writer.submit(src.deviceKey, scalars, v.positions)
     } catch (err) {
       st.track.lastPos = lastPos
-      st.distance.last = lastFix
       const reason =
         err instanceof QueueFullError ? 'queue_full' : err instanceof WriterClosedError ? 'shutting_down' : 'error'
       if (durable) {

@@ -162,6 +162,10 @@ describe('simulator: marathon swarm against PostgreSQL', () => {
     expect(report.connections.apps.connected).toBe(report.connections.apps.attempts)
     expect(report.connections.medics.connected).toBe(1)
     expect(report.outputs.liveReceived).toBeGreaterThan(0)
+    // each app's copy (live alerts + delta sync) is what the database holds for its user (app-verify.ts)
+    const a = report.appConvergence
+    expect(a.status, JSON.stringify(a)).toBe('ok')
+    expect([a.missing, a.extra, a.duplicated, a.incomplete]).toEqual([0, 0, 0, 0])
   })
 
   it('alerts for injected anomalies reach the subscribed apps (when the broker runs an alert engine)', async (ctx) => {
