@@ -38,6 +38,8 @@ export const ERASURE_PLAN: readonly PlanEntry[] = [
   { table: 'samples', by: ['device_key'], action: 'per-device' },
   { table: 'positions', by: ['device_key'], action: 'per-device' },
   { table: 'device_status', by: ['device_key'], action: 'delete' },
+  // which batches were signed (migration 0016)
+  { table: 'signed_batches', by: ['device_key'], action: 'delete', optional: true },
   { table: 'dead_letters', by: ['device_id'], action: 'delete' },
   { table: 'alerts', by: ['user_id', 'device_id'], action: 'delete' },
   // src/insights (migration 0008): features, rule episodes and the recommendations themselves
