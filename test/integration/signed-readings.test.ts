@@ -88,7 +88,10 @@ describe.each(stores)('signed readings on %s', (store) => {
   const refused = async (deviceId: string, payload: Buffer): Promise<string> => {
     const before = rejections.length
     await bridge.publishAsync(`devices/${deviceId}/readings`, payload, { qos: 1 })
-    const r = await waitFor(() => rejections.slice(before).find((x) => x.topic === `devices/${deviceId}/rejections`))
+    const r = await waitFor(
+      () => rejections.slice(before).find((x) => x.topic === `devices/${deviceId}/rejections`),
+      30_000,
+    )
     return r.reason
   }
 
