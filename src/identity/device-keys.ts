@@ -24,9 +24,22 @@ export function certificateKey(certPem: string): KeyObject | null {
   }
 }
 
+/** Largest number of devices loaded in one query. */
+const LOAD_BATCH_MAX = 1000
+
+interface Loading {
+  waiters: { resolve(m: DeviceKeyMaterial): void; reject(e: unknown): void }[]
+}
+
+/**
+ * Misses are loaded together: the first batches of thousands of trackers connecting at a race start arrive within
+ * seconds, and a query each would queue behind the pool (as the certificate checks did: src/identity/lookups.ts).
+ * Misses arriving while a query is out wait for the next one, which asks for all of them at once.
+ */
 export class DeviceKeyCache implements DeviceKeySource {
   private readonly cache = new Map<string, { m: DeviceKeyMaterial; exp: number }>()
-  private readonly loading = new Map<string, Promise<DeviceKeyMaterial>>()
+  private queued = new Map<string, Loading>()
+  private busy = false
   /** bumped by forget()/clear(): a load started before is not cached */
   private epoch = 0
   /** certificates parsed (a figure for tests and the bench: one per device per change, not per batch) */
@@ -43,60 +56,89 @@ export class DeviceKeyCache implements DeviceKeySource {
   get(deviceId: string): DeviceKeyMaterial | Promise<DeviceKeyMaterial> {
     const hit = this.cache.get(deviceId)
     if (hit && hit.exp > Date.now()) return hit.m
-    const pending = this.loading.get(deviceId)
-    if (pending) return pending
-    const epoch = this.epoch
-    const p = this.load(deviceId).then(
-      (m) => {
-        this.loading.delete(deviceId)
-        if (epoch === this.epoch) {
-          if (this.cache.size >= this.max) this.cache.clear()
-          this.cache.set(deviceId, { m, exp: Date.now() + this.ttlMs })
-        }
-        return m
-      },
-      (err: unknown) => {
-        this.loading.delete(deviceId)
-        throw err
-      },
-    )
-    this.loading.set(deviceId, p)
-    return p
+    return new Promise((resolve, reject) => {
+      const q = this.queued.get(deviceId)
+      if (q) q.waiters.push({ resolve, reject })
+      else this.queued.set(deviceId, { waiters: [{ resolve, reject }] })
+      if (!this.busy) {
+        this.busy = true
+        setImmediate(() => void this.drain())
+      }
+    })
   }
 
   forget(deviceId: string): void {
     this.epoch++
     this.cache.delete(deviceId)
-    this.loading.delete(deviceId)
   }
 
   clear(): void {
     this.epoch++
     this.cache.clear()
-    this.loading.clear()
   }
 
-  private async load(deviceId: string): Promise<DeviceKeyMaterial> {
+  private async drain(): Promise<void> {
+    while (this.queued.size > 0) {
+      const batch = [...this.queued.entries()].slice(0, LOAD_BATCH_MAX)
+      for (const [id] of batch) this.queued.delete(id)
+      const epoch = this.epoch
+      try {
+        const loaded = await this.load(batch.map(([id]) => id))
+        for (const [id, q] of batch) {
+          const m = loaded.get(id) ?? NOTHING
+          if (m instanceof Error) {
+            for (const w of q.waiters) w.reject(m)
+            continue
+          }
+          // A change heard while the query was out may not be in its answer: not cached, asked again next time.
+          if (epoch === this.epoch) {
+            if (this.cache.size >= this.max) this.cache.clear()
+            this.cache.set(id, { m, exp: Date.now() + this.ttlMs })
+          }
+          for (const w of q.waiters) w.resolve(m)
+        }
+      } catch (err) {
+        for (const [, q] of batch) for (const w of q.waiters) w.reject(err)
+      }
+    }
+    this.busy = false
+  }
+
+  /** Each device's material, or the error that keeps it from being used (its content key does not unwrap). */
+  private async load(deviceIds: readonly string[]): Promise<Map<string, DeviceKeyMaterial | Error>> {
     const res = await this.db.query<{
+      device_id: string
       cert_pem: string | null
       signed_required: boolean
-      content_key: Buffer | null
+      content_key: Uint8Array | null
       revoked: boolean
     }>(
-      `SELECT cert_pem, signed_required, content_key, revoked_at IS NOT NULL AS revoked
-       FROM devices WHERE device_id = $1`,
-      [deviceId],
+      `SELECT device_id, cert_pem, signed_required, content_key, revoked_at IS NOT NULL AS revoked
+       FROM devices WHERE device_id = ANY($1::text[])`,
+      [deviceIds],
     )
-    const r = res.rows[0]
-    if (!r) return NOTHING
-    // A revoked device's key verifies nothing; its policy still holds.
-    let verifyKey: KeyObject | null = null
-    if (r.cert_pem && !r.revoked) {
-      this.parsed++
-      verifyKey = certificateKey(r.cert_pem)
+    const out = new Map<string, DeviceKeyMaterial | Error>()
+    for (const r of res.rows) {
+      // A revoked device's key verifies nothing; its policy still holds.
+      let verifyKey: KeyObject | null = null
+      if (r.cert_pem && !r.revoked) {
+        this.parsed++
+        verifyKey = certificateKey(r.cert_pem)
+      }
+      let contentKey: Buffer | null = null
+      if (r.content_key && !r.revoked) {
+        try {
+          contentKey = unwrapContentKey(this.wrapKey(), r.device_id, r.content_key)
+        } catch (err) {
+          // Another process's wrap key (or an altered row) is the operator's to fix: the device's QoS 1 batches
+          // are refused unacked meanwhile (keys_unavailable, logged with this message), so none is lost.
+          out.set(r.device_id, err instanceof Error ? err : new Error(String(err)))
+          continue
+        }
+      }
+      out.set(r.device_id, { verifyKey, signedRequired: r.signed_required, contentKey })
     }
-    const contentKey = r.content_key && !r.revoked ? unwrapContentKey(this.wrapKey(), deviceId, r.content_key) : null
-    return { verifyKey, signedRequired: r.signed_required, contentKey }
+    return out
   }
 }
 

@@ -6,11 +6,20 @@ import path from 'node:path'
 import { encode } from 'cbor-x'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { issueDeviceCert } from '../../src/identity/pki.js'
+import { newContentKey, wrapContentKey } from '../../src/identity/content-key.js'
+import { DeviceKeyCache } from '../../src/identity/device-keys.js'
+import { generateCa, issueCertWithCa, issueDeviceCert } from '../../src/identity/pki.js'
+import { createLogger } from '../../src/log.js'
+import { keyId } from '../../src/ops/keys.js'
+import type { Db, Queryable } from '../../src/store/db.js'
+import { migrate } from '../../src/store/migrate.js'
+import { openPostgres } from '../../src/store/postgres.js'
+import { Registry } from '../../src/store/registry.js'
 import { encryptBatch, signBatch } from '../../src/pipeline/envelope.js'
 import { bumpHeartRates } from '../helpers/cose.js'
 import {
   connectWithToken,
+  createTestDatabase,
   type StoreKind,
   startTestBroker,
   type TestBroker,
@@ -239,5 +248,65 @@ describe.each(stores)('signed readings on %s', (store) => {
       },
     )
     expect(await stored('sig-watch', b.t0)).toBe(2)
+  })
+})
+
+describe('device key cache (PostgreSQL)', () => {
+  let database: { url: string; drop(): Promise<void> }
+  let db: Db
+  let queries = 0
+  const wrap = (() => {
+    const bytes = crypto.randomBytes(32)
+    return { bytes, id: keyId(bytes), origin: 'test' }
+  })()
+
+  beforeAll(async () => {
+    database = await createTestDatabase()
+    db = openPostgres(database.url, 2, createLogger('silent'))
+    await migrate(db, createLogger('silent'))
+  }, 60_000)
+  afterAll(async () => {
+    await db?.close()
+    await database?.drop()
+  })
+
+  it('loads misses together, parses each certificate once, forgets on demand, and keeps a bad key to its device', async () => {
+    const registry = new Registry(db)
+    const ca = await generateCa('cache CA')
+    const ids = Array.from({ length: 30 }, (_, i) => `kc-${i}`)
+    for (const id of ids) {
+      const c = await issueCertWithCa(ca.certPem, ca.keyPem, id)
+      await registry.registerDevice({ deviceId: id, userId: 'kc-u', fingerprint: c.fingerprint256, certPem: c.certPem })
+    }
+    await registry.setWrappedContentKey('kc-1', wrapContentKey(wrap, 'kc-1', newContentKey()))
+    // kc-2's content key is kc-1's wrapped blob: bound to kc-1, it must not unwrap for kc-2.
+    await registry.setWrappedContentKey('kc-2', wrapContentKey(wrap, 'kc-1', newContentKey()))
+    const counting: Queryable = {
+      query: (sql, params) => {
+        queries++
+        return db.query(sql, params)
+      },
+    }
+    const cache = new DeviceKeyCache(counting, () => wrap)
+    const wanted = ids.filter((id) => id !== 'kc-2')
+    const all = await Promise.all(wanted.map((id) => cache.get(id)))
+    expect(queries).toBe(1)
+    expect(cache.parsed).toBe(wanted.length)
+    expect(all.every((m) => m.verifyKey !== null && !m.signedRequired)).toBe(true)
+    expect(all[1]?.contentKey).toHaveLength(32)
+    // Cached: synchronous, no query, no parse.
+    const again = cache.get('kc-0')
+    expect(again instanceof Promise).toBe(false)
+    expect(queries).toBe(1)
+    await expect(Promise.resolve(cache.get('kc-2'))).rejects.toThrow(/does not unwrap/)
+    expect(queries).toBe(2)
+    await registry.setSignedRequired('kc-0', true)
+    expect((cache.get('kc-0') as { signedRequired: boolean }).signedRequired).toBe(false)
+    cache.forget('kc-0')
+    expect((await cache.get('kc-0')).signedRequired).toBe(true)
+    // kc-2 was parsed too (its content key failed after), and kc-0 once more after forget()
+    expect(cache.parsed).toBe(wanted.length + 2)
+    // An unknown device needs nothing and offers nothing.
+    expect(await cache.get('nobody')).toEqual({ verifyKey: null, signedRequired: false, contentKey: null })
   })
 })
