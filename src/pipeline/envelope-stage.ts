@@ -1,5 +1,6 @@
 // Glue of stage 0 (envelope.ts) into the ingest pipeline: which batches take the asynchronous path, the metric, and
 // the signed_batches mark of a signed batch. Kept apart so ingest.ts reads as the stage sequence.
+import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { BatchMark } from './commit.js'
 import {
@@ -23,45 +24,64 @@ export interface StageOutcome {
 }
 
 /**
- * Opens the batch's envelope for the device of its topic. A plain batch of a device whose keys are cached and that
- * needs no signature is answered synchronously (one Map look-up); everything else waits for the keys and the COSE
- * work. Calls exactly one of the outcome's functions, once.
+ * Opens batches' envelopes for the devices of their topics, in arrival order per device: a plain batch of a device
+ * whose keys are cached, that needs no signature and has nothing of its own still being opened, is answered
+ * synchronously (one Map look-up); everything else waits for the keys and the COSE work, which may finish out of
+ * order (verification runs off the event loop), so the outcomes are handed on in the order the batches came (the
+ * position track and the distance derivation need them in order). Calls exactly one outcome function per batch.
  */
-export function openStage(
-  keys: DeviceKeySource,
-  deviceId: string,
-  payload: Buffer,
-  metrics: Pick<Metrics, 'envelopes'>,
-  out: StageOutcome,
-): void {
-  let material: DeviceKeyMaterial | Promise<DeviceKeyMaterial>
-  try {
-    material = keys.get(deviceId)
-  } catch (err) {
-    out.unavailable(err as Error)
-    return
+export class EnvelopeStage {
+  /** per device: the outcome of its last batch still being opened */
+  private readonly tails = new Map<string, Promise<void>>()
+
+  constructor(
+    private readonly keys: DeviceKeySource,
+    private readonly metrics: Pick<Metrics, 'envelopes'>,
+    private readonly log: Pick<Logger, 'error'>,
+  ) {}
+
+  open(deviceId: string, payload: Buffer, out: StageOutcome): void {
+    let material: DeviceKeyMaterial | Promise<DeviceKeyMaterial>
+    try {
+      material = this.keys.get(deviceId)
+    } catch (err) {
+      out.unavailable(err as Error)
+      return
+    }
+    const kind = envelopeKind(payload) ?? 'plain'
+    const prev = this.tails.get(deviceId)
+    if (!prev && !(material instanceof Promise) && kind === 'plain' && !material.signedRequired) {
+      this.metrics.envelopes.inc({ kind, result: 'accepted' })
+      out.opened(PLAIN(payload))
+      return
+    }
+    // Started at once (batches of one device are verified in parallel), handed on in order.
+    const settled = Promise.resolve(material).then(
+      (m) =>
+        openEnvelope(payload, deviceId, m).then(
+          (opened) => () => {
+            this.metrics.envelopes.inc({ kind, result: 'accepted' })
+            out.opened(opened)
+          },
+          (err: unknown) => () => {
+            const reason = err instanceof EnvelopeError ? err.reason : 'malformed_cose'
+            this.metrics.envelopes.inc({ kind, result: reason })
+            out.refused(reason, (err as Error).message)
+          },
+        ),
+      (err: unknown) => () => out.unavailable(err instanceof Error ? err : new Error(String(err))),
+    )
+    // Never rejects: a failing outcome function must not hold up the device's later batches.
+    const tail: Promise<void> = Promise.all([prev, settled]).then(([, deliver]) => {
+      if (this.tails.get(deviceId) === tail) this.tails.delete(deviceId)
+      try {
+        deliver()
+      } catch (err) {
+        this.log.error({ err: (err as Error).message }, 'readings batch handling failed after its envelope')
+      }
+    })
+    this.tails.set(deviceId, tail)
   }
-  const kind = envelopeKind(payload) ?? 'plain'
-  if (!(material instanceof Promise) && kind === 'plain' && !material.signedRequired) {
-    metrics.envelopes.inc({ kind, result: 'accepted' })
-    out.opened(PLAIN(payload))
-    return
-  }
-  Promise.resolve(material).then(
-    (m) =>
-      openEnvelope(payload, deviceId, m).then(
-        (opened) => {
-          metrics.envelopes.inc({ kind, result: 'accepted' })
-          out.opened(opened)
-        },
-        (err: unknown) => {
-          const reason = err instanceof EnvelopeError ? err.reason : 'malformed_cose'
-          metrics.envelopes.inc({ kind, result: reason })
-          out.refused(reason, (err as Error).message)
-        },
-      ),
-    (err: unknown) => out.unavailable(err instanceof Error ? err : new Error(String(err))),
-  )
 }
 
 /** The signed_batches row of a signed batch: its span over the samples stored (derived ones included). */

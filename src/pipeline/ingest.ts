@@ -14,7 +14,7 @@ import {
 } from './commit.js'
 import { DecodeError, decodeBatch } from './decode.js'
 import type { DeviceKeySource, OpenedBatch } from './envelope.js'
-import { markOf, openStage, PLAIN } from './envelope-stage.js'
+import { EnvelopeStage, markOf, PLAIN } from './envelope-stage.js'
 import { payloadHash, SeqWindow } from './dedupe.js'
 import { type DistanceTrack, deriveDistance } from './derive.js'
 import type { PositionSample, Rejection, ScalarSample } from './types.js'
@@ -77,11 +77,11 @@ export class Ingest {
     this.rules = config
   }
 
-  private keys: DeviceKeySource | null = null
+  private envelopes: EnvelopeStage | null = null
 
   /** Signed/encrypted readings (envelope.ts): devices' keys and policies (unset: plain batches only). */
   useDeviceKeys(keys: DeviceKeySource): void {
-    this.keys = keys
+    this.envelopes = new EnvelopeStage(keys, this.metrics, this.log)
   }
 
   /** Resolves once the dead-letter and status writes started before the call have finished (erasure's barrier). */
@@ -148,11 +148,11 @@ export class Ingest {
     const durable = qos > 0
     this.metrics.batchesReceived.inc({ qos: durable ? '1' : '0' })
     if (this.refusedByGate(src, durable, done)) return
-    if (!this.keys) {
+    if (!this.envelopes) {
       this.ingestOpened(src, payload, PLAIN(payload), durable, done)
       return
     }
-    openStage(this.keys, src.deviceId, payload, this.metrics, {
+    this.envelopes.open(src.deviceId, payload, {
       opened: (opened) => this.ingestOpened(src, payload, opened, durable, done),
       refused: (reason, detail) => {
         this.log.info({ deviceId: src.deviceId, reason }, 'readings batch refused: envelope')

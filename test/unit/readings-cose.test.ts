@@ -17,6 +17,8 @@ import {
   signBatch,
 } from '../../src/pipeline/envelope.js'
 import { RegistryError } from '../../src/store/registry.js'
+import { createMetrics } from '../../src/metrics.js'
+import { EnvelopeStage } from '../../src/pipeline/envelope-stage.js'
 import { alterSign1, bumpHeartRates } from '../helpers/cose.js'
 
 const ec = () => crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' })
@@ -167,5 +169,66 @@ describe('registration: the certificate must be the registered one', () => {
     expect(signingOf({ fingerprint: a.fingerprint256, certPem: a.certPem })).toEqual({ certPem: a.certPem })
     expect(() => signingOf({ fingerprint: a.fingerprint256, certPem: b.certPem })).toThrow(RegistryError)
     expect(() => signingOf({ fingerprint: a.fingerprint256, certPem: 'garbage' })).toThrow(RegistryError)
+  })
+})
+
+describe('envelope stage: outcomes in arrival order per device', () => {
+  it('a plain batch behind signed ones waits for them; verification finishing out of order does not reorder', async () => {
+    const dev = ec()
+    const keys = material({ verifyKey: dev.publicKey })
+    let cold = true
+    const source = {
+      // The first look-up is a miss (loaded), later ones hit the cache.
+      get: () => {
+        if (!cold) return keys
+        cold = false
+        return new Promise<DeviceKeyMaterial>((r) => setTimeout(() => r(keys), 20))
+      },
+    }
+    const stage = new EnvelopeStage(source, createMetrics(), { error: () => undefined })
+    const order: string[] = []
+    const all: Promise<void>[] = []
+    const push = (label: string, payload: Buffer) =>
+      all.push(
+        new Promise((resolve) =>
+          stage.open('watch-1', payload, {
+            opened: (o) => {
+              order.push(`${label}:${o.signed ? 'signed' : 'plain'}`)
+              resolve()
+            },
+            refused: (reason) => {
+              order.push(`${label}:${reason}`)
+              resolve()
+            },
+            unavailable: () => {
+              order.push(`${label}:unavailable`)
+              resolve()
+            },
+          }),
+        ),
+      )
+    push('1', batch())
+    for (let i = 2; i <= 6; i++) push(String(i), await signBatch(batch(60 + i), 'watch-1', dev.privateKey))
+    push('7', bumpHeartRates(await signBatch(batch(), 'watch-1', dev.privateKey), 5))
+    push('8', batch())
+    await Promise.all(all)
+    expect(order).toEqual([
+      '1:plain',
+      '2:signed',
+      '3:signed',
+      '4:signed',
+      '5:signed',
+      '6:signed',
+      '7:bad_signature',
+      '8:plain',
+    ])
+    // Nothing left pending: a later plain batch is answered synchronously again.
+    let sync = false
+    stage.open('watch-1', batch(), {
+      opened: () => (sync = true),
+      refused: () => undefined,
+      unavailable: () => undefined,
+    })
+    expect(sync).toBe(true)
   })
 })
