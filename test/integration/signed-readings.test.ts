@@ -306,6 +306,30 @@ describe('device key cache (PostgreSQL)', () => {
     expect((await cache.get('kc-0')).signedRequired).toBe(true)
     // kc-2 was parsed too (its content key failed after), and kc-0 once more after forget()
     expect(cache.parsed).toBe(wanted.length + 2)
+    // Re-registration: a policy given is set, one left out is kept; a new certificate without its PEM clears it.
+    const c0 = await issueCertWithCa(ca.certPem, ca.keyPem, 'kc-3')
+    await registry.registerDevices([
+      { deviceId: 'kc-3', userId: 'kc-u', fingerprint: c0.fingerprint256, signedRequired: true },
+    ])
+    const row = async () =>
+      (
+        await db.query<{ signed_required: boolean; has_pem: boolean }>(
+          "SELECT signed_required, cert_pem IS NOT NULL AS has_pem FROM devices WHERE device_id = 'kc-3'",
+        )
+      ).rows[0]
+    expect(await row()).toEqual({ signed_required: true, has_pem: false })
+    await registry.registerDevices([
+      { deviceId: 'kc-3', userId: 'kc-u', fingerprint: c0.fingerprint256, certPem: c0.certPem },
+    ])
+    expect(await row()).toEqual({ signed_required: true, has_pem: true })
+    // Another owner's registration changes nothing of it (refused whole).
+    await expect(
+      registry.registerDevices([{ deviceId: 'kc-3', userId: 'kc-other', fingerprint: 'AA', signedRequired: false }]),
+    ).rejects.toThrow(/another user/)
+    expect(await row()).toEqual({ signed_required: true, has_pem: true })
+    const c1 = await issueCertWithCa(ca.certPem, ca.keyPem, 'kc-3')
+    await registry.registerDevices([{ deviceId: 'kc-3', userId: 'kc-u', fingerprint: c1.fingerprint256 }])
+    expect(await row()).toEqual({ signed_required: true, has_pem: false })
     // An unknown device needs nothing and offers nothing.
     expect(await cache.get('nobody')).toEqual({ verifyKey: null, signedRequired: false, contentKey: null })
   })
