@@ -121,7 +121,12 @@ async function provision(o: SignedOptions, config: BrokerConfig, rng: Rng): Prom
   const prefix = o.idPrefix ?? `sig${o.seed ?? 1}`
   const nUsers = Math.max(1, Math.ceil(o.devices / 2))
   const nMalicious = o.maliciousShare > 0 ? Math.max(1, Math.round(nUsers * o.maliciousShare)) : 0
-  const order = Array.from({ length: nUsers }, (_, i) => i).sort(() => rng.next() - 0.5)
+  // Fisher–Yates with the run's seed: the same seed, the same malicious bridges.
+  const order = Array.from({ length: nUsers }, (_, i) => i)
+  for (let i = nUsers - 1; i > 0; i--) {
+    const j = Math.floor(rng.next() * (i + 1))
+    ;[order[i], order[j]] = [order[j] as number, order[i] as number]
+  }
   const malicious = new Set(order.slice(0, nMalicious))
   const device = async (deviceId: string): Promise<SimDevice> => {
     const c = await issueCertWithCa(caCert, caKey, deviceId)
@@ -301,7 +306,7 @@ async function run(
           c.publishAsync(`devices/${d.deviceId}/readings`, payload, { qos: 1 })
         if (u.malicious && k % 2 === 0) {
           // Alters the watch batch in transit: a value when it can read it, else a ciphertext byte.
-          const forged = u.watch.contentKey ? flipByte(wBytes) : await alterValues(wBytes)
+          const forged = u.watch.contentKey ? flipByte(wBytes) : alterValues(wBytes)
           altered.push(w.sent)
           await pub(u.watch, forged)
         } else {
@@ -367,7 +372,7 @@ async function run(
 }
 
 /** A Sign1's heart rates raised by 25 (still plausible: only the signature can tell). */
-async function alterValues(sign1: Buffer): Promise<Buffer> {
+function alterValues(sign1: Buffer): Buffer {
   const msg = Sign1.decode(sign1)
   const batch = decode(msg.payload) as { seq: number; samples: { t: number; hr: number }[] }
   for (const s of batch.samples) s.hr += 25
