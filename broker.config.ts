@@ -208,6 +208,9 @@ export const configSchema = z
       pseudonymKey: z.string().min(32).optional(),
       /** AES-256-GCM key (32 bytes, hex or base64) for names and e-mails in `people`; unset → dataDir/keys/people.key */
       peopleKey: z.string().min(32).optional(),
+      /** AES-256-GCM key (32 bytes, hex or base64) wrapping the devices' content keys (encrypted readings) in the
+       *  device records; unset → dataDir/keys/device-wrap.key. Never stored in the database. */
+      deviceWrapKey: z.string().min(32).optional(),
       /** Ed25519 private key (PEM file) signing audit checkpoints; unset → dataDir/keys/audit-ed25519.pem */
       auditKeyFile: z.string().optional(),
       /** a signed checkpoint of the audit chain's head every so often (a broker writes them; 0 = only on demand) */
@@ -418,6 +421,7 @@ export function defaults(): BrokerConfig {
     privacy: {
       pseudonymKey: undefined,
       peopleKey: undefined,
+      deviceWrapKey: undefined,
       auditKeyFile: undefined,
       auditCheckpointMs: 5 * 60_000,
     },
@@ -496,6 +500,7 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_LOG_LEVEL: 'logLevel',
   PULSEGATE_PSEUDONYM_KEY: 'privacy.pseudonymKey',
   PULSEGATE_PEOPLE_KEY: 'privacy.peopleKey',
+  PULSEGATE_DEVICE_WRAP_KEY: 'privacy.deviceWrapKey',
   PULSEGATE_AUDIT_KEY_FILE: 'privacy.auditKeyFile',
   PULSEGATE_AUDIT_CHECKPOINT_MS: 'privacy.auditCheckpointMs',
   PULSEGATE_MAX_PACKET_BYTES: 'limits.maxPacketBytes',

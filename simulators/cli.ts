@@ -65,6 +65,9 @@ interface SimulateOpts {
   embeddedBroker?: boolean
   verify: boolean
   progress?: boolean
+  signed?: boolean
+  encrypted?: boolean
+  maliciousShare: number
 }
 
 export function simulateCommand(): Command {
@@ -140,7 +143,36 @@ export function simulateCommand(): Command {
     .option('--embedded-broker', 'start pulsegate in this process on ephemeral ports (self-contained run)')
     .option('--no-verify', 'skip counting the acked readings in the database afterwards')
     .option('--no-progress', 'no progress display')
+    .option(
+      '--signed',
+      'signed-readings scenario instead of the swarm: bridges relay COSE_Sign1 batches of their trackers ' +
+        '(docs/device-signing.md); --devices, --duration, --batch, --seed, --mqtt-url, --embedded-broker, --report apply',
+    )
+    .option('--encrypted', 'with --signed: the trackers also encrypt (COSE_Encrypt0 around the Sign1)')
+    .option(
+      '--malicious-share <share>',
+      'with --signed: share of bridges that alter values or replay a batch on another device',
+      share('--malicious-share'),
+      0.1,
+    )
     .action(async (opts: SimulateOpts) => {
+      if (opts.signed || opts.encrypted) {
+        const { runSigned, signedSummary } = await import('./signed.js')
+        const r = await runSigned({
+          devices: opts.devices,
+          durationS: opts.duration,
+          batch: opts.batch,
+          encrypted: opts.encrypted ?? false,
+          maliciousShare: opts.maliciousShare,
+          seed: opts.seed,
+          embeddedBroker: opts.embeddedBroker ?? false,
+          ...(opts.mqttUrl ? { mqttUrl: opts.mqttUrl } : {}),
+        })
+        console.log(signedSummary(r))
+        if (opts.report) fs.writeFileSync(opts.report, `${JSON.stringify(r, null, 2)}\n`)
+        if (!r.ok) throw new Error(`signed readings: ${r.problems.join('; ')}`)
+        return
+      }
       // Loaded on use, so the rest of the pulsegate CLI does not pay for the simulator's imports.
       const { runSwarm, summaryText } = await import('./swarm.js')
       const report = await runSwarm({

@@ -11,6 +11,7 @@ import { openCluster } from './cluster/index.js'
 import { ConsumedRouting } from './hooks/consumed-routing.js'
 import { createHookedBroker } from './hooks/install.js'
 import type { Principals } from './hooks/types.js'
+import { openDeviceKeys } from './identity/device-keys.js'
 import { CachedLookups } from './identity/lookups.js'
 import type { Principal } from './identity/principal.js'
 import { Tokens } from './identity/tokens.js'
@@ -125,6 +126,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     )
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
+  ingest.useDeviceKeys(openDeviceKeys(db, config, lookups))
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl, boardPrefix(config.cluster.prefix))
     : new MemoryLeaderboard()

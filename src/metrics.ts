@@ -127,6 +127,12 @@ export function createMetrics() {
       labelNames: ['reason'],
       registers: r,
     }),
+    envelopes: new Counter({
+      name: 'pulsegate_ingest_envelopes_total',
+      help: 'readings batches by envelope (plain, signed, encrypted) and result (accepted or the refusal reason)',
+      labelNames: ['kind', 'result'],
+      registers: r,
+    }),
     deadLettered: new Counter({
       name: 'pulsegate_ingest_dead_lettered_total',
       help: 'malformed batches written to the dead-letter table',

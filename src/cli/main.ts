@@ -112,31 +112,56 @@ function buildProgram(): Command {
     .description('issue a device certificate and register the device to its owner')
     .requiredOption('--user <userId>', 'owner (pseudonymous user id)')
     .option('--days <n>', 'validity in days', '825')
-    .action(async (deviceIdArg: string, opts: { user: string; days: string }) => {
-      const cfg = config()
-      const deviceId = requireId('device id', deviceIdArg)
-      const userId = requireId('user id', opts.user)
-      const days = Number(opts.days)
-      if (!Number.isInteger(days) || days < 1) throw new UsageError('--days must be a positive whole number')
-      const dir = path.join(cfg.dataDir, 'pki')
-      await initPki(dir)
-      const issued = await issueDeviceCert(dir, deviceId, { validDays: days })
-      await withOps(cfg, (op) =>
-        op({
-          op: 'registerDevice',
-          deviceId,
-          userId,
-          fingerprint: issued.fingerprint256,
-          serial: issued.serialNumber,
-          notAfter: issued.notAfter.toISOString(),
-        }),
-      )
-      const p = pkiPaths(dir)
-      console.log(`device ${deviceId} registered to ${userId}
+    .option('--require-signed', 'refuse readings not signed by the device (COSE_Sign1; docs/device-signing.md)')
+    .option('--encrypt', 'provision a content key for encrypted readings (COSE_Encrypt0), written beside the key')
+    .action(
+      async (deviceIdArg: string, opts: { user: string; days: string; requireSigned?: boolean; encrypt?: boolean }) => {
+        const cfg = config()
+        const deviceId = requireId('device id', deviceIdArg)
+        const userId = requireId('user id', opts.user)
+        const days = Number(opts.days)
+        if (!Number.isInteger(days) || days < 1) throw new UsageError('--days must be a positive whole number')
+        const dir = path.join(cfg.dataDir, 'pki')
+        await initPki(dir)
+        const issued = await issueDeviceCert(dir, deviceId, { validDays: days })
+        const contentKey = await withOps(cfg, async (op) => {
+          await op({
+            op: 'registerDevice',
+            deviceId,
+            userId,
+            fingerprint: issued.fingerprint256,
+            serial: issued.serialNumber,
+            notAfter: issued.notAfter.toISOString(),
+            // The certificate itself: its key verifies the device's signed readings.
+            certPem: issued.certPem,
+            ...(opts.requireSigned ? { signedRequired: true } : {}),
+          })
+          if (!opts.encrypt) return null
+          return ((await op({ op: 'provisionContentKey', deviceId })) as { contentKey: string }).contentKey
+        })
+        const p = pkiPaths(dir)
+        // The content key's only copy outside the device record (wrapped there): for the device, mode 0600 like its key.
+        const cekPath = path.join(p.devicesDir, `${deviceId}.cek`)
+        if (contentKey) fs.writeFileSync(cekPath, `${contentKey}\n`, { mode: 0o600 })
+        console.log(`device ${deviceId} registered to ${userId}${opts.requireSigned ? ' (signed readings required)' : ''}
   certificate: ${issued.certPath}
-  key:         ${issued.keyPath}
+  key:         ${issued.keyPath}${contentKey ? `\n  content key: ${cekPath}` : ''}
   CA:          ${p.caCert}
   try: mosquitto_pub -h localhost -p ${cfg.mqttsPort} --cafile ${p.caCert} --cert ${issued.certPath} --key ${issued.keyPath} -i ${deviceId} -q 1 -t devices/${deviceId}/readings -m '{"seq":1,"samples":[{"t":'$(date +%s000)',"hr":72}]}'`)
+      },
+    )
+  pki
+    .command('policy <deviceId>')
+    .description("set the device's signed-readings policy (docs/device-signing.md)")
+    .addOption(new Option('--require-signed', 'refuse unsigned or badly signed readings').conflicts('allowUnsigned'))
+    .addOption(new Option('--allow-unsigned', 'accept plain readings too (signed ones are still verified)'))
+    .action(async (deviceIdArg: string, opts: { requireSigned?: boolean; allowUnsigned?: boolean }) => {
+      const cfg = config()
+      const deviceId = requireId('device id', deviceIdArg)
+      if (!opts.requireSigned && !opts.allowUnsigned) throw new UsageError('give --require-signed or --allow-unsigned')
+      const signedRequired = opts.requireSigned === true
+      await withOps(cfg, (op) => op({ op: 'setDevicePolicy', deviceId, signedRequired }))
+      console.log(`${deviceId}: ${signedRequired ? 'signed readings required' : 'unsigned readings accepted'}`)
     })
   pki
     .command('revoke <deviceId>')

@@ -170,10 +170,18 @@ export class CachedLookups implements AclLookups {
     )
   }
 
+  /** the readings pipeline's per-device keys (src/identity/device-keys.ts): invalidated with the verdicts below */
+  private deviceKeys: { forget(deviceId: string): void; clear(): void } | null = null
+
+  followDeviceKeys(keys: { forget(deviceId: string): void; clear(): void }): void {
+    this.deviceKeys = keys
+  }
+
   /** A device was revoked or re-registered (here or, told by the control plane, anywhere): its verdicts go at once. */
   forgetDevice(deviceId: string): void {
     this.owners.delete(deviceId)
     this.certificates.forget(deviceId)
+    this.deviceKeys?.forget(deviceId)
   }
 
   forgetParticipant(eventId: string, userId: string): void {
@@ -190,5 +198,6 @@ export class CachedLookups implements AclLookups {
     this.participants.clear()
     this.publicEvents.clear()
     this.certificates.clear()
+    this.deviceKeys?.clear()
   }
 }

@@ -40,6 +40,8 @@ export const ERASURE_PLAN: readonly PlanEntry[] = [
   { table: 'device_status', by: ['device_key'], action: 'delete' },
   // the newest committed fix per device, distance is derived from it (migration 0014)
   { table: 'device_tracks', by: ['device_key'], action: 'delete', optional: true },
+  // which batches were signed (migration 0016)
+  { table: 'signed_batches', by: ['device_key'], action: 'delete', optional: true },
   { table: 'dead_letters', by: ['device_id'], action: 'delete' },
   { table: 'alerts', by: ['user_id', 'device_id'], action: 'delete' },
   // src/insights (migration 0008): features, rule episodes and the recommendations themselves

@@ -21,6 +21,16 @@ export interface TrackedResult {
   positionsIn: number
 }
 
+/** A signed batch's bookkeeping row (signed_batches, migration 0016), written in the flush that carries its samples. */
+export interface BatchMark {
+  seq: number
+  /** epoch ms of the batch's first and last stored sample */
+  firstT: number
+  lastT: number
+  samples: number
+  encrypted: boolean
+}
+
 export interface Waiter {
   resolve(o: CommitOutcome): void
   reject(e: Error): void
@@ -39,15 +49,36 @@ export class Columns {
   pLon: number[] = []
   pAlt: (number | null)[] = []
   pAcc: (number | null)[] = []
+  /** signed batches' marks (signed_batches): one row per batch, not per sample */
+  bDev: number[] = []
+  bSeq: number[] = []
+  bFirst: number[] = []
+  bLast: number[] = []
+  bCount: number[] = []
+  bEnc: boolean[] = []
   waiters: Waiter[] = []
   /** where each waiter's rows sit, so a refused flush can be split by batch */
   spans: Span[] = []
   get rows(): number {
     return this.sTime.length + this.pTime.length
   }
-  add(deviceKey: number, scalars: readonly ScalarSample[], positions: readonly PositionSample[], waiter: Waiter): void {
+  add(
+    deviceKey: number,
+    scalars: readonly ScalarSample[],
+    positions: readonly PositionSample[],
+    waiter: Waiter,
+    mark?: BatchMark,
+  ): void {
     const s0 = this.sTime.length
     const p0 = this.pTime.length
+    if (mark) {
+      this.bDev.push(deviceKey)
+      this.bSeq.push(mark.seq)
+      this.bFirst.push(mark.firstT)
+      this.bLast.push(mark.lastT)
+      this.bCount.push(mark.samples)
+      this.bEnc.push(mark.encrypted)
+    }
     for (const s of scalars) {
       this.sTime.push(s.t)
       this.sDev.push(deviceKey)
@@ -62,7 +93,7 @@ export class Columns {
       this.pAlt.push(p.alt)
       this.pAcc.push(p.acc)
     }
-    this.spans.push({ s0, s1: this.sTime.length, p0, p1: this.pTime.length })
+    this.spans.push({ s0, s1: this.sTime.length, p0, p1: this.pTime.length, mark })
     this.waiters.push(waiter)
   }
 }
@@ -77,6 +108,11 @@ export const INSERT_SAMPLES = `INSERT INTO samples (time, device_key, metric, va
 export const INSERT_POSITIONS = `INSERT INTO positions (time, device_key, lat, lon, alt, acc)
   SELECT to_timestamp(t / 1000.0), d, la, lo, al, ac
   FROM unnest($1::float8[], $2::int4[], $3::float8[], $4::float8[], $5::float4[], $6::float4[]) AS u(t, d, la, lo, al, ac)
+  ON CONFLICT DO NOTHING`
+
+export const INSERT_SIGNED_BATCHES = `INSERT INTO signed_batches (device_key, seq, first_time, last_time, samples, encrypted)
+  SELECT d, s, to_timestamp(f / 1000.0), to_timestamp(l / 1000.0), n, e
+  FROM unnest($1::int4[], $2::int8[], $3::float8[], $4::float8[], $5::int4[], $6::bool[]) AS u(d, s, f, l, n, e)
   ON CONFLICT DO NOTHING`
 
 // Without ON CONFLICT: PostgreSQL's speculative insertion for ON CONFLICT costs ~45 % more per row (4.5 vs 8 µs/row at
@@ -223,6 +259,7 @@ interface Span {
   s1: number
   p0: number
   p1: number
+  mark: BatchMark | undefined
 }
 
 function slice(cols: Columns, from: number, to: number): Columns {
@@ -244,7 +281,7 @@ function slice(cols: Columns, from: number, to: number): Columns {
       })
     }
     const dev = (sp.s1 > sp.s0 ? cols.sDev[sp.s0] : cols.pDev[sp.p0]) as number
-    out.add(dev, scalars, positions, cols.waiters[i] as Waiter)
+    out.add(dev, scalars, positions, cols.waiters[i] as Waiter, sp.mark)
   }
   return out
 }

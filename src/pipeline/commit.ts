@@ -7,8 +7,10 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { type Db, isConnectionError, type Queryable } from '../store/db.js'
 import {
+  type BatchMark,
   Columns,
   INSERT_SAMPLES,
+  INSERT_SIGNED_BATCHES,
   isUniqueViolation,
   numericArrayLiteral,
   PLAIN_SAMPLES,
@@ -19,7 +21,13 @@ import {
 } from './commit-rows.js'
 import type { PositionSample, ScalarSample } from './types.js'
 
-export { type CommitOutcome, INSERT_POSITIONS, INSERT_SAMPLES, numericArrayLiteral } from './commit-rows.js'
+export {
+  type BatchMark,
+  type CommitOutcome,
+  INSERT_POSITIONS,
+  INSERT_SAMPLES,
+  numericArrayLiteral,
+} from './commit-rows.js'
 
 export interface WriterOptions {
   maxBatchRows: number
@@ -94,13 +102,14 @@ export class GroupCommitWriter {
     deviceKey: number,
     scalars: readonly ScalarSample[],
     positions: readonly PositionSample[],
+    mark?: BatchMark,
   ): Promise<CommitOutcome> {
     if (this.closed) throw new WriterClosedError('writer is shutting down')
     const rows = scalars.length + positions.length
     if (!this.hasRoom(rows)) throw new QueueFullError(`ingest queue full (${this.queued} rows waiting)`)
     return new Promise<CommitOutcome>((resolve, reject) => {
       const c = this.current
-      c.add(deviceKey, scalars, positions, { resolve, reject, enqueuedAt: performance.now() })
+      c.add(deviceKey, scalars, positions, { resolve, reject, enqueuedAt: performance.now() }, mark)
       this.queued += rows
       this.metrics.queueDepth.set(this.queued)
       if (c.rows >= this.opts.maxBatchRows) this.seal()
@@ -176,6 +185,13 @@ export class GroupCommitWriter {
         this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
         result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, true)), cols, true)
       }
+    }
+    if (cols.bDev.length > 0) {
+      // After the samples: a mark never claims rows that are not stored. Redeliveries are no-ops (unique key).
+      const params = [cols.bDev, cols.bSeq, cols.bFirst, cols.bLast, cols.bCount].map(numericArrayLiteral)
+      params.push(`{${cols.bEnc.join(',')}}`)
+      const n = (await this.db.query(INSERT_SIGNED_BATCHES, params)).rowCount
+      this.metrics.rowsCommitted.inc({ table: 'signed_batches' }, n)
     }
     this.metrics.statementLatency.observe((performance.now() - started) / 1000)
     return result

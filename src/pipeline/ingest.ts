@@ -13,6 +13,8 @@ import {
   WriterClosedError,
 } from './commit.js'
 import { DecodeError, decodeBatch } from './decode.js'
+import type { DeviceKeySource, OpenedBatch } from './envelope.js'
+import { EnvelopeStage, markOf, PLAIN } from './envelope-stage.js'
 import { payloadHash, SeqWindow } from './dedupe.js'
 import type { PositionSample, Rejection, ScalarSample } from './types.js'
 import { type DeviceTrack, validateBatch } from './validate.js'
@@ -72,6 +74,13 @@ export class Ingest {
     private readonly gate?: IngestGate,
   ) {
     this.rules = config
+  }
+
+  private envelopes: EnvelopeStage | null = null
+
+  /** Signed/encrypted readings (envelope.ts): devices' keys and policies (unset: plain batches only). */
+  useDeviceKeys(keys: DeviceKeySource): void {
+    this.envelopes = new EnvelopeStage(keys, this.metrics, this.log)
   }
 
   /** Resolves once the dead-letter and status writes started before the call have finished (erasure's barrier). */
@@ -138,9 +147,35 @@ export class Ingest {
     const durable = qos > 0
     this.metrics.batchesReceived.inc({ qos: durable ? '1' : '0' })
     if (this.refusedByGate(src, durable, done)) return
+    if (!this.envelopes) {
+      this.ingestOpened(src, payload, PLAIN(payload), durable, done)
+      return
+    }
+    this.envelopes.open(src.deviceId, payload, {
+      opened: (opened) => this.ingestOpened(src, payload, opened, durable, done),
+      refused: (reason, detail) => {
+        this.log.info({ deviceId: src.deviceId, reason }, 'readings batch refused: envelope')
+        this.rejectBatch(src, payload, reason, detail, durable, done)
+      },
+      unavailable: (err) => {
+        // The device's keys could not be loaded (database down, wrap key missing): QoS 1 is retried, QoS 0 dropped.
+        this.log.warn({ err: err.message }, 'device keys unavailable')
+        if (durable) {
+          this.metrics.refused.inc({ reason: 'keys_unavailable' })
+          done(new IngestRefusedError('device keys unavailable; retry later'))
+        } else {
+          this.metrics.dropped.inc({ reason: 'keys_unavailable' })
+          done()
+        }
+      },
+    })
+  }
+
+  /** Decode → dedupe → validate → commit of an opened batch; `payload` is the bytes as received (dedupe, dead letters). */
+  private ingestOpened(src: IngestSource, payload: Buffer, opened: OpenedBatch, durable: boolean, done: Done): void {
     let batch: ReturnType<typeof decodeBatch>
     try {
-      batch = decodeBatch(payload, { maxSamples: this.rules.maxSamplesPerBatch })
+      batch = decodeBatch(opened.payload, { maxSamples: this.rules.maxSamplesPerBatch })
     } catch (err) {
       const reason = err instanceof DecodeError ? err.reason : 'malformed'
       this.rejectBatch(src, payload, reason, (err as Error).message, durable, done)
@@ -205,7 +240,12 @@ export class Ingest {
     }
     let commit: Promise<CommitOutcome>
     try {
-      commit = this.writer.submit(src.deviceKey, scalars, v.positions)
+      commit = this.writer.submit(
+        src.deviceKey,
+        scalars,
+        v.positions,
+        opened.signed ? markOf(batch.seq, scalars, v.positions, opened.encrypted) : undefined,
+      )
     } catch (err) {
       st.track.lastPos = lastPos
       const reason =

@@ -32,6 +32,10 @@ export interface DeviceRegistration {
   fingerprint: string
   serial?: string
   notAfter?: Date
+  /** the certificate itself (PEM): its public key verifies the device's signed readings (migration 0016) */
+  certPem?: string
+  /** the device's `signed readings required` policy; unset keeps the stored one (false for a new device) */
+  signedRequired?: boolean
 }
 
 export interface EventJoin {
@@ -109,14 +113,22 @@ export class Registry {
         [[...owners.keys()], [...owners.values()]],
       )
       const ins = await q.query<{ inserted: boolean }>(
-        `INSERT INTO devices (device_id, user_id, cert_fingerprint, cert_serial, cert_not_after)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+        // cert_pem: the one given, else the stored one while the certificate stays the same (a new certificate
+        // without its PEM leaves nothing to verify signed readings with). signed_required: set below when given.
+        `INSERT INTO devices (device_id, user_id, cert_fingerprint, cert_serial, cert_not_after, cert_pem,
+                              signed_required)
+         SELECT id, u, fp, ser, na, pem, coalesce(req, false)
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::boolean[])
+           AS i(id, u, fp, ser, na, pem, req)
          ON CONFLICT (device_id) DO UPDATE SET cert_fingerprint = EXCLUDED.cert_fingerprint,
-           cert_serial = EXCLUDED.cert_serial, cert_not_after = EXCLUDED.cert_not_after, revoked_at = NULL
+           cert_serial = EXCLUDED.cert_serial, cert_not_after = EXCLUDED.cert_not_after, revoked_at = NULL,
+           cert_pem = CASE WHEN EXCLUDED.cert_pem IS NOT NULL THEN EXCLUDED.cert_pem
+                           WHEN devices.cert_fingerprint = EXCLUDED.cert_fingerprint THEN devices.cert_pem END
          WHERE devices.user_id = EXCLUDED.user_id
            AND (devices.revoked_at IS NOT NULL
              OR (devices.cert_fingerprint, devices.cert_serial, devices.cert_not_after)
-                IS DISTINCT FROM (EXCLUDED.cert_fingerprint, EXCLUDED.cert_serial, EXCLUDED.cert_not_after))
+                IS DISTINCT FROM (EXCLUDED.cert_fingerprint, EXCLUDED.cert_serial, EXCLUDED.cert_not_after)
+             OR (EXCLUDED.cert_pem IS NOT NULL AND devices.cert_pem IS DISTINCT FROM EXCLUDED.cert_pem))
          RETURNING (xmax = 0) AS inserted`,
         [
           ids,
@@ -124,8 +136,24 @@ export class Registry {
           ds.map((d) => d.fingerprint),
           ds.map((d) => d.serial ?? null),
           ds.map((d) => d.notAfter ?? null),
+          ds.map((d) => d.certPem ?? null),
+          ds.map((d) => d.signedRequired ?? null),
         ],
       )
+      const policies = ds.filter((d) => d.signedRequired !== undefined)
+      if (policies.length > 0) {
+        // Only the owner's devices, and only where it changes (a no-op re-registration raises no notification).
+        await q.query(
+          `UPDATE devices d SET signed_required = i.req
+           FROM unnest($1::text[], $2::text[], $3::boolean[]) AS i(id, u, req)
+           WHERE d.device_id = i.id AND d.user_id = i.u AND d.signed_required IS DISTINCT FROM i.req`,
+          [
+            policies.map((d) => d.deviceId),
+            policies.map((d) => d.userId),
+            policies.map((d) => d.signedRequired as boolean),
+          ],
+        )
+      }
       // Checked after the upsert, in its transaction: a device another user registered concurrently is seen here
       // (the upsert skipped it) and the whole registration rolls back.
       const rows = await q.query<{ device_id: string; device_key: number; user_id: string }>(
@@ -146,6 +174,21 @@ export class Registry {
     // telemetry tables. ANALYZE of these small tables takes milliseconds.
     if (created >= ANALYZE_AFTER_ROWS) await this.db.query('ANALYZE users, devices')
     return keys
+  }
+
+  /** Sets the device's `signed readings required` policy; false when the device is unknown. */
+  async setSignedRequired(deviceId: string, required: boolean): Promise<boolean> {
+    const res = await this.db.query('UPDATE devices SET signed_required = $2 WHERE device_id = $1', [
+      deviceId,
+      required,
+    ])
+    return res.rowCount > 0
+  }
+
+  /** Stores the device's content key, already wrapped under the server's key; false when the device is unknown. */
+  async setWrappedContentKey(deviceId: string, wrapped: Buffer | null): Promise<boolean> {
+    const res = await this.db.query('UPDATE devices SET content_key = $2 WHERE device_id = $1', [deviceId, wrapped])
+    return res.rowCount > 0
   }
 
   /** Revokes the device's current certificate; returns false when the device is unknown. */

@@ -6,6 +6,7 @@ import type http from 'node:http'
 import { z } from 'zod'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
+import * as signing from '../identity/signing-rpc.js'
 import { EpsilonError } from '../insights/dp/epsilon.js'
 import { dpRpcSchemas, runDpRpc } from '../insights/dp/rpc.js'
 import { StatsError } from '../insights/dp/stats.js'
@@ -71,6 +72,7 @@ const deviceRegistration = z.object({
   fingerprint: z.string().min(1),
   serial: z.string().optional(),
   notAfter: z.iso.datetime({ offset: true }).optional(),
+  ...signing.signingRegistrationFields,
 })
 export const rpcSchema = z.discriminatedUnion('op', [
   deviceRegistration.extend({ op: z.literal('registerDevice') }),
@@ -113,8 +115,9 @@ export const rpcSchema = z.discriminatedUnion('op', [
   z.object({ op: z.literal('auditCheckpoint') }),
   // pulsegate stats event / ledger (differential privacy; src/insights/dp/rpc.ts)
   ...dpRpcSchemas,
-  // pulsegate insights run (src/insights/rpc.ts)
+  // pulsegate insights run (src/insights/rpc.ts); signed readings' policy and content keys (src/identity/signing-rpc.ts)
   ...insightsRpcSchemas,
+  ...signing.signingRpcSchemas,
 ])
 export type RpcRequest = z.infer<typeof rpcSchema>
 
@@ -126,6 +129,7 @@ function toRegistration(d: z.infer<typeof deviceRegistration>): DeviceRegistrati
     fingerprint: d.fingerprint,
     ...(d.serial ? { serial: d.serial } : {}),
     ...(d.notAfter ? { notAfter: new Date(d.notAfter) } : {}),
+    ...signing.signingOf(d),
   }
 }
 
@@ -150,6 +154,7 @@ export async function runRpc(registry: Registry, req: RpcRequest, ctx: RpcContex
     if (!services || !source || !actor) throw new Error(`${req.op} needs the privacy services`)
     return runPrivacyRpc(req, { services, source, actor, ...(ctx.erase ? { erase: ctx.erase } : {}) })
   }
+  if (signing.isSigningRpc(req)) return signing.runSigningRpc(registry, req, ctx.config)
   switch (req.op) {
     case 'dpRelease':
     case 'dpLedger':
@@ -360,6 +365,7 @@ export function createHttpRoutes(deps: RouteDeps) {
           if (op.op === 'revokeDevice') deps.onDeviceRevoked(op.deviceId)
           else if (op.op === 'registerDevice') deps.onDevicesRegistered([op.deviceId])
           else if (op.op === 'registerDevices') deps.onDevicesRegistered(op.devices.map((d) => d.deviceId))
+          else if (signing.isSigningRpc(op)) deps.onDevicesRegistered([op.deviceId])
           return send(res, 200, result)
         } catch (err) {
           if (err instanceof RegistryError || err instanceof StatsError || isPrivacyRequestError(err))
