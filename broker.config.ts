@@ -78,9 +78,14 @@ export const configSchema = z
     mqttPort: port,
     mqttsPort: port,
     httpPort: port,
+    /** MQTT/TLS for token clients (phone bridges, apps): a client certificate is optional there, but one presented must
+     *  verify; without one the JWT in the password decides (docs/contract.md "Connections") */
+    mqttsTokenPort: port,
     /** set false to skip a listener */
     mqttEnabled: bool,
     mqttsEnabled: bool,
+    /** off by default: one more open port is the operator's choice */
+    mqttsTokenEnabled: bool,
     tls: z.object({
       /** PEM paths; unset → the dev PKI in dataDir/pki (created on first start) */
       caFile: z.string().optional(),
@@ -277,8 +282,10 @@ export function defaults(): BrokerConfig {
     mqttPort: 1883,
     mqttsPort: 8883,
     httpPort: 8080,
+    mqttsTokenPort: 8884,
     mqttEnabled: true,
     mqttsEnabled: true,
+    mqttsTokenEnabled: false,
     tls: { caFile: undefined, certFile: undefined, keyFile: undefined, wss: false },
     jwt: { secret: undefined, jwksUrl: undefined, issuer: 'pulsegate', audience: 'pulsegate' },
     logLevel: 'info',
@@ -371,6 +378,8 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_HTTP_PORT: 'httpPort',
   PULSEGATE_MQTT_ENABLED: 'mqttEnabled',
   PULSEGATE_MQTTS_ENABLED: 'mqttsEnabled',
+  PULSEGATE_MQTTS_TOKEN_PORT: 'mqttsTokenPort',
+  PULSEGATE_MQTTS_TOKEN_ENABLED: 'mqttsTokenEnabled',
   PULSEGATE_TLS_CA_FILE: 'tls.caFile',
   PULSEGATE_TLS_CERT_FILE: 'tls.certFile',
   PULSEGATE_TLS_KEY_FILE: 'tls.keyFile',
@@ -495,6 +504,7 @@ export function ephemeralConfig(
       host: '127.0.0.1',
       mqttPort: 0,
       mqttsPort: 0,
+      mqttsTokenPort: 0,
       httpPort: 0,
       logLevel: base.logLevel,
       jwt: { secret: base.jwtSecret },

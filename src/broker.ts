@@ -18,7 +18,6 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
-import { capHandshakes } from './limits/index.js'
 import { InsightsEngine } from './insights/engine.js'
 import { createInsightsMetrics } from './insights/metrics.js'
 import { createLogger, type Logger } from './log.js'
@@ -41,14 +40,9 @@ import { openDb } from './store/open.js'
 import { openPostgres } from './store/postgres.js'
 import { Registry } from './store/registry.js'
 import { createHttpRoutes } from './transport/http-routes.js'
-import {
-  createHttpServer,
-  createTcpServer,
-  createTlsServer,
-  listen,
-  type TransportDeps,
-} from './transport/listeners.js'
+import { createHttpServer, type TransportDeps } from './transport/listeners.js'
 import { RedisReadiness } from './transport/readiness.js'
+import { startListeners } from './transport/start-listeners.js'
 import { loadTls } from './transport/tls-material.js'
 
 import type { Pulsegate, StartOptions } from './pulsegate.js'
@@ -73,7 +67,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const metrics = createMetrics()
   // One node of several behind a load balancer: every series says which (Prometheus also adds `instance`).
   metrics.registry.setDefaultLabels({ node: config.node.name })
-  const needTls = config.mqttsEnabled || config.tls.wss
+  const needTls = config.mqttsEnabled || config.mqttsTokenEnabled || config.tls.wss
   const tlsMaterial = needTls ? await loadTls(config, log) : null
 
   // Cluster mode (src/cluster/) when Redis and a server database are set; refused on the embedded store.
@@ -256,7 +250,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     proxy: config.proxy,
   }
   const servers: net.Server[] = []
-  const ports: Pulsegate['ports'] = { mqtt: null, mqtts: null, http: 0 }
+  let ports: Pulsegate['ports'] = { mqtt: null, mqtts: null, mqttsToken: null, http: 0 }
   let ready = false
   let stopping: Promise<void> | null = null
 
@@ -294,24 +288,13 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   try {
     // Before the listeners: a change written elsewhere from now on is heard.
     await control.start()
-    if (config.mqttEnabled) {
-      const s = createTcpServer(deps)
-      servers.push(s)
-      ports.mqtt = await listen(s, config.mqttPort, config.host)
-    }
-    if (config.mqttsEnabled && tlsMaterial) {
-      const s = createTlsServer(deps, tlsMaterial)
-      capHandshakes(s, {
-        max: config.limits.maxTlsHandshakes,
-        maxQueued: config.limits.maxQueuedHandshakes,
-        metrics: limits.metrics,
-        log,
-      })
-      servers.push(s)
-      ports.mqtts = await listen(s, config.mqttsPort, config.host)
-    }
-    servers.push(httpServer)
-    ports.http = await listen(httpServer, config.httpPort, config.host)
+    ports = await startListeners(config, deps, {
+      tls: tlsMaterial,
+      http: httpServer,
+      limits: limits.metrics,
+      log,
+      servers,
+    })
   } catch (err) {
     for (const s of servers) s.close()
     await control.stop()

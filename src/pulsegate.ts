@@ -20,6 +20,7 @@ import type { GroupCommitWriter } from './pipeline/commit.js'
 import type { Ingest } from './pipeline/ingest.js'
 import type { Db } from './store/db.js'
 import type { Registry } from './store/registry.js'
+import type { ListenerPorts } from './transport/start-listeners.js'
 
 export interface Pulsegate {
   config: BrokerConfig
@@ -41,7 +42,7 @@ export interface Pulsegate {
   insights: InsightsEngine
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
-  ports: { mqtt: number | null; mqtts: number | null; http: number }
+  ports: ListenerPorts
   /** publishes from the broker itself (rejections, alerts, live snapshots) */
   publish(topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean): void
   /** the principal of a connected client id, if any */
