@@ -32,6 +32,7 @@ import { DEFAULT_OUTPUT_SETTINGS, OutputEngine } from './outputs/engine.js'
 import { boardPrefix, type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
 import { SyncService } from './outputs/sync.js'
+import { openWebhooks } from './outputs/webhook/service.js'
 import { GroupCommitWriter } from './pipeline/commit.js'
 import { Ingest } from './pipeline/ingest.js'
 import { updateEmbeddedLock } from './store/embedded.js'
@@ -100,6 +101,14 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const routing = new ConsumedRouting()
   const erasure = new ErasureGuard(metrics.registry)
 
+  // Push for offline apps: sees what the broker publishes on users/{uid}/alerts|recommendations (off the ingest path).
+  const webhooks = openWebhooks(config, {
+    db,
+    consent: privacy.consent,
+    registry: metrics.registry,
+    log,
+    exclusive: !cluster,
+  })
   // `broker` is assigned right below; the publisher is only called once clients are connected.
   let broker: Aedes | null = null
   const publish = (topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean) => {
@@ -116,6 +125,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
         if (err) log.warn({ err: err.message, topic }, 'internal publish failed')
       },
     )
+    webhooks?.observe(topic, payload)
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
   const leaderboard: LeaderboardStore = config.redisUrl
@@ -206,6 +216,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   if (!cluster) indexRetained(persistence)
   const sessions = indexSessions(persistence)
   routing.install(aedes)
+  webhooks?.attach(aedes, principals)
   await cluster?.attach({ aedes, db, ingest, outputs, principals })
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
@@ -224,6 +235,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       (userId: string) => privacy.consent.forget([userId]),
       (userId: string) => void preferences.erase(userId),
       (userId: string) => insights.forget(userId),
+      (userId: string) => webhooks?.forget(userId),
     ],
   }
   const control = new ControlPlane({
@@ -312,6 +324,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   audit.startCheckpoints(config.privacy.auditCheckpointMs)
   dp.start()
   insights.start()
+  webhooks?.start()
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -323,6 +336,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       limits.stop()
       await dp.stop()
       await insights.stop()
+      await webhooks?.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
@@ -357,6 +371,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     leaderboard,
     dp,
     insights,
+    webhooks,
     timescale,
     ports,
     publish,

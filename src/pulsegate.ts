@@ -16,6 +16,7 @@ import type { ErasureReport, ErasureStage } from './ops/erase.js'
 import type { ErasureGuard } from './ops/erasure-guard.js'
 import type { OutputEngine } from './outputs/engine.js'
 import type { LeaderboardStore } from './outputs/leaderboard.js'
+import type { WebhookService } from './outputs/webhook/service.js'
 import type { GroupCommitWriter } from './pipeline/commit.js'
 import type { Ingest } from './pipeline/ingest.js'
 import type { Db } from './store/db.js'
@@ -40,6 +41,8 @@ export interface Pulsegate {
   dp: DpPublisher
   /** personalised recommendations (users/{uid}/recommendations) */
   insights: InsightsEngine
+  /** push for offline apps (src/outputs/webhook/); null without webhook.url */
+  webhooks: WebhookService | null
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
   ports: ListenerPorts
