@@ -350,6 +350,57 @@ describe('webhook output (push for offline apps)', () => {
     expect(receiver.of('frank')).toEqual([])
   })
 
+  it('a recommendation is pushed once per id (a redelivery is not pushed again), only with the consent', async () => {
+    await device('ivy')
+    const rec = (id: string) =>
+      JSON.stringify({
+        id,
+        rule: 'move_reminder',
+        version: 1,
+        createdAt: new Date().toISOString(),
+        expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+        priority: 'nudge',
+        title: 'Time to move',
+        message: 'You have been still for 55 minutes.',
+        evidence: { stillMinutes: 55 },
+        purpose: 'recommendations',
+      })
+    const recOutcome = (o: string) =>
+      metrics('pulsegate_webhook_deliveries_total', { kind: 'recommendation', outcome: o })
+    // Not granted (the default): withheld.
+    const withheld = await recOutcome('withheld_consent')
+    tb.pg.publish('users/ivy/recommendations', rec('rec-0'), 1, false)
+    expect(await recOutcome('withheld_consent')).toBe(withheld + 1)
+    const res = await fetch(`http://127.0.0.1:${tb.pg.ports.http}/admin/rpc`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${await token(tb, 'ops', 'admin')}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ op: 'setConsent', userId: 'ivy', purpose: 'recommendations', granted: true }),
+    })
+    expect(res.status).toBe(200)
+    tb.pg.publish('users/ivy/recommendations', rec('rec-1'), 1, false)
+    await waitFor(() => receiver.of('ivy').length > 0, 20_000)
+    await waitFor(async () => (await rowsOf('ivy'))[0]?.state === 'delivered')
+    const duplicates = await recOutcome('duplicate')
+    tb.pg.publish('users/ivy/recommendations', rec('rec-1'), 1, false)
+    await waitFor(async () => (await recOutcome('duplicate')) >= duplicates + 1)
+    expect(await rowsOf('ivy')).toHaveLength(1)
+    expect(receiver.of('ivy').map((r) => r.json)).toEqual([
+      {
+        type: 'recommendation',
+        deliveryId: expect.any(String),
+        userId: 'ivy',
+        recommendation: {
+          id: 'rec-1',
+          rule: 'move_reminder',
+          priority: 'nudge',
+          title: 'Time to move',
+          createdAt: expect.any(String),
+          expiresAt: expect.any(String),
+        },
+      },
+    ])
+  })
+
   it('a restart does not lose a pending delivery', async () => {
     await receiver.down()
     await lowSpo2('gina')
