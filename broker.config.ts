@@ -235,7 +235,8 @@ export const configSchema = z
       backoffMaxMs: z.coerce.number().int().min(1),
       /** requests in flight at once */
       concurrency: z.coerce.number().int().min(1).max(256),
-      /** deliveries held in memory; beyond it they wait in the table for a slot (and beyond twice it, are dropped) */
+      /** deliveries held in memory; beyond it they wait in the table for the sweep; with this many INSERTs unanswered
+       *  (the database far behind) a new push is dropped and counted (dropped_queue_full) */
       maxQueued: z.coerce.number().int().min(10),
       /** also push recommendations (users/{uid}/recommendations) */
       recommendations: bool,

@@ -97,8 +97,8 @@ export class WebhookService {
       count('bad_payload')
       return
     }
-    // Memory bound: rows beyond maxQueued wait in the table for the sweep; with the database this far behind as
-    // well (twice the bound of inserts unanswered), the push is dropped and counted.
+    // Memory bound: rows beyond maxQueued wait in the table for the sweep; with maxQueued INSERTs unanswered (the
+    // database far behind), the push is dropped and counted.
     if (this.inserting >= this.s.maxQueued) {
       count('dropped_queue_full')
       return
