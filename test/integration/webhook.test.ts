@@ -274,6 +274,18 @@ describe('webhook output (push for offline apps)', () => {
     expect(await outcome('retried')).toBeGreaterThanOrEqual(2)
   })
 
+  it('an app that connects while a push waits for its retry: the push is dropped, the app has the alert', async () => {
+    receiver.behaviour.set('judy', 'hang') // each attempt lasts the 3 s timeout: the app connects long before the bound
+    await lowSpo2('judy')
+    await waitFor(async () => ((await rowsOf('judy'))[0]?.attempts ?? 0) >= 1, 20_000)
+    const app = await connectWithToken(tb, await token(tb, 'judy', 'app'), 'app:judy:phone')
+    await waitFor(async () => (await rowsOf('judy')).length === 0, 20_000)
+    const tries = receiver.of('judy').length
+    expect(tries).toBeGreaterThanOrEqual(1)
+    expect(tries).toBeLessThan(MAX_ATTEMPTS)
+    await app.endAsync()
+  })
+
   it('a slow endpoint: readings keep being acknowledged and stored; the attempt times out and is retried', async () => {
     receiver.behaviour.set('dave', 'hang')
     const timeoutsBefore = await metrics('pulsegate_webhook_attempts_total', { result: 'timeout' })

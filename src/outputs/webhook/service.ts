@@ -247,6 +247,13 @@ export class WebhookService {
       await this.store.remove(d.id)
       return
     }
+    // The app came back while this waited for a retry: it has the alert over MQTT (its session) or delta sync.
+    if (this.presence.connected(d.userId)) {
+      this.held.delete(d.id)
+      count('skipped_app_connected')
+      await this.store.remove(d.id)
+      return
+    }
     const a = await this.sender.send(d.id, d.body)
     this.metrics.attempts.inc({ result: a.result })
     if (a.result !== 'ok') return this.failed(d, a, false)
