@@ -36,6 +36,9 @@ interface Held extends StoredDelivery {
   sending: boolean
 }
 
+/** How often delivered rows past their dedupe week are deleted (the first sweep does it too). */
+const PRUNE_EVERY_MS = 3600_000
+
 /** Exponential backoff with "equal jitter": half the step fixed, half random, so retries of a burst spread out. */
 export function backoffMs(attempt: number, baseMs: number, maxMs: number, random = Math.random): number {
   const step = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1))
@@ -59,6 +62,7 @@ export class WebhookService {
   private sweeping: Promise<void> | null = null
   private stopped = false
   private started = false
+  private prunedAt = 0
 
   constructor(
     private readonly s: WebhookSettings,
@@ -115,7 +119,8 @@ export class WebhookService {
           count('duplicate')
           return
         }
-        if (!hold || this.stopped) return
+        // The sweep may have taken it up already (its renew released the row before this ran): one holder only.
+        if (!hold || this.stopped || this.held.has(id)) return
         this.held.set(id, { id, userId, kind, body, attempts: 0, nextAttemptAt: createdAt, createdAt, sending: false })
         this.enqueue(id)
         this.pump()
@@ -176,7 +181,10 @@ export class WebhookService {
       this.held.set(r.id, { ...r, sending: false })
       this.schedule(r.id, r.nextAttemptAt)
     }
-    if (first) await this.store.prune()
+    if (Date.now() - this.prunedAt >= PRUNE_EVERY_MS) {
+      this.prunedAt = Date.now()
+      await this.store.prune()
+    }
     this.metrics.deadLetters.set(await this.store.countDead())
     this.metrics.queueDepth.set(this.held.size)
     this.pump()
