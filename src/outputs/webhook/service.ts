@@ -63,6 +63,7 @@ export class WebhookService {
   private stopped = false
   private started = false
   private prunedAt = 0
+  private readonly createdAt = Date.now()
 
   constructor(
     private readonly s: WebhookSettings,
@@ -175,7 +176,9 @@ export class WebhookService {
   /** Renews this node's claims, takes up rows nobody holds while there is room, prunes, counts the dead letters. */
   private async sweep(first: boolean): Promise<void> {
     await this.store.renew([...this.held.keys()])
-    const rows = await this.store.claim(this.s.maxQueued - this.held.size, first && this.deps.exclusive)
+    // A single broker's first sweep takes over what the process before it left, but nothing this one created.
+    const leftBefore = first && this.deps.exclusive ? this.createdAt : null
+    const rows = await this.store.claim(this.s.maxQueued - this.held.size, leftBefore)
     for (const r of rows) {
       if (this.held.has(r.id) || this.stopped) continue
       this.held.set(r.id, { ...r, sending: false })
@@ -249,30 +252,32 @@ export class WebhookService {
     } catch (err) {
       return this.failed(d, { result: 'network', status: null, error: (err as Error).message, permanent: false }, true)
     }
-    if (!allowed) {
-      this.held.delete(d.id)
-      count('withheld_consent')
-      await this.store.remove(d.id)
-      return
-    }
+    if (!allowed) return this.drop(d, 'withheld_consent')
     // The app came back while this waited for a retry: it has the alert over MQTT (its session) or delta sync.
-    if (this.presence.connected(d.userId)) {
-      this.held.delete(d.id)
-      count('skipped_app_connected')
-      await this.store.remove(d.id)
-      return
-    }
+    if (this.presence.connected(d.userId)) return this.drop(d, 'skipped_app_connected')
     const a = await this.sender.send(d.id, d.body)
     this.metrics.attempts.inc({ result: a.result })
     if (a.result !== 'ok') return this.failed(d, a, false)
-    this.held.delete(d.id)
-    this.metrics.queueDepth.set(this.held.size)
     count('delivered')
     this.metrics.latency.observe((Date.now() - d.createdAt) / 1000)
+    // The row is marked before this node lets go of it: a sweep in between would find it pending and unheld, and
+    // send it again.
     await this.store.delivered(d.id).catch((err: Error) => {
-      // Sent, but still pending in the table: sent again after a restart (at least once; receivers dedupe).
+      // Sent, but still pending in the table: sent again later (at least once; receivers dedupe).
       this.deps.log.warn({ err: err.message }, 'webhook: delivered row not marked')
     })
+    this.held.delete(d.id)
+    this.metrics.queueDepth.set(this.held.size)
+  }
+
+  /** Not to be sent after all: the row goes (before the node lets go of it, as for a delivery). */
+  private async drop(d: Held, outcome: 'withheld_consent' | 'skipped_app_connected'): Promise<void> {
+    await this.store.remove(d.id).catch((err: Error) => {
+      this.deps.log.warn({ err: err.message }, 'webhook: withheld row not removed')
+    })
+    this.held.delete(d.id)
+    this.metrics.deliveries.inc({ kind: d.kind, outcome })
+    this.metrics.queueDepth.set(this.held.size)
   }
 
   /** A failed attempt: retried later, or dead-lettered past the bound (a database hiccup does not count as one). */

@@ -104,19 +104,22 @@ export class WebhookStore {
   }
 
   /**
-   * Takes pending rows nobody holds (claim lapsed, never claimed; with `all`, also rows another process of this
-   * deployment left claimed: a single-node broker after a restart), up to `limit`, soonest first.
+   * Takes pending rows nobody holds (claim lapsed, never claimed; with `leftBefore`, also rows created before that
+   * instant whoever claimed them: a single-node broker after a restart takes over its predecessor's), up to
+   * `limit`, soonest first. Rows this node holds are
+   * renewed at every sweep, so they are never taken here a second time.
    */
-  async claim(limit: number, all: boolean): Promise<StoredDelivery[]> {
+  async claim(limit: number, leftBefore: number | null): Promise<StoredDelivery[]> {
     if (limit <= 0) return []
     const res = await this.db.query<Row>(
       `UPDATE webhook_deliveries SET owner = $1, claimed_until = now() + $2::int * interval '1 millisecond'
        WHERE id IN (
          SELECT id FROM webhook_deliveries
-         WHERE state = 'pending' AND ($4::boolean OR owner = $1 OR claimed_until IS NULL OR claimed_until < now())
+         WHERE state = 'pending'
+           AND (created_at < to_timestamp($4::bigint / 1000.0) OR claimed_until IS NULL OR claimed_until < now())
          ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
        RETURNING ${COLUMNS}`,
-      [this.node, this.claimMs, limit, all],
+      [this.node, this.claimMs, limit, leftBefore ?? 0],
     )
     return res.rows.map(toDelivery)
   }
