@@ -406,7 +406,14 @@ describe('webhook output (push for offline apps)', () => {
     tb.pg.publish('users/ivy/recommendations', rec('rec-1'), 1, false)
     await waitFor(async () => (await recOutcome('duplicate')) >= duplicates + 1)
     expect(await rowsOf('ivy')).toHaveLength(1)
-    expect(receiver.of('ivy').map((r) => r.json)).toEqual([
+    // One delivery (a retry after a lost answer would repeat its id, at least once: the receiver dedupes by it).
+    expect(new Set(receiver.of('ivy').map((r) => r.json.deliveryId)).size).toBe(1)
+    expect(
+      receiver
+        .of('ivy')
+        .map((r) => r.json)
+        .slice(0, 1),
+    ).toEqual([
       {
         type: 'recommendation',
         deliveryId: expect.any(String),
