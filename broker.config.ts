@@ -86,9 +86,14 @@ export const configSchema = z
     mqttPort: port,
     mqttsPort: port,
     httpPort: port,
+    /** MQTT/TLS for token clients (phone bridges, apps): a client certificate is optional there, but one presented must
+     *  verify; without one the JWT in the password decides (docs/contract.md "Connections") */
+    mqttsTokenPort: port,
     /** set false to skip a listener */
     mqttEnabled: bool,
     mqttsEnabled: bool,
+    /** off by default: one more open port is the operator's choice */
+    mqttsTokenEnabled: bool,
     tls: z.object({
       /** PEM paths; unset → the dev PKI in dataDir/pki (created on first start) */
       caFile: z.string().optional(),
@@ -288,6 +293,38 @@ export const configSchema = z
       /** days of history computed the first time a user is evaluated */
       historyDays: z.coerce.number().int().min(1).max(400),
     }),
+    /** push for offline apps (src/outputs/webhook/, docs/outputs.md "Webhooks"): alerts (and recommendations) of users
+     *  with no app connected, POSTed signed to the operator's push service, which forwards them to FCM/APNs */
+    webhook: z.object({
+      /** the push service's HTTPS endpoint; unset → no webhooks */
+      url: z
+        .string()
+        .url()
+        .refine((u) => u.startsWith('https://'), 'an https:// URL (the bodies are health data)')
+        .optional(),
+      /** HMAC-SHA256 key of the X-Pulsegate-Signature header (≥ 32 characters); required with url */
+      secret: z.string().min(32).optional(),
+      /** PEM CA(s) trusted for the endpoint instead of the public roots (a private CA); unset → Node's roots */
+      caFile: z.string().optional(),
+      /** one attempt: connect, send, response headers */
+      timeoutMs: z.coerce.number().int().min(100),
+      /** attempts before a delivery is dead-lettered (a 4xx other than 408/429 dead-letters at once) */
+      maxAttempts: z.coerce.number().int().min(1).max(100),
+      /** retry n waits about backoffBaseMs·2^(n−1), capped at backoffMaxMs, half of it random (jitter) */
+      backoffBaseMs: z.coerce.number().int().min(1),
+      backoffMaxMs: z.coerce.number().int().min(1),
+      /** requests in flight at once */
+      concurrency: z.coerce.number().int().min(1).max(256),
+      /** deliveries held in memory; beyond it they wait in the table for the sweep; with this many INSERTs unanswered
+       *  (the database far behind) a new push is dropped and counted (dropped_queue_full) */
+      maxQueued: z.coerce.number().int().min(10),
+      /** also push recommendations (users/{uid}/recommendations) */
+      recommendations: bool,
+      /** a node's hold on the deliveries it works on; past it (the node died) another node takes them over */
+      claimMs: z.coerce.number().int().min(1000),
+      /** how often the table is read for deliveries nobody holds (after a restart, a dead node, a full queue) */
+      sweepMs: z.coerce.number().int().min(50),
+    }),
     /** the control plane (src/cluster/control-plane.ts): LISTEN/NOTIFY on a server database */
     control: z.object({
       /** listen for changes written by other processes; off: they reach this broker when its caches expire */
@@ -327,6 +364,9 @@ export const configSchema = z
         message: 'list the load balancers when a listener accepts PROXY headers',
       })
     }
+    if (c.webhook.url && !c.webhook.secret) {
+      ctx.addIssue({ code: 'custom', path: ['webhook', 'secret'], message: 'a webhook URL needs a signing secret' })
+    }
     if (c.proxy.tlsIdentity && c.proxy.mqtt === 'off') {
       ctx.addIssue({ code: 'custom', path: ['proxy', 'tlsIdentity'], message: 'needs proxy.mqtt optional or required' })
     }
@@ -358,8 +398,10 @@ export function defaults(): BrokerConfig {
     mqttPort: 1883,
     mqttsPort: 8883,
     httpPort: 8080,
+    mqttsTokenPort: 8884,
     mqttEnabled: true,
     mqttsEnabled: true,
+    mqttsTokenEnabled: false,
     tls: {
       caFile: undefined,
       certFile: undefined,
@@ -446,6 +488,20 @@ export function defaults(): BrokerConfig {
       eventWindowMs: 8 * 3600_000,
     },
     control: { listen: true, reconnectMaxMs: 5000 },
+    webhook: {
+      url: undefined,
+      secret: undefined,
+      caFile: undefined,
+      timeoutMs: 5000,
+      maxAttempts: 8,
+      backoffBaseMs: 1000,
+      backoffMaxMs: 5 * 60_000,
+      concurrency: 8,
+      maxQueued: 10_000,
+      recommendations: true,
+      claimMs: 60_000,
+      sweepMs: 5000,
+    },
     insights: {
       enabled: true,
       tickMs: 60_000,
@@ -485,6 +541,8 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_HTTP_PORT: 'httpPort',
   PULSEGATE_MQTT_ENABLED: 'mqttEnabled',
   PULSEGATE_MQTTS_ENABLED: 'mqttsEnabled',
+  PULSEGATE_MQTTS_TOKEN_PORT: 'mqttsTokenPort',
+  PULSEGATE_MQTTS_TOKEN_ENABLED: 'mqttsTokenEnabled',
   PULSEGATE_TLS_CA_FILE: 'tls.caFile',
   PULSEGATE_TLS_CERT_FILE: 'tls.certFile',
   PULSEGATE_TLS_KEY_FILE: 'tls.keyFile',
@@ -587,6 +645,18 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_INSIGHTS_SPREAD_MINUTES: 'insights.spreadMinutes',
   PULSEGATE_INSIGHTS_DAILY_BUDGET: 'insights.dailyBudget',
   PULSEGATE_INSIGHTS_MIN_SAMPLES_PER_MINUTE: 'insights.minSamplesPerMinute',
+  PULSEGATE_WEBHOOK_URL: 'webhook.url',
+  PULSEGATE_WEBHOOK_SECRET: 'webhook.secret',
+  PULSEGATE_WEBHOOK_CA_FILE: 'webhook.caFile',
+  PULSEGATE_WEBHOOK_TIMEOUT_MS: 'webhook.timeoutMs',
+  PULSEGATE_WEBHOOK_MAX_ATTEMPTS: 'webhook.maxAttempts',
+  PULSEGATE_WEBHOOK_BACKOFF_BASE_MS: 'webhook.backoffBaseMs',
+  PULSEGATE_WEBHOOK_BACKOFF_MAX_MS: 'webhook.backoffMaxMs',
+  PULSEGATE_WEBHOOK_CONCURRENCY: 'webhook.concurrency',
+  PULSEGATE_WEBHOOK_MAX_QUEUED: 'webhook.maxQueued',
+  PULSEGATE_WEBHOOK_RECOMMENDATIONS: 'webhook.recommendations',
+  PULSEGATE_WEBHOOK_CLAIM_MS: 'webhook.claimMs',
+  PULSEGATE_WEBHOOK_SWEEP_MS: 'webhook.sweepMs',
 }
 
 export class ConfigError extends Error {
@@ -638,6 +708,7 @@ export function ephemeralConfig(
       host: '127.0.0.1',
       mqttPort: 0,
       mqttsPort: 0,
+      mqttsTokenPort: 0,
       httpPort: 0,
       logLevel: base.logLevel,
       jwt: { secret: base.jwtSecret },

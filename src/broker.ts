@@ -19,7 +19,7 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
-import { capHandshakes, installBrownout } from './limits/index.js'
+import { installBrownout } from './limits/index.js'
 import { InsightsEngine } from './insights/engine.js'
 import { createInsightsMetrics } from './insights/metrics.js'
 import { createLogger, type Logger } from './log.js'
@@ -34,6 +34,7 @@ import { DEFAULT_OUTPUT_SETTINGS, OutputEngine } from './outputs/engine.js'
 import { boardPrefix, type LeaderboardStore, MemoryLeaderboard, RedisLeaderboard } from './outputs/leaderboard.js'
 import { indexRetained, type RetainedPersistence } from './outputs/retained-index.js'
 import { SyncService } from './outputs/sync.js'
+import { openWebhooks } from './outputs/webhook/service.js'
 import { GroupCommitWriter } from './pipeline/commit.js'
 import { Ingest } from './pipeline/ingest.js'
 import { updateEmbeddedLock } from './store/embedded.js'
@@ -43,14 +44,9 @@ import { openPostgres } from './store/postgres.js'
 import { Registry } from './store/registry.js'
 import { createHttpRoutes } from './transport/http-routes.js'
 import { installLive } from './transport/live-routes.js'
-import {
-  createHttpServer,
-  createTcpServer,
-  createTlsServer,
-  listen,
-  type TransportDeps,
-} from './transport/listeners.js'
+import { createHttpServer, type TransportDeps } from './transport/listeners.js'
 import { RedisReadiness } from './transport/readiness.js'
+import { startListeners } from './transport/start-listeners.js'
 import { loadTls } from './transport/tls-material.js'
 
 import type { Pulsegate, StartOptions } from './pulsegate.js'
@@ -75,7 +71,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const metrics = createMetrics()
   // One node of several behind a load balancer: every series says which (Prometheus also adds `instance`).
   metrics.registry.setDefaultLabels({ node: config.node.name })
-  const needTls = config.mqttsEnabled || config.tls.wss
+  const needTls = config.mqttsEnabled || config.mqttsTokenEnabled || config.tls.wss
   const tlsMaterial = needTls ? await loadTls(config, log) : null
 
   // Cluster mode (src/cluster/) when Redis and a server database are set; refused on the embedded store.
@@ -108,6 +104,14 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const routing = new ConsumedRouting()
   const erasure = new ErasureGuard(metrics.registry)
 
+  // Push for offline apps: sees what the broker publishes on users/{uid}/alerts|recommendations (off the ingest path).
+  const webhooks = openWebhooks(config, {
+    db,
+    consent: privacy.consent,
+    registry: metrics.registry,
+    log,
+    exclusive: !cluster,
+  })
   // `broker` is assigned right below; the publisher is only called once clients are connected.
   let broker: Aedes | null = null
   const publish = (topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean) => {
@@ -124,6 +128,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
         if (err) log.warn({ err: err.message, topic }, 'internal publish failed')
       },
     )
+    webhooks?.observe(topic, payload)
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
   ingest.useDeviceKeys(openDeviceKeys(db, config, lookups))
@@ -216,6 +221,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const sessions = indexSessions(persistence)
   installBrownout(aedes, { settings: config.limits.brownout, writer, persistence, publish, metrics, log })
   routing.install(aedes)
+  webhooks?.attach(aedes, principals)
   await cluster?.attach({ aedes, db, ingest, outputs, principals })
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
@@ -235,6 +241,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       (userId: string) => void preferences.erase(userId),
       (userId: string) => insights.forget(userId),
       (userId: string) => live.forget(userId),
+      (userId: string) => webhooks?.forget(userId),
     ],
   }
   const control = new ControlPlane({
@@ -261,7 +268,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     proxy: config.proxy,
   }
   const servers: net.Server[] = []
-  const ports: Pulsegate['ports'] = { mqtt: null, mqtts: null, http: 0 }
+  let ports: Pulsegate['ports'] = { mqtt: null, mqtts: null, mqttsToken: null, http: 0 }
   let ready = false
   let stopping: Promise<void> | null = null
 
@@ -302,24 +309,13 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   try {
     // Before the listeners: a change written elsewhere from now on is heard.
     await control.start()
-    if (config.mqttEnabled) {
-      const s = createTcpServer(deps)
-      servers.push(s)
-      ports.mqtt = await listen(s, config.mqttPort, config.host)
-    }
-    if (config.mqttsEnabled && tlsMaterial) {
-      const s = createTlsServer(deps, tlsMaterial, config.tls)
-      capHandshakes(s, {
-        max: config.limits.maxTlsHandshakes,
-        maxQueued: config.limits.maxQueuedHandshakes,
-        metrics: limits.metrics,
-        log,
-      })
-      servers.push(s)
-      ports.mqtts = await listen(s, config.mqttsPort, config.host)
-    }
-    servers.push(httpServer)
-    ports.http = await listen(httpServer, config.httpPort, config.host)
+    ports = await startListeners(config, deps, {
+      tls: tlsMaterial,
+      http: httpServer,
+      limits: limits.metrics,
+      log,
+      servers,
+    })
   } catch (err) {
     for (const s of servers) s.close()
     await control.stop()
@@ -337,6 +333,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   audit.startCheckpoints(config.privacy.auditCheckpointMs)
   dp.start()
   insights.start()
+  webhooks?.start()
   ready = true
   log.info({ ports, store: db.kind }, 'pulsegate listening')
 
@@ -349,6 +346,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       limits.stop()
       await dp.stop()
       await insights.stop()
+      await webhooks?.stop()
       // In-flight QoS 1 batches get their PUBACK when their commit lands; new ones are refused (devices retry).
       const drained = await writer.close(config.limits.shutdownTimeoutMs)
       if (!drained)
@@ -383,6 +381,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     leaderboard,
     dp,
     insights,
+    webhooks,
     timescale,
     ports,
     publish,

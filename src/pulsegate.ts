@@ -16,10 +16,12 @@ import type { ErasureReport, ErasureStage } from './ops/erase.js'
 import type { ErasureGuard } from './ops/erasure-guard.js'
 import type { OutputEngine } from './outputs/engine.js'
 import type { LeaderboardStore } from './outputs/leaderboard.js'
+import type { WebhookService } from './outputs/webhook/service.js'
 import type { GroupCommitWriter } from './pipeline/commit.js'
 import type { Ingest } from './pipeline/ingest.js'
 import type { Db } from './store/db.js'
 import type { Registry } from './store/registry.js'
+import type { ListenerPorts } from './transport/start-listeners.js'
 
 export interface Pulsegate {
   config: BrokerConfig
@@ -39,9 +41,11 @@ export interface Pulsegate {
   dp: DpPublisher
   /** personalised recommendations (users/{uid}/recommendations) */
   insights: InsightsEngine
+  /** push for offline apps (src/outputs/webhook/); null without webhook.url */
+  webhooks: WebhookService | null
   /** true when the store has TimescaleDB (hypertables, rollups) */
   timescale: boolean
-  ports: { mqtt: number | null; mqtts: number | null; http: number }
+  ports: ListenerPorts
   /** publishes from the broker itself (rejections, alerts, live snapshots) */
   publish(topic: string, payload: string | Buffer, qos: 0 | 1, retain: boolean): void
   /** the principal of a connected client id, if any */

@@ -22,6 +22,7 @@ import { addPortabilityCommands } from './portability.js'
 import { addInsightsCommands } from './insights.js'
 import { addStatsCommands } from './stats.js'
 import { addUserCommands } from './users.js'
+import { addWebhookCommands } from './webhooks.js'
 import { addZoneCommands } from './zones.js'
 
 function config(): BrokerConfig {
@@ -262,6 +263,7 @@ function buildProgram(): Command {
 
   addStatsCommands(program)
   addInsightsCommands(program)
+  addWebhookCommands(program)
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   addAuditCommand(program)
   return program

@@ -1,4 +1,5 @@
-// CONNECT: who is this. A device by the certificate the TLS layer verified (checked against the registry), a WebSocket
+// CONNECT: who is this. A device by the certificate the TLS layer verified (checked against the registry; on the token
+// TLS listener, where a certificate is optional, one that failed verification is refused here), a WebSocket
 // client by the token verified at the upgrade, anyone else by the JWT in the password. The principal is kept for the
 // later hooks; the client id must be the one the principal may use.
 import { deviceIdFromCert } from '../identity/certificate.js'
@@ -39,6 +40,9 @@ export function createAuthenticate(deps: AuthenticateDeps): AuthenticateHook {
     const { listener } = info
     void (async () => {
       let p: Principal
+      // A presented certificate that failed verification is refused whatever else came with it (a valid token too):
+      // it is either a misconfigured device or someone probing with a forged one.
+      if (info.certRefused) return refuse(deps, listener, info.certRefused, 5, client.id, done)
       if (info.peerCert) {
         const deviceId = deviceIdFromCert(info.peerCert)
         if (!deviceId) return refuse(deps, listener, 'no_device_id_in_certificate', 5, client.id, done)

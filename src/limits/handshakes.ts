@@ -27,9 +27,19 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
   ;(server as unknown as { pauseOnConnect: boolean }).pauseOnConnect = true
   let inProgress = 0
   const queue: net.Socket[] = []
+  // The gauges add up every capped listener (devices' 8883 and the token listener): moved by deltas, never set.
+  const shown = { inProgress: 0, queued: 0 }
+  const show = () => {
+    const d = inProgress - shown.inProgress
+    const q = queue.length - shown.queued
+    if (d !== 0) metrics.handshakesInProgress.inc(d)
+    if (q !== 0) metrics.handshakesQueued.inc(q)
+    shown.inProgress = inProgress
+    shown.queued = queue.length
+  }
   const start = (socket: net.Socket) => {
     inProgress++
-    metrics.handshakesInProgress.set(inProgress)
+    show()
     startTls.call(server, socket)
   }
   // Every handshake ends in exactly one of these two events (a peer that hangs up or times out: tlsClientError).
@@ -37,8 +47,7 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
     inProgress--
     // A connection that closed while waiting is handed over all the same: it fails at once (tlsClientError).
     while (inProgress < max && queue.length > 0) start(queue.shift() as net.Socket)
-    metrics.handshakesInProgress.set(inProgress)
-    metrics.handshakesQueued.set(queue.length)
+    show()
   }
   server.prependListener('secureConnection', (socket: tls.TLSSocket) => {
     // pauseOnConnect leaves the TLS socket paused too: reading resumes once it is secure (the handler that follows
@@ -62,6 +71,6 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
     // An unread socket rarely errors, but an 'error' without a listener would end the process.
     socket.on('error', () => {})
     queue.push(socket)
-    metrics.handshakesQueued.set(queue.length)
+    show()
   })
 }

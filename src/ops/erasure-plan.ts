@@ -50,6 +50,8 @@ export const ERASURE_PLAN: readonly PlanEntry[] = [
   { table: 'insight_episodes', by: ['user_id'], action: 'delete', optional: true },
   // preferences synced across a user's devices, their privacy zones among them (migration 0010)
   { table: 'user_preferences', by: ['user_id'], action: 'delete', optional: true },
+  // push deliveries for offline apps, pending, delivered or dead-lettered (migration 0015)
+  { table: 'webhook_deliveries', by: ['user_id'], action: 'delete', optional: true },
   { table: 'consents', by: ['user_id'], action: 'consent' },
   { table: 'participants', by: ['user_id'], action: 'delete' },
   { table: 'people', by: ['user_id'], action: 'delete' },

@@ -6,7 +6,7 @@ import type { Duplex } from 'node:stream'
 import type { PeerCertificate } from 'node:tls'
 import type { Principal } from '../identity/principal.js'
 
-export type ListenerName = 'mqtt' | 'mqtts' | 'ws' | 'wss'
+export type ListenerName = 'mqtt' | 'mqtts' | 'mqtts-token' | 'ws' | 'wss'
 
 /** What identifies a device certificate: tls.PeerCertificate has it, and so does a load balancer's PROXY v2 TLVs. */
 export interface CertIdentity {
@@ -29,6 +29,9 @@ export interface ConnInfo {
   peerCert: CertIdentity | PeerCertificate | null
   /** true when peerCert is the load balancer's word (TLS terminated there) */
   certFromLb?: boolean
+  /** the token TLS listener (client certificate optional): a certificate was presented and failed verification; the
+   *  reason (no token can make up for it) */
+  certRefused?: string | null
   /** a bearer token verified at the WebSocket upgrade */
   upgradePrincipal: Principal | null
 }

@@ -1,4 +1,5 @@
-// Listeners: MQTT/TCP, MQTT/TLS with client certificates required, MQTT over WebSocket at /mqtt on the HTTP port.
+// Listeners: MQTT/TCP, MQTT/TLS with client certificates required (devices), MQTT/TLS with the certificate optional
+// (token clients: bridges, apps), MQTT over WebSocket at /mqtt on the HTTP port (WSS with tls.wss).
 // Every stream passes the packet guard before Aedes sees a byte, so an oversized packet is cut at its header.
 // With `proxy.<listener>` on, the PROXY protocol gate (proxy-gate.ts) runs first: the client address (and, behind a
 // TLS-terminating load balancer, the device certificate identity) then comes from a trusted load balancer's header.
@@ -81,6 +82,7 @@ function admit(
   peer: Peer,
   extra: {
     peerCert?: tls.PeerCertificate | null
+    certRefused?: string | null
     upgradePrincipal?: Principal | null
     req?: http.IncomingMessage
   },
@@ -101,6 +103,7 @@ function admit(
     via: peer.lb,
     peerCert: extra.peerCert ?? peer.lbCert,
     certFromLb,
+    certRefused: extra.certRefused ?? null,
     upgradePrincipal: extra.upgradePrincipal ?? null,
   })
   // A socket error before Aedes attaches its own listener must not become an uncaught exception.
@@ -137,7 +140,30 @@ export interface TlsMaterial {
   ca: Buffer
 }
 
-export function createTlsServer(deps: TransportDeps, material: TlsMaterial, resume: ResumptionOptions): tls.Server {
+/** Why a client certificate failed verification, from the TLS layer's error text (a metric label). */
+function certRefusal(message: string): string {
+  return /certificate required|peer did not return a certificate/i.test(message)
+    ? 'no_certificate'
+    : /expired/i.test(message)
+      ? 'certificate_expired'
+      : /unknown.ca|self.signed|unable.to.get|verify|not.yet.valid|revoked|signature/i.test(message)
+        ? 'untrusted_certificate'
+        : 'handshake_failed'
+}
+
+/**
+ * MQTT/TLS. `required` (8883, devices): no certificate, or one that does not verify, fails in the handshake and never
+ * reaches MQTT. `optional` (the token listener, 8884): the certificate is requested but not required, so a phone bridge
+ * or an app can use TLS with only its JWT; a certificate that is presented must still verify — authenticate() refuses
+ * it (certRefused), whatever token comes with it — and a valid one makes the client a device as on 8883.
+ */
+export function createTlsServer(
+  deps: TransportDeps,
+  material: TlsMaterial,
+  resume: ResumptionOptions,
+  clientCert: 'required' | 'optional' = 'required',
+): tls.Server {
+  const listener: ListenerName = clientCert === 'required' ? 'mqtts' : 'mqtts-token'
   const server = tls.createServer(
     {
       ...resumptionServerOptions(resume),
@@ -145,28 +171,29 @@ export function createTlsServer(deps: TransportDeps, material: TlsMaterial, resu
       cert: material.cert,
       ca: material.ca,
       requestCert: true,
-      // No certificate, an expired one, or one from another CA fails in the handshake and never reaches MQTT.
-      rejectUnauthorized: true,
+      rejectUnauthorized: clientCert === 'required',
       minVersion: 'TLSv1.2',
       handshakeTimeout: 10_000,
     },
     (sock) => {
-      deps.metrics.tlsHandshakes.inc({ listener: 'mqtts', kind: sock.isSessionReused() ? 'resumed' : 'full' })
+      deps.metrics.tlsHandshakes.inc({ listener, kind: sock.isSessionReused() ? 'resumed' : 'full' })
       const cert = sock.getPeerCertificate()
-      admit(deps, 'mqtts', sock, peers.get(sock) ?? directPeer(sock), { peerCert: cert?.raw ? cert : null })
+      const presented = Boolean(cert?.raw)
+      // rejectUnauthorized is off only on the optional listener: there `authorized` is checked here, never assumed.
+      const verified = presented && sock.authorized
+      const certRefused =
+        presented && !verified ? certRefusal(String(sock.authorizationError ?? 'unverified certificate')) : null
+      admit(deps, listener, sock, peers.get(sock) ?? directPeer(sock), {
+        peerCert: verified ? cert : null,
+        certRefused,
+      })
     },
   )
   installTicketKeys(server, resume)
   const peers = gateFor(server, deps, 'mqtts', 'pause')
   server.on('tlsClientError', (err, sock) => {
-    const reason = /certificate required|peer did not return a certificate/i.test(err.message)
-      ? 'no_certificate'
-      : /expired/i.test(err.message)
-        ? 'certificate_expired'
-        : /unknown ca|self.signed|unable to get|verify/i.test(err.message)
-          ? 'untrusted_certificate'
-          : 'handshake_failed'
-    deps.metrics.authRefusals.inc({ reason, listener: 'mqtts' })
+    const reason = certRefusal(err.message)
+    deps.metrics.authRefusals.inc({ reason, listener })
     const peer = peers.get(sock) ?? directPeer(sock)
     deps.log.info(
       { remoteAddress: peer.address, remotePort: peer.port, reason, err: err.message },

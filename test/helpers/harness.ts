@@ -193,10 +193,18 @@ export function connectWithToken(
   tb: TestBroker,
   jwt: string,
   clientId: string,
-  via: 'tcp' | 'ws' | 'ws-header' = 'tcp',
+  via: 'tcp' | 'ws' | 'ws-header' | 'tls' = 'tcp',
   extra: IClientOptions = {},
   before?: BeforeConnect,
 ): Promise<MqttClient> {
+  if (via === 'tls') {
+    // The token TLS listener (mqttsTokenEnabled): server certificate checked, no client certificate unless `extra` has one.
+    return connect(
+      `mqtts://127.0.0.1:${tb.pg.ports.mqttsToken}`,
+      { ...base, clientId, username: 'jwt', password: jwt, ca: tb.ca, servername: 'localhost', ...extra },
+      before,
+    )
+  }
   if (via === 'tcp') {
     return connect(
       `mqtt://127.0.0.1:${tb.pg.ports.mqtt}`,

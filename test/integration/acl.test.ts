@@ -54,7 +54,7 @@ async function connectAs(who: Who, n: string): Promise<MqttClient> {
 }
 
 beforeAll(async () => {
-  tb = await startTestBroker('postgres')
+  tb = await startTestBroker('postgres', { mqttsTokenEnabled: true })
   trkA = await provisionDevice(tb, 'trk-a', 'alice')
   await provisionDevice(tb, 'trk-b', 'bob')
   await tb.pg.registry.createEvent({ eventId: 'race1' })
@@ -316,6 +316,36 @@ describe('refusals are counted', () => {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Unit level: canPublish/canSubscribe with fake look-ups, for the edges of the topic grammar.
+describe('token clients over TLS (the token listener, no client certificate) have their ACL', () => {
+  it("a bridge over TLS relays its user's device, not another user's, and reads only its user's topics", async () => {
+    const c = await connectWithToken(tb, await token(tb, 'alice', 'bridge'), 'bridge:alice:tls', 'tls')
+    opened.push(c)
+    const t = nextT++
+    await c.publishAsync('devices/trk-a/readings', JSON.stringify({ seq: nextSeq++, samples: [{ t, hr: 97 }] }), {
+      qos: 1,
+    })
+    const stored = await tb.pg.db.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM samples s JOIN devices d USING (device_key)
+       WHERE d.device_id = 'trk-a' AND s.time = to_timestamp($1 / 1000.0) AND s.value = 97`,
+      [t],
+    )
+    expect(stored.rows[0]?.n).toBe(1)
+    expect(await subackCode(c, 'users/alice/alerts')).toBe(1)
+    expect(await subackCode(c, 'users/bob/alerts')).toBe(128)
+    expect(await subackCode(c, 'devices/+/readings')).toBe(128)
+    const outcome = await publishOutcome(c, 'devices/trk-b/readings', payloadFor('devices/trk-b/readings'))
+    expect(outcome).toEqual({ acked: false, closed: true })
+  })
+
+  it('an app over TLS may not publish readings', async () => {
+    const c = await connectWithToken(tb, await token(tb, 'alice', 'app'), 'app:alice:tls', 'tls')
+    opened.push(c)
+    expect(await subackCode(c, 'users/alice/recommendations')).toBe(1)
+    const outcome = await publishOutcome(c, 'devices/trk-a/readings', payloadFor('devices/trk-a/readings'))
+    expect(outcome).toEqual({ acked: false, closed: true })
+  })
+})
+
 describe('acl.ts edge cases (fake look-ups)', () => {
   const owners: Record<string, string> = { 'trk-a': 'alice', 'trk-b': 'bob', [`d${'x'.repeat(63)}`]: 'alice' }
   const lookups: AclLookups = {

@@ -17,6 +17,7 @@ import {
   startTestBroker,
   token,
 } from '../helpers/harness.js'
+import { metricValue } from '../helpers/metrics-text.js'
 
 const SECRET = 'test-secret-0123456789abcdef'
 /** A token made by hand, to vary exactly one thing the broker must check. */
@@ -37,7 +38,7 @@ let tb: TestBroker
 let dev: DeviceCreds
 
 beforeAll(async () => {
-  tb = await startTestBroker('postgres')
+  tb = await startTestBroker('postgres', { mqttsTokenEnabled: true })
   dev = await provisionDevice(tb, 'tracker-1', 'alice')
 })
 afterAll(async () => {
@@ -129,6 +130,85 @@ describe('device certificates (mTLS)', () => {
 
   it('client id must be the device id: CONNACK 2', async () => {
     expect(await connackCode(connectDevice(tb, dev, { clientId: 'tracker-9' }))).toBe(2)
+  })
+})
+
+describe('token clients over TLS without a client certificate (mqttsTokenEnabled)', () => {
+  const refusals = async (reason: string) =>
+    metricValue(
+      await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_auth_refusals_total'),
+      'pulsegate_auth_refusals_total',
+      { reason, listener: 'mqtts-token' },
+    )
+
+  it('a bridge token over TLS connects as a bridge, on the token listener', async () => {
+    const c = await connectWithToken(tb, await token(tb, 'alice', 'bridge'), 'bridge:alice:tls', 'tls')
+    expect(tb.pg.principalOf('bridge:alice:tls')).toMatchObject({ role: 'bridge', userId: 'alice', deviceId: null })
+    const connects = await tb.pg.metrics.registry.getSingleMetricAsString('pulsegate_connects_total')
+    expect(metricValue(connects, 'pulsegate_connects_total', { role: 'bridge', listener: 'mqtts-token' })).toBe(1)
+    await c.endAsync()
+  })
+
+  it('no certificate and no token: CONNACK 4', async () => {
+    const before = await refusals('no_credentials')
+    expect(
+      await connackCode(
+        connectWithToken(tb, '', 'bridge:alice:none', 'tls', { username: undefined, password: undefined }),
+      ),
+    ).toBe(4)
+    expect(await refusals('no_credentials')).toBe(before + 1)
+  })
+
+  it('a bad token without a certificate: CONNACK 4', async () => {
+    const bad = await forge({ role: 'bridge', secret: 'another-secret-0123456789abcdef' })
+    expect(await connackCode(connectWithToken(tb, bad, 'bridge:alice:bad', 'tls'))).toBe(4)
+  })
+
+  it('a certificate from another CA is refused even with a valid token: CONNACK 5', async () => {
+    const foreign = await generateCa('evil CA')
+    const c = await issueCertWithCa(foreign.certPem, foreign.keyPem, 'tracker-1')
+    const jwt = await token(tb, 'alice', 'bridge')
+    const before = await refusals('untrusted_certificate')
+    expect(
+      await connackCode(connectWithToken(tb, jwt, 'bridge:alice:forged', 'tls', { cert: c.certPem, key: c.keyPem })),
+    ).toBe(5)
+    expect(tb.pg.principalOf('bridge:alice:forged')).toBeUndefined()
+    expect(await refusals('untrusted_certificate')).toBe(before + 1)
+  })
+
+  it('an expired certificate of the device CA is refused even with a valid token: CONNACK 5', async () => {
+    const p = pkiPaths(path.join(tb.dataDir, 'pki'))
+    const c = await issueCertWithCa(fs.readFileSync(p.caCert, 'utf8'), fs.readFileSync(p.caKey, 'utf8'), 'tracker-1', {
+      notBefore: new Date(Date.now() - 10 * 86400_000),
+      notAfter: new Date(Date.now() - 86400_000),
+    })
+    const jwt = await token(tb, 'alice', 'bridge')
+    const before = await refusals('certificate_expired')
+    expect(
+      await connackCode(connectWithToken(tb, jwt, 'bridge:alice:expired', 'tls', { cert: c.certPem, key: c.keyPem })),
+    ).toBe(5)
+    expect(await refusals('certificate_expired')).toBe(before + 1)
+  })
+
+  it('a tracker with its valid certificate is a device there too, and still on 8883', async () => {
+    const viaToken = await mqtt.connectAsync(`mqtts://127.0.0.1:${tb.pg.ports.mqttsToken}`, {
+      clientId: 'tracker-1',
+      cert: dev.cert,
+      key: dev.key,
+      ca: tb.ca,
+      servername: 'localhost',
+      reconnectPeriod: 0,
+      connectTimeout: 15_000,
+    })
+    expect(tb.pg.principalOf('tracker-1')).toMatchObject({ role: 'device', deviceId: 'tracker-1', userId: 'alice' })
+    await viaToken.endAsync()
+    const c = await connectDevice(tb, dev)
+    expect(tb.pg.principalOf('tracker-1')).toMatchObject({ role: 'device', deviceId: 'tracker-1' })
+    await c.endAsync()
+  })
+
+  it('8883 still refuses a token client without a certificate in the handshake', async () => {
+    expect(await handshakeFails({})).toMatch(/certificate|closed|alert/i)
   })
 })
 

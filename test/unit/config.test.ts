@@ -27,6 +27,32 @@ describe('broker.config.ts', () => {
     expect(c.host).toBe('0.0.0.0')
   })
 
+  it('webhook: an https URL with a secret from the environment; http, or a URL without a secret, refused', () => {
+    const secret = 'w'.repeat(32)
+    const c = loadConfig(
+      {},
+      {
+        PULSEGATE_WEBHOOK_URL: 'https://push.example/hook',
+        PULSEGATE_WEBHOOK_SECRET: secret,
+        PULSEGATE_WEBHOOK_MAX_ATTEMPTS: '3',
+      },
+    )
+    expect(c.webhook).toMatchObject({ url: 'https://push.example/hook', secret, maxAttempts: 3, recommendations: true })
+    expect(loadConfig({}, {}).webhook.url).toBeUndefined()
+    expect(() => loadConfig({}, { PULSEGATE_WEBHOOK_URL: 'https://push.example/hook' })).toThrow(
+      /webhook\.secret \(PULSEGATE_WEBHOOK_SECRET\)/,
+    )
+    expect(() =>
+      loadConfig({}, { PULSEGATE_WEBHOOK_URL: 'http://push.example/hook', PULSEGATE_WEBHOOK_SECRET: secret }),
+    ).toThrow(/webhook\.url \(PULSEGATE_WEBHOOK_URL\): an https:\/\/ URL/)
+  })
+
+  it('the token TLS listener is off by default, on by PULSEGATE_MQTTS_TOKEN_ENABLED', () => {
+    expect([loadConfig({}, {}).mqttsTokenEnabled, loadConfig({}, {}).mqttsTokenPort]).toEqual([false, 8884])
+    const c = loadConfig({}, { PULSEGATE_MQTTS_TOKEN_ENABLED: 'true', PULSEGATE_MQTTS_TOKEN_PORT: '9884' })
+    expect([c.mqttsTokenEnabled, c.mqttsTokenPort]).toEqual([true, 9884])
+  })
+
   it('names every wrong field with its variable', () => {
     let err: unknown
     try {
