@@ -16,6 +16,7 @@ import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
 import { addAuditCommand } from './audit.js'
+import { addContractCommands } from './contract.js'
 import { UsageError } from './errors.js'
 import { withOps } from './ops.js'
 import { addPortabilityCommands } from './portability.js'
@@ -239,6 +240,7 @@ function buildProgram(): Command {
   addInsightsCommands(program)
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   addAuditCommand(program)
+  addContractCommands(program)
   return program
 }
 
