@@ -127,8 +127,9 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl, boardPrefix(config.cluster.prefix))
     : new MemoryLeaderboard()
-  const redisReadiness = new RedisReadiness(config.readiness.redisDownMs)
-  if (leaderboard instanceof RedisLeaderboard) redisReadiness.watch(leaderboard.connection)
+  const redisLog = { log, registry: metrics.registry, url: config.redisUrl ?? '' }
+  const redisReadiness = new RedisReadiness(config.readiness.redisDownMs, Date.now, redisLog)
+  if (leaderboard instanceof RedisLeaderboard) redisReadiness.watch(leaderboard.connection, 'leaderboard')
   const preferences = new PreferencesService(
     new PreferencesStore(db),
     aedesPublisher(() => broker),
@@ -297,7 +298,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     if (config.mqttEnabled) {
       const s = createTcpServer(deps)
       servers.push(s)
-      ports.mqtt = await listen(s, config.mqttPort, config.host)
+      ports.mqtt = await listen(s, config.mqttPort, config.host, 'PULSEGATE_MQTT_PORT')
     }
     if (config.mqttsEnabled && tlsMaterial) {
       const s = createTlsServer(deps, tlsMaterial)
@@ -308,10 +309,10 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
         log,
       })
       servers.push(s)
-      ports.mqtts = await listen(s, config.mqttsPort, config.host)
+      ports.mqtts = await listen(s, config.mqttsPort, config.host, 'PULSEGATE_MQTTS_PORT')
     }
     servers.push(httpServer)
-    ports.http = await listen(httpServer, config.httpPort, config.host)
+    ports.http = await listen(httpServer, config.httpPort, config.host, 'PULSEGATE_HTTP_PORT')
   } catch (err) {
     for (const s of servers) s.close()
     await control.stop()
