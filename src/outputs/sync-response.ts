@@ -31,7 +31,8 @@ export const syncAlertSchema = z.object({
   openedAt: z.number(),
   resolvedAt: z.number().nullable(),
   changedAt: z.number().describe('epoch ms of the last change: the alerts cursor'),
-  evidence: alertMessageSchema.shape.evidence,
+  /** as stored: the live message's evidence, without its `t` (that is openedAt or resolvedAt) */
+  evidence: alertMessageSchema.shape.evidence.partial({ t: true }),
 })
 
 export const syncPageSchema = z

@@ -74,6 +74,7 @@ export const topicFor = {
   userAlerts: (userId: string) => `users/${userId}/alerts`,
   live: (userId: string) => `users/${userId}/live`,
   recommendations: (userId: string) => `users/${userId}/recommendations`,
+  syncRequest: (userId: string) => `users/${userId}/sync/request`,
   syncResponse: (userId: string) => `users/${userId}/sync/response`,
   consent: (userId: string) => `users/${userId}/consent`,
   consentState: (userId: string) => `users/${userId}/consent/state`,
