@@ -33,12 +33,18 @@ export function asyncApiDocument(): Record<string, unknown> {
   const operations: Record<string, unknown> = {}
   const messages: Record<string, unknown> = {}
   const schemas: Record<string, unknown> = {}
+  const named = new Map<z.ZodType, string>()
   for (const t of TOPICS) {
     const params = [...t.template.matchAll(/\{(\w+)\}/g)].map((m) => m[1] as string)
     const channelMessages: Record<string, unknown> = {}
     for (const m of t.messages) {
-      const schemaName = `${m.name[0]?.toUpperCase()}${m.name.slice(1)}`.replace(/(Cbor|Json)$/, '')
-      schemas[schemaName] ??= jsonSchemaOf(m.schema, m.io)
+      // One component per zod schema: two topics carrying the same payload (alerts) share it.
+      let schemaName = named.get(m.schema)
+      if (!schemaName) {
+        schemaName = `${m.name[0]?.toUpperCase()}${m.name.slice(1)}`.replace(/(Cbor|Json)$/, '')
+        named.set(m.schema, schemaName)
+        schemas[schemaName] = jsonSchemaOf(m.schema, m.io)
+      }
       messages[m.name] = {
         name: m.name,
         title: m.title,
