@@ -1,14 +1,16 @@
 // A runnable example of `pulsegate/client`: prints the user's alerts and live snapshots as they come, after a delta
 // sync of everything since the last run (the cursor is kept in a file).
 //   TOKEN=$(npx pulsegate token alice --role app --ttl 1h)
-//   node dist/src/client/example.js ws://localhost:8080/mqtt alice "$TOKEN"
+//   node dist/src/client/example.js ws://localhost:8080/mqtt alice "$TOKEN" [cursor file]
 import fs from 'node:fs'
 import { connectPulsegate, type SyncCursor } from './index.js'
 
 async function main(): Promise<void> {
-  const [url = 'ws://localhost:8080/mqtt', userId, token] = process.argv.slice(2)
+  const [url = 'ws://localhost:8080/mqtt', userId, token, cursorArg] = process.argv.slice(2)
   if (!userId || !token) {
-    console.error('usage: example <ws url> <userId> <token>   (token: pulsegate token <userId> --role app)')
+    console.error(
+      'usage: example <ws url> <userId> <token> [cursor file]   (token: pulsegate token <userId> --role app)',
+    )
     process.exitCode = 2
     return
   }
@@ -22,7 +24,7 @@ async function main(): Promise<void> {
   await client.onLive((l) => console.log(`live: hr ${l.hr ?? '–'}, zone ${l.zone ?? '–'}, ${l.distanceM} m`))
   await client.onRecommendation((r) => console.log(`recommendation: ${r.title}: ${r.message}`))
 
-  const cursorFile = `.pulsegate-cursor-${userId}.json`
+  const cursorFile = cursorArg ?? `.pulsegate-cursor-${userId}.json`
   const cursor = fs.existsSync(cursorFile) ? (JSON.parse(fs.readFileSync(cursorFile, 'utf8')) as SyncCursor) : {}
   const synced = await client.sync({ cursor, kinds: ['readings', 'alerts', 'recommendations'] })
   console.log(

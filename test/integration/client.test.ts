@@ -1,6 +1,10 @@
 // pulsegate/client (src/client) against a real broker over WebSocket: it receives a real alert (a tracker's readings
 // through mTLS, the alert engine, the consent gate), typed by the server's schemas, and completes a paged delta sync
 // whose cursor continues where it stopped.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type AlertMessage, connectPulsegate, PulsegateClient, SyncFailedError } from '../../src/client/index.js'
@@ -11,8 +15,11 @@ import {
   startTestBroker,
   type TestBroker,
   token,
+  tempDir,
   waitFor,
 } from '../helpers/harness.js'
+
+const root = fileURLToPath(new URL('../..', import.meta.url))
 
 describe('pulsegate/client', () => {
   let tb: TestBroker
@@ -100,4 +107,45 @@ describe('pulsegate/client', () => {
     const spy = new PulsegateClient(mallory.mqtt, 'carol')
     await expect(spy.onAlert(() => {})).rejects.toThrow(/refused/)
   })
+
+  it('the example (src/client/example.ts) runs: syncs, keeps its cursor, and stops on SIGINT', async () => {
+    const cursorFile = path.join(tempDir('pulsegate-example-'), 'cursor.json')
+    const url = `ws://127.0.0.1:${tb.pg.ports.http}/mqtt`
+    const run = async () => {
+      const child = spawn(
+        process.execPath,
+        [
+          '--import',
+          './test/helpers/ts-loader.mjs',
+          'src/client/example.ts',
+          url,
+          'carol',
+          await token(tb, 'carol', 'app'),
+          cursorFile,
+        ],
+        { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] },
+      )
+      let out = ''
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString()
+      })
+      child.stderr.on('data', (d: Buffer) => {
+        out += d.toString()
+      })
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)))
+      const line = await waitFor(() => /synced (\d+) readings, (\d+) alerts/.exec(out), 60_000).catch((e: Error) => {
+        child.kill('SIGKILL')
+        throw new Error(`${e.message}: ${out}`)
+      })
+      child.kill('SIGINT')
+      expect(await exited).toBe(0)
+      return { readings: Number(line[1]), alerts: Number(line[2]) }
+    }
+    const first = await run()
+    expect(first.readings).toBeGreaterThan(60)
+    expect(first.alerts).toBeGreaterThanOrEqual(1)
+    expect(JSON.parse(fs.readFileSync(cursorFile, 'utf8'))).toHaveProperty('readings')
+    // The second run continues from the saved cursor: nothing new.
+    expect(await run()).toEqual({ readings: 0, alerts: 0 })
+  }, 150_000)
 })
