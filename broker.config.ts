@@ -40,6 +40,12 @@ const bucket = z.object({
   byteBurst: z.coerce.number().int().min(1),
 })
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')])
+/** brownout thresholds: mean commit latency (or the oldest waiting batch's age) and rows queued for the database */
+const pressure = z.object({
+  commitLatencyMs: z.coerce.number().int().min(1),
+  queueRows: z.coerce.number().int().min(1),
+  forMs: ms,
+})
 
 export const configSchema = z
   .object({
@@ -49,6 +55,8 @@ export const configSchema = z
     databaseUrl: z.string().url().optional(),
     /** connections in the pg pool for registry look-ups and outputs (the writer has its own, ingest.writers) */
     databasePoolSize: z.coerce.number().int().min(1).max(64),
+    /** the embedded store runs PGlite on its own worker thread (off the broker's event loop) or, 'main', in it */
+    embeddedThread: z.enum(['worker', 'main']),
     /** Redis (leaderboards; with a server database also cluster mode, src/cluster/); unset → in-process, one node */
     redisUrl: z.string().url().optional(),
     /** cluster mode (docs/cluster.md): used only when redisUrl and databaseUrl are both set */
@@ -88,6 +96,21 @@ export const configSchema = z
       keyFile: z.string().optional(),
       /** serve the WebSocket listener as WSS with the same server certificate */
       wss: bool,
+      /** TLS session tickets on 8883, so a reconnecting device skips the full handshake (src/transport/tls-tickets.ts) */
+      resumption: bool,
+      /** the ticket key is derived from this; give every node the same one so a device resumes on any node */
+      ticketSecret: z.string().min(32).optional(),
+      ticketRotationMinutes: z.coerce
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 24 * 60),
+      /** ticket lifetime told to clients, seconds (RFC 8446 allows up to 7 days) */
+      sessionTimeoutS: z.coerce
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 24 * 3600),
     }),
     jwt: z.object({
       /** HS256 secret; unset (and no JWKS URL) → a dev secret generated into dataDir/jwt.secret */
@@ -128,6 +151,37 @@ export const configSchema = z
       maxTlsHandshakes: z.coerce.number().int().min(1),
       /** connections waiting for a handshake slot; beyond it they are closed at once (0 = no queue) */
       maxQueuedHandshakes: z.coerce.number().int().min(0),
+      /** slow consumers (src/limits/outbound.ts): bytes waiting for one client before QoS 0 is held back (newest per
+       *  topic kept) and before a QoS 1/2 delivery disconnects it; 0 = off */
+      outbound: z.object({
+        softBytes: z.coerce.number().int().min(0),
+        hardBytes: z.coerce.number().int().min(0),
+        keepTopics: z.coerce.number().int().min(1).max(10_000),
+      }),
+      /** load-adaptive edge throttling (src/limits/brownout.ts, docs/limits.md): under database pressure the busiest
+       *  devices get a retained devices/{id}/config with a longer batch, restored when the pressure is gone */
+      brownout: z
+        .object({
+          enabled: bool,
+          /** how often commit latency and queue depth are sampled */
+          sampleMs: z.coerce.number().int().min(50).max(60_000),
+          /** enter: commit latency or queued rows above these for forMs */
+          enter: pressure,
+          /** leave: commit latency and queued rows below these for forMs (hysteresis: below enter's) */
+          leave: pressure,
+          /** samples per batch asked of a throttled device (the firmware's batchEvery, 1…600) */
+          batchEvery: z.coerce.number().int().min(1).max(600),
+          /** batchEvery restored to a device that had no config of its own before the brownout */
+          normalBatchEvery: z.coerce.number().int().min(1).max(600),
+          /** devices throttled at most, the busiest (messages in the last rankWindowMs) first */
+          maxDevices: z.coerce.number().int().min(1),
+          /** the window messages are counted in to rank devices */
+          rankWindowMs: z.coerce.number().int().min(100),
+        })
+        .refine((b) => b.leave.commitLatencyMs <= b.enter.commitLatencyMs && b.leave.queueRows <= b.enter.queueRows, {
+          message: 'leave thresholds must not be above enter thresholds',
+          path: ['leave'],
+        }),
     }),
     ingest: z.object({
       /** rows per INSERT statement at most */
@@ -166,6 +220,29 @@ export const configSchema = z
       silentRunnerMs: ms,
       /** distance comes from one GPS source at a time; another device takes over after this much silence */
       gpsSourceSwitchMs: ms,
+    }),
+    /** public live streams over Server-Sent Events on the HTTP port (/live/…, src/outputs/sse/) */
+    live: z.object({
+      enabled: bool,
+      /** open SSE streams at most (all kinds together); the next gets 503 with Retry-After */
+      maxClients: z.coerce.number().int().min(0),
+      /** a comment line every so often keeps proxies and load balancers from closing an idle stream */
+      heartbeatMs: z.coerce.number().int().min(100),
+      /** a stream sends at most one update per this interval (newer states replace a pending one) */
+      minIntervalMs: ms,
+      /** a client with more than this unsent on its socket is skipped (dropped to the newest state when it drains) */
+      maxQueuedBytes: z.coerce.number().int().min(1024),
+      /** the reconnection delay suggested to EventSource clients */
+      retryMs: ms,
+      /** runner streams carry the runner's last position (outside their privacy zones); false: progress only */
+      runnerPositions: bool,
+    }),
+    /** the race-control console at / (src/transport/console-routes.ts) */
+    console: z.object({
+      /** map tiles, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; unset → no tile layer (works offline) */
+      tileUrl: z.string().optional(),
+      /** shown under the map when tiles are drawn (the tile provider's licence) */
+      tileAttribution: z.string(),
     }),
     preferences: z.object({
       /** an edit whose HLC wall time is further ahead of the server's clock is refused: a device with a clock set to
@@ -261,6 +338,7 @@ export function defaults(): BrokerConfig {
     dataDir: path.resolve('data'),
     databaseUrl: undefined,
     databasePoolSize: 8,
+    embeddedThread: 'worker',
     redisUrl: undefined,
     cluster: {
       prefix: 'pulsegate',
@@ -279,7 +357,16 @@ export function defaults(): BrokerConfig {
     httpPort: 8080,
     mqttEnabled: true,
     mqttsEnabled: true,
-    tls: { caFile: undefined, certFile: undefined, keyFile: undefined, wss: false },
+    tls: {
+      caFile: undefined,
+      certFile: undefined,
+      keyFile: undefined,
+      wss: false,
+      resumption: true,
+      ticketSecret: undefined,
+      ticketRotationMinutes: 12 * 60,
+      sessionTimeoutS: 2 * 3600,
+    },
     jwt: { secret: undefined, jwksUrl: undefined, issuer: 'pulsegate', audience: 'pulsegate' },
     logLevel: 'info',
     limits: {
@@ -303,6 +390,18 @@ export function defaults(): BrokerConfig {
       flapping: { maxConnects: 0, windowMs: 60_000, banMs: 5 * 60_000 },
       maxTlsHandshakes: 32,
       maxQueuedHandshakes: 20_000,
+      outbound: { softBytes: 64 * 1024, hardBytes: 256 * 1024, keepTopics: 64 },
+      // Off by default: it rewrites device configuration, so an operator turns it on knowing the firmware obeys it.
+      brownout: {
+        enabled: false,
+        sampleMs: 500,
+        enter: { commitLatencyMs: 2000, queueRows: 100_000, forMs: 10_000 },
+        leave: { commitLatencyMs: 500, queueRows: 20_000, forMs: 30_000 },
+        batchEvery: 60,
+        normalBatchEvery: 5,
+        maxDevices: 20_000,
+        rankWindowMs: 10_000,
+      },
     },
     ingest: {
       maxBatchRows: 20_000,
@@ -323,6 +422,16 @@ export function defaults(): BrokerConfig {
       auditCheckpointMs: 5 * 60_000,
     },
     outputs: { silentRunnerMs: 120_000, gpsSourceSwitchMs: 30_000 },
+    live: {
+      enabled: true,
+      maxClients: 10_000,
+      heartbeatMs: 15_000,
+      minIntervalMs: 1000,
+      maxQueuedBytes: 64 * 1024,
+      retryMs: 2000,
+      runnerPositions: true,
+    },
+    console: { tileUrl: undefined, tileAttribution: '' },
     preferences: { maxClockAheadMs: 3600_000 },
     dp: {
       enabled: true,
@@ -357,6 +466,7 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_DATA_DIR: 'dataDir',
   PULSEGATE_DATABASE_URL: 'databaseUrl',
   PULSEGATE_DATABASE_POOL_SIZE: 'databasePoolSize',
+  PULSEGATE_EMBEDDED_THREAD: 'embeddedThread',
   PULSEGATE_REDIS_URL: 'redisUrl',
   PULSEGATE_CLUSTER_PREFIX: 'cluster.prefix',
   PULSEGATE_CLUSTER_REDIS_DB: 'cluster.redisDb',
@@ -375,6 +485,10 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_TLS_CERT_FILE: 'tls.certFile',
   PULSEGATE_TLS_KEY_FILE: 'tls.keyFile',
   PULSEGATE_TLS_WSS: 'tls.wss',
+  PULSEGATE_TLS_RESUMPTION: 'tls.resumption',
+  PULSEGATE_TLS_TICKET_SECRET: 'tls.ticketSecret',
+  PULSEGATE_TLS_TICKET_ROTATION_MINUTES: 'tls.ticketRotationMinutes',
+  PULSEGATE_TLS_SESSION_TIMEOUT_S: 'tls.sessionTimeoutS',
   PULSEGATE_JWT_SECRET: 'jwt.secret',
   PULSEGATE_JWKS_URL: 'jwt.jwksUrl',
   PULSEGATE_JWT_ISSUER: 'jwt.issuer',
@@ -413,6 +527,21 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_FLAPPING_BAN_MS: 'limits.flapping.banMs',
   PULSEGATE_MAX_TLS_HANDSHAKES: 'limits.maxTlsHandshakes',
   PULSEGATE_MAX_QUEUED_HANDSHAKES: 'limits.maxQueuedHandshakes',
+  PULSEGATE_OUTBOUND_SOFT_BYTES: 'limits.outbound.softBytes',
+  PULSEGATE_OUTBOUND_HARD_BYTES: 'limits.outbound.hardBytes',
+  PULSEGATE_OUTBOUND_KEEP_TOPICS: 'limits.outbound.keepTopics',
+  PULSEGATE_BROWNOUT_ENABLED: 'limits.brownout.enabled',
+  PULSEGATE_BROWNOUT_SAMPLE_MS: 'limits.brownout.sampleMs',
+  PULSEGATE_BROWNOUT_ENTER_LATENCY_MS: 'limits.brownout.enter.commitLatencyMs',
+  PULSEGATE_BROWNOUT_ENTER_QUEUE_ROWS: 'limits.brownout.enter.queueRows',
+  PULSEGATE_BROWNOUT_ENTER_FOR_MS: 'limits.brownout.enter.forMs',
+  PULSEGATE_BROWNOUT_LEAVE_LATENCY_MS: 'limits.brownout.leave.commitLatencyMs',
+  PULSEGATE_BROWNOUT_LEAVE_QUEUE_ROWS: 'limits.brownout.leave.queueRows',
+  PULSEGATE_BROWNOUT_LEAVE_FOR_MS: 'limits.brownout.leave.forMs',
+  PULSEGATE_BROWNOUT_BATCH_EVERY: 'limits.brownout.batchEvery',
+  PULSEGATE_BROWNOUT_NORMAL_BATCH_EVERY: 'limits.brownout.normalBatchEvery',
+  PULSEGATE_BROWNOUT_MAX_DEVICES: 'limits.brownout.maxDevices',
+  PULSEGATE_BROWNOUT_RANK_WINDOW_MS: 'limits.brownout.rankWindowMs',
   PULSEGATE_INGEST_MAX_BATCH_ROWS: 'ingest.maxBatchRows',
   PULSEGATE_INGEST_FLUSH_MS: 'ingest.flushIntervalMs',
   PULSEGATE_INGEST_MAX_QUEUED_ROWS: 'ingest.maxQueuedRows',
@@ -421,6 +550,15 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_LATE_WINDOW_MS: 'ingest.lateWindowMs',
   PULSEGATE_SILENT_RUNNER_MS: 'outputs.silentRunnerMs',
   PULSEGATE_GPS_SOURCE_SWITCH_MS: 'outputs.gpsSourceSwitchMs',
+  PULSEGATE_LIVE_ENABLED: 'live.enabled',
+  PULSEGATE_LIVE_MAX_CLIENTS: 'live.maxClients',
+  PULSEGATE_LIVE_HEARTBEAT_MS: 'live.heartbeatMs',
+  PULSEGATE_LIVE_MIN_INTERVAL_MS: 'live.minIntervalMs',
+  PULSEGATE_LIVE_MAX_QUEUED_BYTES: 'live.maxQueuedBytes',
+  PULSEGATE_LIVE_RETRY_MS: 'live.retryMs',
+  PULSEGATE_LIVE_RUNNER_POSITIONS: 'live.runnerPositions',
+  PULSEGATE_CONSOLE_TILE_URL: 'console.tileUrl',
+  PULSEGATE_CONSOLE_TILE_ATTRIBUTION: 'console.tileAttribution',
   PULSEGATE_PREFERENCES_MAX_CLOCK_AHEAD_MS: 'preferences.maxClockAheadMs',
   PULSEGATE_DP_ENABLED: 'dp.enabled',
   PULSEGATE_DP_EPSILON: 'dp.epsilonPerRelease',

@@ -14,6 +14,9 @@
 //   - broker CPU during the ramp (ms of CPU per connection) and the clients' CPU
 //   - broker RSS per 1,000 idle mTLS connections: (RSS after all are connected and idle for `--idle` s − RSS before
 //     connecting) / (connections / 1000), after global.gc() when run with --expose-gc; heap and external likewise
+//   - with --storm: a reconnect storm after the ramp — every device disconnects and reconnects at once (bounded by
+//     --concurrency and the broker's handshake cap), first with full handshakes, then presenting its TLS session
+//     ticket (src/transport/tls-tickets.ts); reconnects/s and broker CPU per connect for both, and their ratio
 //
 // How to run (from the repository root; the fd limit must exceed the connection count in the broker process):
 //   npm run build
@@ -21,6 +24,7 @@
 //   node --expose-gc dist/bench/connect-mtls.js --connections 5000 --ramp 500
 //   node --expose-gc dist/bench/connect-mtls.js --connections 5000 --ramp 0       # max sustained rate
 //   node --expose-gc dist/bench/connect-mtls.js --store postgres --connections 19500 --ramp 500 --until-fail
+//   node --expose-gc dist/bench/connect-mtls.js --connections 10000 --ramp 1000 --storm --storm-rounds 2
 // `--until-fail` searches the ceiling: connections open until `--max-failures` (20) have failed, then the count held
 // is the figure (`--connections` is the upper bound; the summary says what stopped it). The broker and the client
 // worker are separate processes, so each holds one fd per connection: the fd limit (`ulimit -n`, 20,000 hard on the
@@ -63,6 +67,10 @@ const { values: a } = parseArgs({
     store: { type: 'string', default: 'embedded' },
     keepalive: { type: 'string', default: '60' },
     'until-fail': { type: 'boolean', default: false },
+    // reconnect storm: after the ramp, everyone disconnects and reconnects at once, with full handshakes and then
+    // resuming their TLS sessions (tickets), --storm-rounds times each
+    storm: { type: 'boolean', default: false },
+    'storm-rounds': { type: 'string', default: '1' },
     'max-failures': { type: 'string', default: '20' },
     'log-level': { type: 'string', default: 'warn' },
     label: { type: 'string', default: '' },
@@ -81,6 +89,8 @@ const opts = {
   idleS: num('idle', a.idle, 0),
   keepaliveS: num('keepalive', a.keepalive, 0),
   untilFail: a['until-fail'] === true,
+  storm: a.storm === true,
+  stormRounds: num('storm-rounds', a['storm-rounds'], 1),
   maxFailures: num('max-failures', a['max-failures'], 1),
 }
 const log = (s: string) => process.stderr.write(`[connect-bench] ${s}\n`)
@@ -234,6 +244,18 @@ async function main() {
     const loadIdle = loadavg()
     const per1000 = (x: number, y: number) => (ok > 0 ? mb((y - x) / (ok / 1000)) : null)
 
+    const storms: StormFigures[] = []
+    if (opts.storm) {
+      for (let round_ = 0; round_ < opts.stormRounds; round_++) {
+        for (const resume of [false, true]) {
+          storms.push(await storm(workers, inst, resume))
+          const s = storms[storms.length - 1] as StormFigures
+          log(
+            `storm ${s.kind}: ${s.ok} reconnected (${s.failed} failed) in ${s.wallS} s, ${s.connectionsPerS}/s, broker ${s.brokerMsPerConnect} ms CPU each, server handshakes full ${s.serverHandshakes.full} resumed ${s.serverHandshakes.resumed}`,
+          )
+        }
+      }
+    }
     const closed = workers.map((w) => w.next('closed'))
     for (const w of workers) w.send({ type: 'close' })
     const cl = await Promise.all(closed)
@@ -278,6 +300,8 @@ async function main() {
                 : `the upper bound --connections ${opts.connections} (no failures: raise it)`,
           }
         : null,
+      storms,
+      stormRatio: stormRatio(storms),
       memoryMB: {
         rssKBPerConnection: ok > 0 ? round((after.rss - before.rss) / 1024 / ok, 1) : null,
         before: { rss: mb(before.rss), heapUsed: mb(before.heapUsed), external: mb(before.external) },
@@ -303,6 +327,15 @@ async function main() {
         ...(f.ceiling
           ? [`   ceiling: ${f.ceiling.reached} idle mTLS connections held; stopped by ${f.ceiling.stoppedBy}`]
           : []),
+        ...f.storms.map(
+          (s) =>
+            `   reconnect storm (${s.kind}): ${s.ok} of ${f.connections.ok} back in ${s.wallS} s = ${s.connectionsPerS}/s, latency p50 ${s.latencyMs.p50} p99 ${s.latencyMs.p99} ms; broker ${s.brokerMsPerConnect} ms CPU per connect; server handshakes full ${s.serverHandshakes.full} / resumed ${s.serverHandshakes.resumed}`,
+        ),
+        ...(f.stormRatio
+          ? [
+              `   resumed vs full, same run: ${f.stormRatio.rate}× the reconnect rate, ${f.stormRatio.brokerCpu}× the broker CPU per connect`,
+            ]
+          : []),
         `   broker RSS ${f.memoryMB.before.rss} MB → ${f.memoryMB.idle.rss} MB idle: ${f.memoryMB.per1000.rss} MB per 1,000 idle mTLS connections, ${f.memoryMB.rssKBPerConnection} KB each (heap ${f.memoryMB.per1000.heapUsed}, external ${f.memoryMB.per1000.external} MB per 1,000)${f.gcForced ? '' : ' [no --expose-gc: figures include garbage]'}`,
         '',
       ].join('\n'),
@@ -313,6 +346,65 @@ async function main() {
     await broker.stop()
     log(`done in ${round((Date.now() - started) / 1000)} s`)
   }
+}
+
+interface StormFigures {
+  kind: 'full' | 'resumed'
+  ok: number
+  failed: number
+  clientResumed: number
+  serverHandshakes: { full: number; resumed: number }
+  wallS: number
+  connectionsPerS: number
+  brokerMsPerConnect: number | null
+  latencyMs: ReturnType<typeof summarizeMs>
+}
+
+async function handshakeCounts(inst: BenchBroker['instance']): Promise<{ full: number; resumed: number }> {
+  const m = await inst.metrics.registry.getSingleMetric('pulsegate_tls_handshakes_total')?.get()
+  const of = (kind: string) =>
+    (m?.values ?? []).filter((v) => v.labels['kind'] === kind).reduce((s, v) => s + Number(v.value), 0)
+  return { full: of('full'), resumed: of('resumed') }
+}
+
+/** Everyone disconnects, then reconnects at once: with full handshakes, or resuming their TLS sessions. */
+async function storm(workers: ConnectWorker[], inst: BenchBroker['instance'], resume: boolean): Promise<StormFigures> {
+  const h0 = await handshakeCounts(inst)
+  const connected = workers.map((w) => w.next('connected'))
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  for (const w of workers) w.send({ type: 'storm', resume })
+  const reps = await Promise.all(connected)
+  // the clock runs from the order to the last CONNACK; the close of the old connections is inside it for both kinds
+  const wallS = (performance.now() - t0) / 1000
+  const cpu = process.cpuUsage(cpu0)
+  const h1 = await handshakeCounts(inst)
+  const ok = reps.reduce((s, r) => s + r.ok, 0)
+  const brokerMs = (cpu.user + cpu.system) / 1000
+  return {
+    kind: resume ? 'resumed' : 'full',
+    ok,
+    failed: reps.reduce((s, r) => s + r.failed, 0),
+    clientResumed: reps.reduce((s, r) => s + r.resumed, 0),
+    serverHandshakes: { full: h1.full - h0.full, resumed: h1.resumed - h0.resumed },
+    wallS: round(wallS, 2),
+    connectionsPerS: round(ok / wallS),
+    brokerMsPerConnect: ok > 0 ? round(brokerMs / ok, 3) : null,
+    latencyMs: summarizeMs(mergeHistograms(reps.map((r) => r.hist))),
+  }
+}
+
+/** resumed ÷ full, over the rounds of one run */
+function stormRatio(s: StormFigures[]): { rate: number; brokerCpu: number } | null {
+  const sum = (kind: StormFigures['kind'], f: (x: StormFigures) => number) =>
+    s.filter((x) => x.kind === kind).reduce((acc, x) => acc + f(x), 0)
+  const full = sum('full', (x) => x.ok)
+  const resumed = sum('resumed', (x) => x.ok)
+  if (full === 0 || resumed === 0) return null
+  const rate = (kind: StormFigures['kind']) => sum(kind, (x) => x.ok) / sum(kind, (x) => x.wallS)
+  const cpuPer = (kind: StormFigures['kind']) =>
+    sum(kind, (x) => (x.brokerMsPerConnect ?? 0) * x.ok) / sum(kind, (x) => x.ok)
+  return { rate: round(rate('resumed') / rate('full'), 2), brokerCpu: round(cpuPer('resumed') / cpuPer('full'), 2) }
 }
 
 main().catch((err) => {

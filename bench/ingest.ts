@@ -22,8 +22,8 @@
 //   node dist/bench/ingest.js --store postgres --connections 1000 --batch 10 --rate 0 --duration 20
 //   node dist/bench/ingest.js --store postgres --connections 1000 --batch 6 --rate 10000
 //   node dist/bench/ingest.js --store embedded --rate 0
-// Broker knobs: --flush-ms, --max-batch-rows, --writers, --pool (ingest.flushIntervalMs, ingest.maxBatchRows,
-// ingest.writers, databasePoolSize). `--cpu-profile /tmp/window.cpuprofile` samples the broker's main thread over the
+// Broker knobs: --flush-ms, --max-batch-rows, --writers, --pool, --embedded-thread worker|main (ingest.flushIntervalMs,
+// ingest.maxBatchRows, ingest.writers, databasePoolSize, embeddedThread). `--cpu-profile /tmp/window.cpuprofile` samples the broker's main thread over the
 // measured window only (open it in Chrome DevTools); `--heap-snapshot f.heapsnapshot` writes one at the window's end; `node --cpu-prof` profiles the whole run (the workers are forked
 // without it); `--generator-cpu-prof <dir>` profiles the load generators. Prints a human summary, then one line of
 // JSON with every figure (incl. a hash of dist/src: the figures belong to one version of the broker).
@@ -76,6 +76,8 @@ const { values: a } = parseArgs({
     writers: { type: 'string' },
     pool: { type: 'string' },
     'max-queued-rows': { type: 'string' },
+    // embedded store: PGlite on its own thread (default) or on the broker's (item 5 of #16: with vs without)
+    'embedded-thread': { type: 'string' },
     'log-level': { type: 'string', default: 'warn' },
     label: { type: 'string', default: '' },
     'cpu-profile': { type: 'string' },
@@ -108,6 +110,8 @@ if (a.writers !== undefined) overrides.ingest!.writers = num('writers', a.writer
 if (a['max-queued-rows'] !== undefined)
   overrides.ingest!.maxQueuedRows = num('max-queued-rows', a['max-queued-rows'], 100)
 if (a.pool !== undefined) overrides.databasePoolSize = num('pool', a.pool, 1)
+if (a['embedded-thread'] !== undefined)
+  overrides.embeddedThread = oneOf('embedded-thread', a['embedded-thread'], ['worker', 'main']) as 'worker' | 'main'
 
 const log = (s: string) => process.stderr.write(`[ingest-bench] ${s}\n`)
 

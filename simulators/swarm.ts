@@ -125,6 +125,9 @@ export interface SwarmOptions {
   idPrefix?: string
   onPhase?: (phase: SwarmPhase, ctx: { instance: Pulsegate | null }) => void
   log?: (line: string) => void
+  /** ends the run early, as Ctrl-C does (devices upload what they hold, then the report): a caller waiting for a
+   *  condition gives a long duration and aborts once it is met */
+  signal?: AbortSignal
 }
 
 const EVENT_ID = 'sim-marathon'
@@ -216,6 +219,7 @@ type OptionalKeys =
   | 'svg'
   | 'onPhase'
   | 'log'
+  | 'signal'
   | 'workers'
   | 'progress'
 
@@ -778,6 +782,13 @@ async function runAgainst(
     for (const h of handles) h.send({ type: 'stop' })
   }
   if (!inProcess) process.on('SIGINT', onSigint)
+  const onAbort = () => {
+    if (stopRequested) return
+    stopRequested = true
+    for (const h of handles) h.send({ type: 'stop' })
+  }
+  if (o.signal?.aborted) onAbort()
+  else o.signal?.addEventListener('abort', onAbort, { once: true })
 
   const timeline: TimelinePoint[] = []
   let t0 = 0
@@ -876,6 +887,7 @@ async function runAgainst(
     if (timer) clearInterval(timer)
     runBar?.stop()
     process.off('SIGINT', onSigint)
+    o.signal?.removeEventListener('abort', onAbort)
     if (failure) for (const h of handles) h.kill()
   }
   await Promise.all(handles.map((h) => h.exited))

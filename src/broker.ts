@@ -18,7 +18,7 @@ import { createPreferencesMetrics } from './insights/preferences/metrics.js'
 import { aedesPublisher, PreferencesService } from './insights/preferences/service.js'
 import { PreferencesStore } from './insights/preferences/store.js'
 import { DpPublisher } from './insights/dp/publisher.js'
-import { capHandshakes } from './limits/index.js'
+import { capHandshakes, installBrownout } from './limits/index.js'
 import { InsightsEngine } from './insights/engine.js'
 import { createInsightsMetrics } from './insights/metrics.js'
 import { createLogger, type Logger } from './log.js'
@@ -41,6 +41,7 @@ import { openDb } from './store/open.js'
 import { openPostgres } from './store/postgres.js'
 import { Registry } from './store/registry.js'
 import { createHttpRoutes } from './transport/http-routes.js'
+import { installLive } from './transport/live-routes.js'
 import {
   createHttpServer,
   createTcpServer,
@@ -212,6 +213,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   // Not on Redis: the index would see only this node's retained messages and hide the others' (HGET is O(1) there).
   if (!cluster) indexRetained(persistence)
   const sessions = indexSessions(persistence)
+  installBrownout(aedes, { settings: config.limits.brownout, writer, persistence, publish, metrics, log })
   routing.install(aedes)
   await cluster?.attach({ aedes, db, ingest, outputs, principals })
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
@@ -231,6 +233,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       (userId: string) => privacy.consent.forget([userId]),
       (userId: string) => void preferences.erase(userId),
       (userId: string) => insights.forget(userId),
+      (userId: string) => live.forget(userId),
     ],
   }
   const control = new ControlPlane({
@@ -265,6 +268,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     ...privacy,
     zones: new ZoneOperations(db, new PreferencesStore(db), audit, (u, p) => preferences.handle(u, p)),
   }
+  const live = installLive({ ...liveDeps, config, consent: privacy.consent, zones, db, tokens, metrics, log })
   const routes = createHttpRoutes({
     config,
     metrics,
@@ -285,6 +289,8 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     audit,
     eraseUser: (userId, actor) => eraseLive(userId, { actor }),
     insights,
+    live,
+    console: { sync, zones, publish },
     log,
   })
   const httpServer: http.Server = createHttpServer(
@@ -301,7 +307,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       ports.mqtt = await listen(s, config.mqttPort, config.host, 'PULSEGATE_MQTT_PORT')
     }
     if (config.mqttsEnabled && tlsMaterial) {
-      const s = createTlsServer(deps, tlsMaterial)
+      const s = createTlsServer(deps, tlsMaterial, config.tls)
       capHandshakes(s, {
         max: config.limits.maxTlsHandshakes,
         maxQueued: config.limits.maxQueuedHandshakes,
@@ -338,6 +344,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
       log.info('shutting down: no new connections; finishing in-flight commits')
       const deadline = Date.now() + config.limits.shutdownTimeoutMs
       for (const s of servers) s.close()
+      live.stop()
       limits.stop()
       await dp.stop()
       await insights.stop()

@@ -25,6 +25,12 @@ export function createMetrics() {
       labelNames: ['reason', 'listener'],
       registers: r,
     }),
+    tlsHandshakes: new Counter({
+      name: 'pulsegate_tls_handshakes_total',
+      help: 'completed TLS handshakes by listener and kind: full, or resumed from a session ticket',
+      labelNames: ['listener', 'kind'],
+      registers: r,
+    }),
     aclRefusals: new Counter({
       name: 'pulsegate_acl_refusals_total',
       help: 'refused publish/subscribe by action and role',

@@ -23,7 +23,16 @@ export interface ConnectWorkerInit {
   stopAfterFailures: number
 }
 
-export type ToConnectWorker = ConnectWorkerInit | { type: 'close' }
+/**
+ * Reconnect storm (--storm): close every connection, then open them all again as fast as possible (bounded by
+ * `concurrency`), presenting each device's last session ticket when `resume` is set; answered by 'connected'.
+ */
+export interface ConnectWorkerStorm {
+  type: 'storm'
+  resume: boolean
+}
+
+export type ToConnectWorker = ConnectWorkerInit | ConnectWorkerStorm | { type: 'close' }
 
 export type FromConnectWorker =
   | {
@@ -39,23 +48,29 @@ export type FromConnectWorker =
       cpuMs: number
       /** connections closed by the server after their CONNACK, so far */
       droppedAfterConnect: number
+      /** handshakes that resumed a TLS session (client side: tls.TLSSocket#isSessionReused) */
+      resumed: number
     }
   | { type: 'closed'; droppedWhileIdle: number }
   /** every 5 s during the ramp, so a slow or stuck ramp is visible while it happens */
   | { type: 'progress'; ok: number; failed: number; inflight: number; elapsedMs: number }
 
 const send = (m: FromConnectWorker) => process.send?.(m)
-const clients: LiteClient[] = []
+let clients: LiteClient[] = []
 let dropped = 0
 let closing = false
+/** each device's latest session ticket */
+const tickets = new Map<string, Buffer>()
+let initMsg: ConnectWorkerInit | null = null
 
-async function run(init: ConnectWorkerInit): Promise<void> {
+async function run(init: ConnectWorkerInit, resume = false): Promise<void> {
   const ca = fs.readFileSync(init.caPath)
   const h = latencyHistogram()
   const timeline: number[] = []
   const errors: string[] = []
   let ok = 0
   let failed = 0
+  let resumed = 0
   let inflight = 0
   let next = 0
   let lastDone = 0
@@ -113,6 +128,8 @@ async function run(init: ConnectWorkerInit): Promise<void> {
         secureContext,
         servername: 'localhost',
         keepaliveS: init.keepaliveS,
+        ...(resume && tickets.has(dev.deviceId) ? { session: tickets.get(dev.deviceId) as Buffer } : {}),
+        onSession: (t) => tickets.set(dev.deviceId, t),
         onPuback: () => {},
         onClose: () => {
           if (!closing) dropped++
@@ -127,6 +144,7 @@ async function run(init: ConnectWorkerInit): Promise<void> {
           while (timeline.length <= slot) timeline.push(0)
           timeline[slot] = (timeline[slot] as number) + 1
           clients.push(client)
+          if ((client.socket as tls.TLSSocket | null)?.isSessionReused()) resumed++
           ok++
           finishOne()
         },
@@ -163,12 +181,25 @@ async function run(init: ConnectWorkerInit): Promise<void> {
     elapsedMs: lastDone,
     cpuMs: (cpu.user + cpu.system) / 1000,
     droppedAfterConnect: dropped,
+    resumed,
   })
 }
 
 process.on('message', (m: ToConnectWorker) => {
-  if (m.type === 'init') void run(m)
-  else if (m.type === 'close') {
+  if (m.type === 'init') {
+    initMsg = m
+    void run(m)
+  } else if (m.type === 'storm') {
+    const init = initMsg as ConnectWorkerInit
+    closing = true
+    void Promise.all(clients.map((c) => c.end())).then(() => {
+      clients = []
+      closing = false
+      dropped = 0
+      // the storm: everyone at once, only the in-flight cap in the way
+      void run({ ...init, rampPerSec: 0 }, m.resume)
+    })
+  } else if (m.type === 'close') {
     const droppedWhileIdle = dropped
     closing = true
     void Promise.all(clients.map((c) => c.end())).then(() => {

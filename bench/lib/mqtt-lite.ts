@@ -71,6 +71,10 @@ export interface LiteOptions {
   secureContext: tls.SecureContext | null
   servername: string
   keepaliveS: number
+  /** a TLS session (ticket) from an earlier connection of this device: the handshake resumes it when the server agrees */
+  session?: Buffer
+  /** each session ticket the server issues on this connection (TLS 1.3 sends them after the handshake) */
+  onSession?(session: Buffer): void
   onPuback(packetId: number): void
   onClose(err: Error | null): void
 }
@@ -107,9 +111,17 @@ export class LiteClient {
       }
       const sc = this.o.secureContext
       const s = sc
-        ? tls.connect({ host: this.o.host, port: this.o.port, secureContext: sc, servername: this.o.servername })
+        ? tls.connect({
+            host: this.o.host,
+            port: this.o.port,
+            secureContext: sc,
+            servername: this.o.servername,
+            ...(this.o.session ? { session: this.o.session } : {}),
+          })
         : net.connect({ host: this.o.host, port: this.o.port })
       this.socket = s
+      const onSession = this.o.onSession
+      if (sc && onSession) s.on('session', (t: Buffer) => onSession(t))
       s.setNoDelay(true)
       s.on(sc ? 'secureConnect' : 'connect', () => {
         s.write(connectPacket(this.o.clientId, this.o.keepaliveS))

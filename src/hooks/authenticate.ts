@@ -42,6 +42,12 @@ export function createAuthenticate(deps: AuthenticateDeps): AuthenticateHook {
       if (info.peerCert) {
         const deviceId = deviceIdFromCert(info.peerCert)
         if (!deviceId) return refuse(deps, listener, 'no_device_id_in_certificate', 5, client.id, done)
+        // A resumed TLS session (tls-tickets.ts) skips the handshake's date checks: the certificate may have expired
+        // since its full handshake.
+        const until = info.peerCert.valid_to
+        if (until !== undefined && Date.parse(until) <= Date.now()) {
+          return refuse(deps, listener, 'certificate_expired', 5, client.id, done)
+        }
         const fp = info.peerCert.fingerprint256
         // Batched with the other connects in flight and cached briefly (revocation bound: CertificateLookups).
         const rec = await lookups.certificates.lookup(deviceId, fp)

@@ -53,7 +53,12 @@ export async function createHookedBroker(d: HookedBrokerDeps): Promise<{ broker:
     drop: (packet) => routing.drop(packet),
     log: log.child({ stage: 'limits' }),
   })
-  const preConnect: PreConnectDeps = { admit: (client, id) => limits.connect.admit(client, id), metrics, log }
+  const admit: PreConnectDeps['admit'] = (client, id) => {
+    // before its first SUBSCRIBE can capture the delivery functions (src/limits/outbound.ts)
+    limits.outbound.attach(client)
+    return limits.connect.admit(client, id)
+  }
+  const preConnect: PreConnectDeps = { admit, metrics, log }
   broker.preConnect = createPreConnect(preConnect)
   broker.authenticate = guardAuthenticate(preConnect, broker.authenticate)
   broker.authorizePublish = limits.publish.wrap(broker.authorizePublish)

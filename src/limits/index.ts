@@ -7,10 +7,12 @@ import type { Role } from '../identity/principal.js'
 import type { Logger } from '../log.js'
 import { ConnectGuard, type ConnectRefusal } from './connect-guard.js'
 import { createLimitMetrics, type LimitMetrics } from './metrics.js'
+import { OutboundGuard } from './outbound.js'
 import { PublishLimiter } from './publish-limiter.js'
 
 export { clientAddress } from './address.js'
 export { capHandshakes } from './handshakes.js'
+export { Brownout, installBrownout } from './brownout.js'
 
 export interface LimitsDeps {
   config: BrokerConfig['limits']
@@ -25,6 +27,7 @@ export class Limits {
   readonly metrics: LimitMetrics
   readonly publish: PublishLimiter
   readonly connect: ConnectGuard
+  readonly outbound: OutboundGuard
 
   constructor(readonly deps: LimitsDeps) {
     this.metrics = createLimitMetrics(deps.registry)
@@ -37,6 +40,7 @@ export class Limits {
       log: deps.log,
     })
     this.connect = new ConnectGuard({ limits: deps.config, metrics: this.metrics, log: deps.log })
+    this.outbound = new OutboundGuard(deps.config.outbound, this.metrics, deps.roleOf)
   }
 
   /** client events the limits need: held publishes go with their connection, an ended session counts for flapping; keep-alive timeouts are counted */

@@ -43,6 +43,23 @@ export function createLimitMetrics(registry: Registry) {
       help: 'client id + address pairs banned now',
       registers,
     }),
+    outboundDropped: new Counter({
+      name: 'pulsegate_outbound_dropped_total',
+      help: 'QoS 0 deliveries held back from a client that is not reading (the newest per topic is sent on drain), by role',
+      labelNames: ['role'],
+      registers,
+    }),
+    outboundHeld: new Gauge({
+      name: 'pulsegate_outbound_held',
+      help: 'QoS 0 packets held back for slow clients now (one per client and topic)',
+      registers,
+    }),
+    outboundCuts: new Counter({
+      name: 'pulsegate_outbound_disconnects_total',
+      help: 'clients disconnected because a QoS 1/2 delivery found too many bytes waiting for them, by role',
+      labelNames: ['role'],
+      registers,
+    }),
     handshakesInProgress: new Gauge({
       name: 'pulsegate_tls_handshakes_in_progress',
       help: 'TLS handshakes in progress on the mTLS listener',
@@ -72,3 +89,39 @@ export function createLimitMetrics(registry: Registry) {
 }
 
 export type LimitMetrics = ReturnType<typeof createLimitMetrics>
+
+/** Brownout (src/limits/brownout.ts): its own families, created once per broker beside the limits'. */
+export function createBrownoutMetrics(registry: Registry) {
+  const registers = [registry]
+  return {
+    state: new Gauge({
+      name: 'pulsegate_brownout_active',
+      help: 'load-adaptive edge throttling: 1 while in brownout (devices asked to batch longer), else 0',
+      registers,
+    }),
+    transitions: new Counter({
+      name: 'pulsegate_brownout_transitions_total',
+      help: 'brownout state changes, by the state entered (brownout, normal)',
+      labelNames: ['to'],
+      registers,
+    }),
+    devices: new Gauge({
+      name: 'pulsegate_brownout_devices_throttled',
+      help: 'devices whose retained devices/{id}/config is the brownout one, published by this node',
+      registers,
+    }),
+    configs: new Counter({
+      name: 'pulsegate_brownout_configs_total',
+      help: 'retained device configs published by the brownout, by kind (throttle, restore, skipped: changed by someone else meanwhile)',
+      labelNames: ['kind'],
+      registers,
+    }),
+    latency: new Gauge({
+      name: 'pulsegate_brownout_commit_latency_seconds',
+      help: 'the commit-latency signal at the last sample (mean enqueue→commit, or the oldest waiting batch if longer)',
+      registers,
+    }),
+  }
+}
+
+export type BrownoutMetrics = ReturnType<typeof createBrownoutMetrics>

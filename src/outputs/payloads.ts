@@ -102,3 +102,18 @@ export const positionsMessageSchema = z
   })
   .describe('newest position of every runner who moved since the last tick (live_sharing granted, privacy zones kept)')
 export type PositionsMessage = z.infer<typeof positionsMessageSchema>
+
+/**
+ * Race control's view of an alert (GET /console/api/alerts, src/outputs/alert-actions.ts) and, with `action`, the
+ * message on `events/{eid}/alerts` (QoS 1) when a medic acknowledges or resolves it: an AlertMessage with who
+ * acknowledged / closed it. `state` stays the episode's (`resolved` once a medic resolved it).
+ */
+const byAt = z.object({ at: epochMs, by: z.string().nullable() }).nullable()
+export const alertActionMessageSchema = alertMessageSchema
+  .extend({
+    acknowledged: byAt,
+    closed: byAt,
+    action: z.object({ action: z.enum(['acknowledge', 'resolve']), by: z.string().nullable(), at: epochMs }).optional(),
+  })
+  .describe('an alert with what race control did about it (acknowledged, resolved by a medic)')
+export type AlertActionMessage = z.infer<typeof alertActionMessageSchema>

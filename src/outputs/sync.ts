@@ -59,29 +59,7 @@ export class SyncService {
       return
     }
     try {
-      const body: Record<string, unknown> = { requestId: req.requestId ?? null }
-      const next: Record<string, number> = {}
-      let more = false
-      if (req.kinds.includes('readings')) {
-        const r = await this.readings(userId, req)
-        body['readings'] = r.rows
-        next['readings'] = r.next
-        more ||= r.more
-      }
-      if (req.kinds.includes('alerts')) {
-        const a = await this.alerts(userId, req)
-        body['alerts'] = a.rows
-        next['alerts'] = a.next
-        more ||= a.more
-      }
-      if (req.kinds.includes('recommendations')) {
-        const r = await this.recommendations(userId, req)
-        body['recommendations'] = r.rows
-        next['recommendations'] = r.next
-        more ||= r.more
-      }
-      body['nextCursor'] = next
-      body['more'] = more
+      const body = await this.query(userId, req)
       this.publisher.publish(topicFor.syncResponse(userId), JSON.stringify(body), 1, false)
       this.metrics.syncRequests.inc({ outcome: 'ok' })
     } catch (err) {
@@ -94,6 +72,34 @@ export class SyncService {
         false,
       )
     }
+  }
+
+  /** One page of the user's data after the cursor (the response body); also race control's runner detail. */
+  async query(userId: string, req: SyncRequest): Promise<Record<string, unknown>> {
+    const body: Record<string, unknown> = { requestId: req.requestId ?? null }
+    const next: Record<string, number> = {}
+    let more = false
+    if (req.kinds.includes('readings')) {
+      const r = await this.readings(userId, req)
+      body['readings'] = r.rows
+      next['readings'] = r.next
+      more ||= r.more
+    }
+    if (req.kinds.includes('alerts')) {
+      const a = await this.alerts(userId, req)
+      body['alerts'] = a.rows
+      next['alerts'] = a.next
+      more ||= a.more
+    }
+    if (req.kinds.includes('recommendations')) {
+      const r = await this.recommendations(userId, req)
+      body['recommendations'] = r.rows
+      next['recommendations'] = r.next
+      more ||= r.more
+    }
+    body['nextCursor'] = next
+    body['more'] = more
+    return body
   }
 
   private async readings(userId: string, req: SyncRequest) {

@@ -135,6 +135,13 @@ export class GroupCommitWriter {
     return this.queued
   }
 
+  /** Age of the oldest batch waiting for its commit (0: none): a stalled database settles nothing (limits/brownout). */
+  get oldestWaitingMs(): number {
+    const now = performance.now()
+    const cols = [this.current, ...this.ready, ...this.flying]
+    return now - Math.min(now, ...cols.map((c) => c.waiters[0]?.enqueuedAt ?? now))
+  }
+
   /** Room for `rows` more rows? Callers check before decoding work is wasted on a full queue. */
   hasRoom(rows: number): boolean {
     return this.queued + rows <= this.opts.maxQueuedRows

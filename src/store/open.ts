@@ -7,5 +7,5 @@ import { openPostgres } from './postgres.js'
 /** The configured server, or the embedded TimescaleDB under the data dir when none is configured. */
 export async function openDb(config: BrokerConfig, log: Logger): Promise<Db> {
   if (config.databaseUrl) return openPostgres(config.databaseUrl, config.databasePoolSize, log)
-  return openEmbedded(config.dataDir, log)
+  return openEmbedded(config.dataDir, log, config.embeddedThread)
 }

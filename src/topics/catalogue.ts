@@ -7,6 +7,7 @@ import { recommendationPayloadSchema } from '../insights/payload.js'
 import { statsMessageSchema } from '../insights/dp/release.js'
 import { consentPayloadSchema, consentStateMessageSchema } from '../ops/consent-model.js'
 import {
+  alertActionMessageSchema,
   alertMessageSchema,
   leaderboardMessageSchema,
   liveSnapshotSchema,
@@ -236,8 +237,13 @@ export const TOPICS: readonly TopicSpec[] = [
     retained: false,
     who: 'medics of the event (JWT role medic with the event id)',
     security: ['jwt'],
-    summary: 'Alerts of all participants of the event (consent purpose medical_alerts, on unless withdrawn).',
-    messages: [json('eventAlert', 'Event alert', alertMessageSchema, 'output')],
+    summary:
+      'Alerts of all participants of the event (consent purpose medical_alerts, on unless withdrawn), and race ' +
+      'control’s acknowledgements and resolutions of them (POST /console/api/alerts/{alertId}/…).',
+    messages: [
+      json('eventAlert', 'Event alert', alertMessageSchema, 'output'),
+      json('alertAction', 'Race control action on an alert', alertActionMessageSchema, 'output'),
+    ],
   },
   {
     id: 'eventStats',

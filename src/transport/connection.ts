@@ -14,6 +14,8 @@ export interface CertIdentity {
   subjectaltname?: string | undefined
   /** SHA-256 of the DER, tls.PeerCertificate format (colon-separated upper-case hex) */
   fingerprint256: string
+  /** end of validity (tls.PeerCertificate format); absent when a load balancer vouched for the certificate */
+  valid_to?: string | undefined
 }
 
 export interface ConnInfo {

@@ -1,11 +1,8 @@
 // HTTP operations beside MQTT: /healthz (process up), /readyz (database reachable, listeners bound), /metrics
 // (Prometheus), /admin/rpc (registry and privacy operations for the CLI while a broker owns the embedded store, or
-// named with --broker; admin JWT), /admin/export and /admin/import (streamed, portability-routes.ts).
-import fs from 'node:fs'
+// named with --broker; admin JWT), /admin/export and /admin/import (streamed, portability-routes.ts), and the race-control
+// console at / with its API under /console/ (console-routes.ts).
 import type http from 'node:http'
-import { createRequire } from 'node:module'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import type { BrokerConfig } from '../../broker.config.js'
 import type { Tokens } from '../identity/tokens.js'
@@ -31,6 +28,8 @@ import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type ReadinessDeps, readiness, registerDatabaseGauge } from './readiness.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
+import type { LiveRoutes } from './live-routes.js'
+import { type ConsoleServices, createConsoleRoutes } from './console-routes.js'
 import { handlePortability } from './portability-routes.js'
 
 export interface RouteDeps {
@@ -54,6 +53,10 @@ export interface RouteDeps {
   eraseUser?(userId: string, actor: AuditActor): Promise<ErasureReport>
   /** the broker's recommendation engine (insightsRun RPC: published live) */
   insights?: InsightsRunner
+  /** public live streams, /live/… (live-routes.ts) */
+  live?: LiveRoutes
+  /** the race-control console's services (console-routes.ts); unset → no console (404 at /) */
+  console?: ConsoleServices
   log: Logger
 }
 
@@ -234,30 +237,6 @@ export function rpcAuditEntry(actor: AuditActor, req: RpcRequest): AuditEntry {
   return { actor, action: `rpc.${req.op}`, subject, purpose: null, details }
 }
 
-// The race-control page: medics and race control watch an event's leaderboard and alerts over MQTT/WebSocket with
-// their own token. Served from the source tree next to this file (copied nowhere: read once, kept).
-let pageCache: string | null = null
-function raceControlPage(): string {
-  if (pageCache === null) {
-    const here = path.dirname(fileURLToPath(import.meta.url))
-    const candidates = [
-      path.join(here, 'static', 'race-control.html'),
-      path.join(here, '../../../src/transport/static/race-control.html'),
-    ]
-    const file = candidates.find((f) => fs.existsSync(f))
-    pageCache = file
-      ? fs.readFileSync(file, 'utf8')
-      : '<!doctype html><title>pulsegate</title><p>race-control page missing</p>'
-  }
-  return pageCache
-}
-
-let bundleCache: string | null = null
-function mqttBrowserBundle(): string {
-  bundleCache ??= fs.readFileSync(createRequire(import.meta.url).resolve('mqtt/dist/mqtt.min'), 'utf8')
-  return bundleCache
-}
-
 function send(res: http.ServerResponse, status: number, body: unknown, type = 'application/json'): void {
   const text = typeof body === 'string' ? body : JSON.stringify(body)
   res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' })
@@ -293,6 +272,19 @@ export function createHttpRoutes(deps: RouteDeps) {
     })
     return privacy
   }
+  const consoleRoutes = deps.console
+    ? createConsoleRoutes({
+        config: deps.config,
+        db: deps.db,
+        tokens: deps.tokens,
+        registry: deps.registry,
+        consent: async () => (await privacyServices()).consent,
+        audit: deps.audit ?? logAuditSink(deps.log),
+        services: deps.console,
+        metricsRegistry: deps.metrics.registry,
+        log: deps.log,
+      })
+    : null
   return (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const url = new URL(req.url ?? '/', 'http://x')
     void (async () => {
@@ -361,12 +353,10 @@ export function createHttpRoutes(deps: RouteDeps) {
           throw err
         }
       }
+      if (deps.live && (await deps.live.handle(req, res, url))) return
       if (await handlePortability(deps, req, res, url)) return
-      if (req.method === 'GET' && url.pathname === '/')
-        return send(res, 200, raceControlPage(), 'text/html; charset=utf-8')
-      if (req.method === 'GET' && url.pathname === '/assets/mqtt.min.js') {
-        return send(res, 200, mqttBrowserBundle(), 'text/javascript; charset=utf-8')
-      }
+      // The race-control console: the page at /, its assets and its API (console-routes.ts).
+      if (consoleRoutes && (await consoleRoutes(req, res, url))) return
       send(res, 404, { error: 'not found' })
     })().catch((err: Error) => {
       deps.log.error({ err: err.message, path: url.pathname }, 'http handler failed')

@@ -13,6 +13,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { type ListenerName, setConnInfo } from './connection.js'
 import { guardConnection } from './packet-guard.js'
+import { installTicketKeys, type ResumptionOptions, resumptionServerOptions } from './tls-tickets.js'
 import {
   directPeer,
   installProxyGate,
@@ -136,9 +137,10 @@ export interface TlsMaterial {
   ca: Buffer
 }
 
-export function createTlsServer(deps: TransportDeps, material: TlsMaterial): tls.Server {
+export function createTlsServer(deps: TransportDeps, material: TlsMaterial, resume: ResumptionOptions): tls.Server {
   const server = tls.createServer(
     {
+      ...resumptionServerOptions(resume),
       key: material.key,
       cert: material.cert,
       ca: material.ca,
@@ -149,10 +151,12 @@ export function createTlsServer(deps: TransportDeps, material: TlsMaterial): tls
       handshakeTimeout: 10_000,
     },
     (sock) => {
+      deps.metrics.tlsHandshakes.inc({ listener: 'mqtts', kind: sock.isSessionReused() ? 'resumed' : 'full' })
       const cert = sock.getPeerCertificate()
       admit(deps, 'mqtts', sock, peers.get(sock) ?? directPeer(sock), { peerCert: cert?.raw ? cert : null })
     },
   )
+  installTicketKeys(server, resume)
   const peers = gateFor(server, deps, 'mqtts', 'pause')
   server.on('tlsClientError', (err, sock) => {
     const reason = /certificate required|peer did not return a certificate/i.test(err.message)

@@ -41,6 +41,15 @@ export class RawMqtt {
     })
   }
 
+  /** stop reading the socket (a frozen app): the server's writes pile up in the kernel, then in its own buffers */
+  pause(): void {
+    this.socket.pause()
+  }
+
+  resume(): void {
+    this.socket.resume()
+  }
+
   send(packet: Packet): void {
     this.socket.write(mqttPacket.generate(packet))
   }

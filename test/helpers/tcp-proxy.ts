@@ -1,16 +1,50 @@
 // A real TCP proxy in front of PostgreSQL that a test can cut and restore: the database "goes away" exactly as it
-// does when a server dies or a network partitions (connections reset, new ones refused).
+// does when a server dies or a network partitions (connections reset, new ones refused). It can also slow the link:
+// every chunk is held `latencyMs` in each direction (a far or overloaded database), order kept.
 import net from 'node:net'
 
 export interface TcpProxy {
   port: number
   cut(): void
   restore(): void
+  /** from now on, each chunk waits this long each way (0: none); chunks already held keep their order */
+  setLatency(ms: number): void
   close(): Promise<void>
+}
+
+/** Writes chunks to `to` no earlier than `latency()` after they arrived and never ahead of an earlier chunk. */
+function delayedPipe(from: net.Socket, to: net.Socket, latency: () => number): void {
+  const held: { at: number; chunk: Buffer }[] = []
+  let timer: NodeJS.Timeout | null = null
+  const release = () => {
+    timer = null
+    const now = performance.now()
+    while (held.length > 0 && (held[0] as { at: number }).at <= now) {
+      if (!to.destroyed) to.write((held.shift() as { chunk: Buffer }).chunk)
+      else held.length = 0
+    }
+    if (held.length > 0) timer = setTimeout(release, (held[0] as { at: number }).at - now)
+  }
+  from.on('data', (chunk: Buffer) => {
+    const ms = latency()
+    if (ms <= 0 && held.length === 0) {
+      to.write(chunk)
+      return
+    }
+    const last = held.length > 0 ? (held[held.length - 1] as { at: number }).at : 0
+    held.push({ at: Math.max(performance.now() + ms, last), chunk })
+    timer ??= setTimeout(release, Math.max(0, (held[0] as { at: number }).at - performance.now()))
+  })
+  to.on('close', () => {
+    if (timer) clearTimeout(timer)
+    held.length = 0
+  })
 }
 
 export async function startTcpProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
   let up = true
+  let latencyMs = 0
+  const latency = () => latencyMs
   const pairs = new Set<net.Socket>()
   const server = net.createServer((client) => {
     if (!up) {
@@ -28,8 +62,8 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     }
     client.on('error', done).on('close', done)
     upstream.on('error', done).on('close', done)
-    client.pipe(upstream)
-    upstream.pipe(client)
+    delayedPipe(client, upstream, latency)
+    delayedPipe(upstream, client, latency)
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   return {
@@ -41,6 +75,9 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     },
     restore() {
       up = true
+    },
+    setLatency(ms) {
+      latencyMs = ms
     },
     close() {
       for (const s of pairs) s.destroy()
