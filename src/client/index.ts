@@ -66,6 +66,12 @@ export class SyncFailedError extends Error {
 
 type Handler<T> = (message: T) => void
 
+/** Per-kind cursors merge (a page may advance only some kinds); an opaque cursor replaces the last one. */
+function nextCursor(last: SyncCursor | undefined, next: SyncCursor): SyncCursor {
+  if (typeof next !== 'object' || next === null || typeof last !== 'object' || last === null) return next
+  return { ...last, ...next }
+}
+
 export class PulsegateClient {
   readonly #handlers = new Map<string, { schema: z.ZodType; handlers: Handler<never>[] }>()
   readonly #pending = new Map<string, (r: SyncResponse) => void>()
@@ -139,7 +145,7 @@ export class PulsegateClient {
     for (;;) {
       const page = await this.syncPage({ ...opts, ...(cursor ? { cursor } : {}) })
       yield page
-      cursor = { ...cursor, ...page.nextCursor }
+      cursor = nextCursor(cursor, page.nextCursor)
       if (!page.more) return
     }
   }
@@ -151,7 +157,7 @@ export class PulsegateClient {
       out.readings.push(...(page.readings ?? []))
       out.alerts.push(...(page.alerts ?? []))
       out.recommendations.push(...(page.recommendations ?? []))
-      out.cursor = { ...out.cursor, ...page.nextCursor }
+      out.cursor = nextCursor(out.cursor, page.nextCursor)
       out.pages++
     }
     return out
