@@ -521,7 +521,7 @@ export function defaults(): BrokerConfig {
   }
 }
 
-/** env variable → config path. The documented ones first (SPEC.md), then the tuning knobs. */
+/** env variable → config path. The documented ones first (docs/contract.md), then the tuning knobs. */
 export const ENV_MAP: Record<string, string> = {
   PULSEGATE_DATA_DIR: 'dataDir',
   PULSEGATE_DATABASE_URL: 'databaseUrl',

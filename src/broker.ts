@@ -135,8 +135,9 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl, boardPrefix(config.cluster.prefix))
     : new MemoryLeaderboard()
-  const redisReadiness = new RedisReadiness(config.readiness.redisDownMs)
-  if (leaderboard instanceof RedisLeaderboard) redisReadiness.watch(leaderboard.connection)
+  const redisLog = { log, registry: metrics.registry, url: config.redisUrl ?? '' }
+  const redisReadiness = new RedisReadiness(config.readiness.redisDownMs, Date.now, redisLog)
+  if (leaderboard instanceof RedisLeaderboard) redisReadiness.watch(leaderboard.connection, 'leaderboard')
   const preferences = new PreferencesService(
     new PreferencesStore(db),
     aedesPublisher(() => broker),

@@ -16,6 +16,8 @@ import { migrate } from '../store/migrate.js'
 import { openPostgres } from '../store/postgres.js'
 import { simulateCommand } from '../../simulators/cli.js'
 import { addAuditCommand } from './audit.js'
+import { startBanner } from './banner.js'
+import { addContractCommands } from './contract.js'
 import { UsageError } from './errors.js'
 import { withOps } from './ops.js'
 import { addPortabilityCommands } from './portability.js'
@@ -49,7 +51,10 @@ function buildProgram(): Command {
     .description('start the broker (listeners, ingest, outputs); SIGTERM/SIGINT stop it gracefully')
     .action(async () => {
       const cfg = config()
+      const firstStart = !fs.existsSync(pkiPaths(path.join(cfg.dataDir, 'pki')).caCert)
       const pg = await startPulsegate(cfg)
+      const pkiMade = firstStart && fs.existsSync(pkiPaths(path.join(cfg.dataDir, 'pki')).caCert)
+      console.log(startBanner(cfg, pg.ports, { firstStart: pkiMade, store: pg.db.kind }))
       let signals = 0
       const onSignal = (sig: string) => {
         signals++
@@ -266,7 +271,16 @@ function buildProgram(): Command {
   addWebhookCommands(program)
   program.addCommand(simulateCommand().copyInheritedSettings(program))
   addAuditCommand(program)
+  addContractCommands(program)
   return program
+}
+
+/** An error as an operator can act on it: a dependency's own wording names the setting to check. */
+function operatorMessage(err: Error): string {
+  // ioredis gives up on a command after its retries: in cluster mode the start needs Redis.
+  if (err.name === 'MaxRetriesPerRequestError')
+    return `Redis did not answer (${err.message}); check PULSEGATE_REDIS_URL, or unset it to run one node without Redis`
+  return err.message
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -280,7 +294,7 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`pulsegate: ${err.message}`)
       return 2
     }
-    console.error(`pulsegate: ${(err as Error).message}`)
+    console.error(`pulsegate: ${operatorMessage(err as Error)}`)
     return 1
   }
 }

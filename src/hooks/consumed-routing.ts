@@ -1,4 +1,4 @@
-// Readings and status are consumed by the pipeline (SPEC: no firehose). Routing them on through Aedes (offline-queue
+// Readings and status are consumed by the pipeline (docs/contract.md: no firehose). Routing them on through Aedes (offline-queue
 // match, mqemitter match, 'publish' event) cost ~6 % of the broker's CPU at race-day rates with no receiver, so a
 // consumed packet is routed only while an admin with a filter that can match it is connected (diagnostics).
 import type { Aedes, Client } from 'aedes'

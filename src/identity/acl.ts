@@ -1,4 +1,4 @@
-// Who may publish or subscribe to what: SPEC.md's topic table, per role, with the caller's ids substituted.
+// Who may publish or subscribe to what: docs/contract.md's topic table, per role, with the caller's ids substituted.
 // Non-admins subscribe to exact topics only: no wildcard can ever reach another person's data or a firehose.
 import { hasWildcard, INBOUND_USER_LEAVES, parseTopic, type TopicRef } from '../topics/grammar.js'
 import type { Principal } from './principal.js'

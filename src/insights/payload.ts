@@ -2,6 +2,7 @@
 // `recommendations` table and returned by delta sync. Its id is a hash of (user, rule, episode): re-evaluating an
 // episode, or delivering it again, yields the same id, so an app drops what it has already shown.
 import crypto from 'node:crypto'
+import { z } from 'zod'
 
 export const RULE_IDS = [
   'rhr_elevated',
@@ -13,27 +14,29 @@ export const RULE_IDS = [
 ] as const
 export type RuleId = (typeof RULE_IDS)[number]
 
-export type Priority = 'safety' | 'recovery' | 'load' | 'goal' | 'nudge'
+export const PRIORITIES = ['safety', 'recovery', 'load', 'goal', 'nudge'] as const
+export type Priority = (typeof PRIORITIES)[number]
 /** Lower goes first: safety > recovery > load > goal > nudge. */
 export const PRIORITY_RANK: Record<Priority, number> = { safety: 0, recovery: 1, load: 2, goal: 3, nudge: 4 }
 
 /** Every message ends with this (docs/insights.md: the general-wellness line, FDA 2016/2019/2026). */
 export const DISCLAIMER = 'pulsegate provides general wellness information, not medical advice.'
 
-export interface Evidence {
+export const evidenceSchema = z.object({
   /** what was measured, e.g. rhr_night */
-  metric: string
-  value: number | null
-  baseline: number | null
+  metric: z.string(),
+  value: z.number().nullable(),
+  baseline: z.number().nullable(),
   /** the span compared, e.g. "28 nights" */
-  window: string
+  window: z.string(),
   /** the condition met, e.g. "+4 bpm × 2 nights" */
-  threshold: string
+  threshold: z.string(),
   /** share of the needed data that was there, 0–1 */
-  coverage: number
+  coverage: z.number().min(0).max(1),
   /** what was missing, when something was (the advice then says so too) */
-  missing?: string
-}
+  missing: z.string().optional(),
+})
+export type Evidence = z.infer<typeof evidenceSchema>
 
 /** What a rule proposes; the delivery layer (delivery.ts) decides whether it goes out. */
 export interface Candidate {
@@ -53,18 +56,22 @@ export interface Candidate {
   localDay: string
 }
 
-export interface RecommendationPayload {
-  id: string
-  rule: RuleId
-  version: number
-  createdAt: string
-  expiresAt: string
-  priority: Priority
-  title: string
-  message: string
-  evidence: Evidence
-  purpose: 'recommendations'
-}
+/** The message as published and stored; its type is inferred from the schema (docs/asyncapi.yaml, src/client). */
+export const recommendationPayloadSchema = z
+  .object({
+    id: z.string().describe('hash of (user, rule, episode): the same advice always has the same id'),
+    rule: z.enum(RULE_IDS),
+    version: z.number().int(),
+    createdAt: z.string().describe('ISO 8601'),
+    expiresAt: z.string().describe('ISO 8601'),
+    priority: z.enum(PRIORITIES),
+    title: z.string(),
+    message: z.string().describe('ends with the general-wellness disclaimer'),
+    evidence: evidenceSchema,
+    purpose: z.literal('recommendations'),
+  })
+  .describe('a wellness recommendation (general wellness information, not medical advice)')
+export type RecommendationPayload = z.infer<typeof recommendationPayloadSchema>
 
 export function recommendationId(userId: string, rule: string, episode: string): string {
   return crypto.createHash('sha256').update(`${userId}\u0000${rule}\u0000${episode}`).digest('base64url').slice(0, 22)

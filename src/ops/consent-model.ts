@@ -39,11 +39,14 @@ export interface ConsentRecord {
 }
 
 /** The retained message on users/{uid}/consent/state; `version` counts the user's changes (sum of the purposes'). */
-export interface ConsentStateMessage {
-  userId: string
-  consents: Record<Purpose, boolean>
-  version: number
-}
+export const consentStateMessageSchema = z
+  .object({
+    userId: z.string(),
+    consents: z.record(z.enum(PURPOSES), z.boolean()),
+    version: z.number().int().min(0),
+  })
+  .describe("the user's current consent per purpose (retained)")
+export type ConsentStateMessage = z.infer<typeof consentStateMessageSchema>
 
 export class ConsentError extends Error {}
 
@@ -68,6 +71,11 @@ const manyPurposes = z.strictObject({
     .partialRecord(purposeSchema, z.boolean())
     .refine((r) => Object.keys(r).length > 0, 'name at least one purpose'),
 })
+/** What an app publishes on users/{uid}/consent: one purpose, or several at once. */
+export const consentPayloadSchema = z
+  .union([onePurpose, manyPurposes])
+  .describe('set one purpose ({purpose, granted}) or several ({consents: {purpose: granted}})')
+export type ConsentPayload = z.infer<typeof consentPayloadSchema>
 const EXPECTED =
   `expected {"purpose":"<purpose>","granted":true|false} or {"consents":{"<purpose>":true|false,…}}` +
   ` with purposes ${PURPOSES.join(', ')}`

@@ -17,6 +17,7 @@ import type { DeviceKeySource, OpenedBatch } from './envelope.js'
 import { EnvelopeStage, markOf, PLAIN } from './envelope-stage.js'
 import { payloadHash, SeqWindow } from './dedupe.js'
 import type { PositionSample, Rejection, ScalarSample } from './types.js'
+import { type DeviceStatus, deviceStatusSchema } from './wire.js'
 import { type DeviceTrack, validateBatch } from './validate.js'
 
 export interface Publisher {
@@ -345,29 +346,23 @@ export class Ingest {
     for (let i = 0; i < n; i++) this.publisher.publish(topic, JSON.stringify(rejections[i]), 1, false)
     if (rejections.length > n) {
       const first = rejections[0] as Rejection
-      this.publisher.publish(
-        topic,
-        JSON.stringify({
-          seq: first.seq,
-          reason: 'more_rejections',
-          field: null,
-          index: null,
-          count: rejections.length - n,
-        }),
-        1,
-        false,
-      )
+      const more: Rejection = {
+        seq: first.seq,
+        reason: 'more_rejections',
+        field: null,
+        index: null,
+        count: rejections.length - n,
+      }
+      this.publisher.publish(topic, JSON.stringify(more), 1, false)
     }
   }
 
   /** `devices/{id}/status`: battery, firmware, buffered-sample count; the latest per device is kept. */
   handleStatus(src: IngestSource, payload: Buffer, qos: number, done: Done): void {
     if (this.refusedByGate(src, qos > 0, done)) return
-    let status: Record<string, unknown>
+    let status: DeviceStatus
     try {
-      const parsed: unknown = JSON.parse(payload.toString('utf8'))
-      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object')
-      status = parsed as Record<string, unknown>
+      status = deviceStatusSchema.parse(JSON.parse(payload.toString('utf8')))
     } catch (err) {
       this.metrics.samplesRejected.inc({ reason: 'bad_status' })
       this.publishRejections(src.deviceId, [{ seq: null, reason: 'bad_status', field: null, index: null }])

@@ -1,4 +1,5 @@
 // Shapes passed between pipeline stages. Each stage is a pure function of these, testable alone.
+import { z } from 'zod'
 
 /** Scalar metrics stored in the `samples` hypertable; the number is the stored smallint code (never reuse one). */
 export const METRICS = {
@@ -31,13 +32,20 @@ export interface PositionSample {
   acc: number | null
 }
 
-export interface Rejection {
-  seq: number | null
-  /** machine-readable reason, e.g. `out_of_range`, `future_timestamp`, `malformed` */
-  reason: string
-  field: string | null
-  index: number | null
-}
+/** One message on `devices/{id}/rejections` (JSON, QoS 1); the type is inferred (docs/asyncapi.yaml). */
+export const rejectionSchema = z
+  .object({
+    seq: z.number().int().nullable().describe('the batch refused (null: a status message)'),
+    /** machine-readable reason, e.g. `out_of_range`, `future_timestamp`, `malformed` */
+    reason: z
+      .string()
+      .describe('machine-readable, e.g. out_of_range, future_timestamp, malformed_cbor, more_rejections'),
+    field: z.string().nullable(),
+    index: z.number().int().nullable().describe("the sample's index in the batch"),
+    count: z.number().int().optional().describe('more_rejections: how many further rejections were not sent'),
+  })
+  .describe('why (part of) a batch was refused')
+export type Rejection = z.infer<typeof rejectionSchema>
 
 /** What decode produces: the envelope checked, the samples still untrusted. */
 export interface DecodedBatch {

@@ -1,4 +1,4 @@
-// The topic grammar of SPEC.md, parsed once per packet. Anything that does not parse is refused by the ACL.
+// The topic grammar of docs/contract.md, parsed once per packet. Anything that does not parse is refused by the ACL.
 export const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
 
 export type DeviceLeaf = 'readings' | 'status' | 'rejections' | 'config'
@@ -31,11 +31,21 @@ const USER_SUBLEAVES = new Map<string, ReadonlySet<string>>([
 export const INBOUND_USER_LEAVES: ReadonlySet<UserLeaf> = new Set<UserLeaf>(['sync/request', 'consent', 'preferences'])
 const EVENT_LEAVES = new Set<string>(['leaderboard', 'alerts', 'stats', 'positions'])
 
+/** Every topic of the grammar as a template (`devices/{deviceId}/readings`, …): what docs/asyncapi.yaml must list. */
+export function topicTemplates(): string[] {
+  const out: string[] = []
+  for (const leaf of DEVICE_LEAVES) out.push(`devices/{deviceId}/${leaf}`)
+  for (const leaf of USER_LEAVES) out.push(`users/{userId}/${leaf}`)
+  for (const [leaf, subs] of USER_SUBLEAVES) for (const sub of subs) out.push(`users/{userId}/${leaf}/${sub}`)
+  for (const leaf of EVENT_LEAVES) out.push(`events/{eventId}/${leaf}`)
+  return out
+}
+
 export function isValidId(id: string): boolean {
   return ID_RE.test(id)
 }
 
-/** Parses a concrete topic (no wildcards); null if it is not one of SPEC.md's topics. */
+/** Parses a concrete topic (no wildcards); null if it is not one of docs/contract.md's topics. */
 export function parseTopic(topic: string): TopicRef | null {
   const parts = topic.split('/')
   const [root, id, leaf, sub] = parts
@@ -64,6 +74,7 @@ export const topicFor = {
   userAlerts: (userId: string) => `users/${userId}/alerts`,
   live: (userId: string) => `users/${userId}/live`,
   recommendations: (userId: string) => `users/${userId}/recommendations`,
+  syncRequest: (userId: string) => `users/${userId}/sync/request`,
   syncResponse: (userId: string) => `users/${userId}/sync/response`,
   consent: (userId: string) => `users/${userId}/consent`,
   consentState: (userId: string) => `users/${userId}/consent/state`,

@@ -27,6 +27,7 @@ import type { AuditLog } from '../ops/audit.js'
 import type { AuditActor, AuditEntry } from '../ops/audit-types.js'
 import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
+import { type ReadinessDeps, readiness, registerDatabaseGauge } from './readiness.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
 import type { LiveRoutes } from './live-routes.js'
 import { type ConsoleServices, createConsoleRoutes } from './console-routes.js'
@@ -41,7 +42,7 @@ export interface RouteDeps {
   writer: GroupCommitWriter
   isReady(): boolean
   /** the broker's Redis connection(s), when it has any: /readyz is false once one has been down past the bound */
-  redis?: { report(): { ok: boolean; downForMs: number }; readonly watching: number }
+  redis?: ReadinessDeps['redis']
   onDeviceRevoked(deviceId: string): void
   /** devices (re-)registered, possibly with a new certificate: cached verdicts about them go */
   onDevicesRegistered(deviceIds: readonly string[]): void
@@ -259,6 +260,7 @@ async function readBody(req: http.IncomingMessage, max = 64 * 1024): Promise<str
 }
 
 export function createHttpRoutes(deps: RouteDeps) {
+  registerDatabaseGauge(deps.metrics.registry, deps.db)
   // Opened on the first privacy RPC (keys, key check, legacy re-encryption), once; a failure is retried next time.
   let privacy: Promise<PrivacyServices> | null = null
   const privacyServices = (): Promise<PrivacyServices> => {
@@ -293,27 +295,8 @@ export function createHttpRoutes(deps: RouteDeps) {
     void (async () => {
       if (req.method === 'GET' && url.pathname === '/healthz') return send(res, 200, { status: 'ok' })
       if (req.method === 'GET' && url.pathname === '/readyz') {
-        let database = false
-        try {
-          await Promise.race([
-            deps.db.query('SELECT 1'),
-            new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000)),
-          ])
-          database = true
-        } catch {
-          database = false
-        }
-        const listeners = deps.isReady()
-        const redis = deps.redis && deps.redis.watching > 0 ? deps.redis.report() : null
-        const ok = database && listeners && deps.writer.healthy && (redis?.ok ?? true)
-        return send(res, ok ? 200 : 503, {
-          status: ok ? 'ready' : 'not_ready',
-          database,
-          listeners,
-          writer: deps.writer.healthy,
-          queuedRows: deps.writer.queuedRows,
-          ...(redis ? { redis: redis.ok, redisDownMs: redis.downForMs } : {}),
-        })
+        const r = await readiness(deps)
+        return send(res, r.ok ? 200 : 503, r.body)
       }
       if (req.method === 'GET' && url.pathname === '/metrics') {
         return send(res, 200, await deps.metrics.registry.metrics(), deps.metrics.registry.contentType)

@@ -248,11 +248,29 @@ export function createHttpServer(deps: HttpDeps, tlsMaterial: TlsMaterial | null
   return server
 }
 
-export function listen(server: net.Server, port: number, host: string): Promise<number> {
+/** A listener's port is taken: says which `PULSEGATE_*_PORT` to set (the CLI prints it without a stack trace). */
+export class PortInUseError extends Error {
+  override readonly name = 'PortInUseError'
+  constructor(
+    readonly port: number,
+    readonly host: string,
+    readonly variable: string,
+  ) {
+    super(
+      `port ${port} on ${host} is already in use (another pulsegate, or e.g. Mosquitto on 1883): set ${variable} to a ` +
+        `free port (0 picks one), e.g. ${variable}=${port + 1}`,
+    )
+  }
+}
+
+/** Binds; `variable` names the setting of this port for the error when it is taken. */
+export function listen(server: net.Server, port: number, host: string, variable = 'the port'): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.once('error', reject)
+    const fail = (err: NodeJS.ErrnoException) =>
+      reject(err.code === 'EADDRINUSE' ? new PortInUseError(port, host, variable) : err)
+    server.once('error', fail)
     server.listen({ port, host, backlog: 4096 }, () => {
-      server.off('error', reject)
+      server.off('error', fail)
       resolve((server.address() as net.AddressInfo).port)
     })
   })

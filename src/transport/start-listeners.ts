@@ -22,14 +22,27 @@ export async function startListeners(
   o: { tls: TlsMaterial | null; http: http.Server; limits: LimitMetrics; log: Logger; servers: net.Server[] },
 ): Promise<ListenerPorts> {
   const ports: ListenerPorts = { mqtt: null, mqtts: null, mqttsToken: null, http: 0 }
-  const open = async (s: net.Server, port: number) => {
+  // the variable named when a port is in use (PortInUseError)
+  const open = async (s: net.Server, port: number, variable: string) => {
     o.servers.push(s)
-    return listen(s, port, config.host)
+    return listen(s, port, config.host, variable)
   }
-  if (config.mqttEnabled) ports.mqtt = await open(createTcpServer(deps), config.mqttPort)
+  if (config.mqttEnabled) ports.mqtt = await open(createTcpServer(deps), config.mqttPort, 'PULSEGATE_MQTT_PORT')
   const tlsListeners = [
-    { on: config.mqttsEnabled, port: config.mqttsPort, clientCert: 'required', key: 'mqtts' },
-    { on: config.mqttsTokenEnabled, port: config.mqttsTokenPort, clientCert: 'optional', key: 'mqttsToken' },
+    {
+      on: config.mqttsEnabled,
+      port: config.mqttsPort,
+      clientCert: 'required',
+      key: 'mqtts',
+      env: 'PULSEGATE_MQTTS_PORT',
+    },
+    {
+      on: config.mqttsTokenEnabled,
+      port: config.mqttsTokenPort,
+      clientCert: 'optional',
+      key: 'mqttsToken',
+      env: 'PULSEGATE_MQTTS_TOKEN_PORT',
+    },
   ] as const
   for (const l of tlsListeners) {
     if (!l.on || !o.tls) continue
@@ -41,8 +54,8 @@ export async function startListeners(
       metrics: o.limits,
       log: o.log,
     })
-    ports[l.key] = await open(s, l.port)
+    ports[l.key] = await open(s, l.port, l.env)
   }
-  ports.http = await open(o.http, config.httpPort)
+  ports.http = await open(o.http, config.httpPort, 'PULSEGATE_HTTP_PORT')
   return ports
 }

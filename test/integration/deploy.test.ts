@@ -45,11 +45,12 @@ function run(cmd: string, args: string[]): Promise<{ code: number; output: strin
 }
 
 describe('deploy configs', () => {
-  it('promtool accepts deploy/prometheus.yml and its alert rules', async () => {
-    const config = await run('promtool', ['check', 'config', 'deploy/prometheus.yml'])
+  it('promtool accepts deploy/prometheus/prometheus.yml and its alert rules', async () => {
+    const config = await run('promtool', ['check', 'config', 'deploy/prometheus/prometheus.yml'])
     expect(config.output).toContain('SUCCESS')
     expect(config.code).toBe(0)
-    const rules = await run('promtool', ['check', 'rules', 'deploy/alerts.yml'])
+    const rules = await run('promtool', ['check', 'rules', 'deploy/prometheus/alerts.yml'])
+    expect(rules.output).toContain('SUCCESS')
     expect(rules.code).toBe(0)
   })
 

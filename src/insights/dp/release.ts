@@ -6,6 +6,7 @@
 // (ε/3 each). Each runner is in at most one cell of each histogram, so each histogram has L1 sensitivity 1 under
 // adding or removing one runner, discrete Laplace noise of scale 3/ε per cell makes it ε/3-DP, and the three compose
 // to ε per release (sequential composition); the ledger adds the releases up per event and day.
+import { z } from 'zod'
 import {
   AGE_BANDS,
   type Assignment,
@@ -24,47 +25,53 @@ import {
 import { epsilonNumber, type Fraction, type MicroEpsilon, share } from './epsilon.js'
 import { type CryptoRandom, defaultRandom, discreteLaplaceMath, noiseVector } from './noise.js'
 
-export interface MedianCell {
+const medianCellSchema = z.object({
   /** noisy number of runners in the band (sum of its noisy pace cells) */
-  n: number
-  medianSPerKm: number
-}
+  n: z.number(),
+  medianSPerKm: z.number(),
+})
+export type MedianCell = z.infer<typeof medianCellSchema>
 
-export interface StatsCells {
+const statsCellsSchema = z.object({
   /** runners on the course, by 5 km segment of their current distance */
-  segments: Record<string, number | null>
+  segments: z.record(z.string(), z.number().nullable()),
   /** runners past the course distance; absent when the event has no course length */
-  finishers?: number | null
+  finishers: z.number().nullable().optional(),
   /** runners by zone of their last-minute mean HR */
-  hrZones: Record<string, number | null>
+  hrZones: z.record(z.string(), z.number().nullable()),
   /** median pace over the last minute per age band, read from a noisy histogram of 15 s/km buckets */
-  medianPaceByAge: Record<string, MedianCell | null>
-}
+  medianPaceByAge: z.record(z.string(), medianCellSchema.nullable()),
+})
+export type StatsCells = z.infer<typeof statsCellsSchema>
 
-export interface StatsEpsilon {
+const statsEpsilonSchema = z.object({
   /** ε this release spent */
-  release: number
+  release: z.number(),
   /** ε of each of its histograms (release / 3) */
-  perHistogram: number
-  spentToday: number
-  remainingToday: number
-  budgetPerDay: number
+  perHistogram: z.number(),
+  spentToday: z.number(),
+  remainingToday: z.number(),
+  budgetPerDay: z.number(),
   /** the ledger's day (UTC) */
-  day: string
-}
+  day: z.string(),
+})
+export type StatsEpsilon = z.infer<typeof statsEpsilonSchema>
 
-/** The message on `events/{eid}/stats` and what `pulsegate stats event` prints. */
-export interface StatsMessage {
-  eventId: string
-  t: number
-  epsilon: StatsEpsilon
-  cells: StatsCells
-  /** cells withheld because their noisy count was below suppressBelow (or, for medians, too noisy to read) */
-  suppressed: string[]
-  suppressBelow: number
-  method: 'discrete-laplace'
-  sensitivity: 1
-}
+/** The message on `events/{eid}/stats` and what `pulsegate stats event` prints; the type is inferred from it. */
+export const statsMessageSchema = z
+  .object({
+    eventId: z.string(),
+    t: z.number().describe('epoch milliseconds'),
+    epsilon: statsEpsilonSchema,
+    cells: statsCellsSchema,
+    /** cells withheld because their noisy count was below suppressBelow (or, for medians, too noisy to read) */
+    suppressed: z.array(z.string()),
+    suppressBelow: z.number(),
+    method: z.literal('discrete-laplace'),
+    sensitivity: z.literal(1),
+  })
+  .describe('differentially private aggregates of an event (noisy counts; suppressed cells are null)')
+export type StatsMessage = z.infer<typeof statsMessageSchema>
 
 /** A release before its ε is spent: everything but the ledger figures. */
 export type DraftRelease = Omit<StatsMessage, 'epsilon'> & { epsilonMicro: MicroEpsilon }

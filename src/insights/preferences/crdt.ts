@@ -2,6 +2,7 @@
 // keeps, per field, the entry with the greatest (HLC, canonical value); that is a join on a product of total orders,
 // so merging is commutative, associative and idempotent and every device converges whatever the order of arrival
 // (test/unit/preferences-crdt.test.ts checks it over random edit sets, orders and duplications).
+import { z } from 'zod'
 import { compareHlc, formatHlc, type Hlc } from './hlc.js'
 import type { Preferences, PrivacyZone, QuietHours, ZoneCircle } from './reader.js'
 
@@ -81,14 +82,28 @@ export function project(map: PrefsMap): Preferences {
   return out
 }
 
-/** The retained message on users/{uid}/preferences/state. */
-export interface PreferencesStateMessage {
-  userId: string
-  /** field → value; cleared fields are null */
-  state: Record<string, FieldValue>
-  /** field → `<wall>:<counter>:<node>`, so a device can merge the state into its own copy */
-  clock: Record<string, string>
-}
+const stateValueSchema = z.union([
+  z.object({ start: z.string(), end: z.string() }).describe('quietHours: HH:MM local time'),
+  z
+    .object({ lat: z.number(), lon: z.number(), radiusM: z.number(), label: z.string().optional() })
+    .describe('privacyZones.<id>: a circle'),
+  z.string(),
+  z.number(),
+  z.boolean(),
+  z.null(),
+])
+
+/** The retained message on users/{uid}/preferences/state; its type is inferred (docs/asyncapi.yaml, src/client). */
+export const preferencesStateMessageSchema = z
+  .object({
+    userId: z.string(),
+    state: z.record(z.string(), stateValueSchema).describe('field → value; cleared fields are null'),
+    clock: z
+      .record(z.string(), z.string())
+      .describe('field → `<wall>:<counter>:<node>`, so a device can merge the state into its own copy'),
+  })
+  .describe("the user's merged preferences (retained), with each field's hybrid logical clock")
+export type PreferencesStateMessage = z.infer<typeof preferencesStateMessageSchema>
 
 export function stateMessage(userId: string, map: PrefsMap): PreferencesStateMessage {
   const state: Record<string, FieldValue> = {}
