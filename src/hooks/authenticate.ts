@@ -19,7 +19,7 @@ export interface CertificateLookup {
 }
 
 export interface AuthenticateDeps {
-  lookups: { certificates: CertificateLookup }
+  lookups: { certificates: CertificateLookup; warmDevice?(deviceId: string): void }
   tokens: Pick<Tokens, 'verify'>
   principals: Principals
   metrics: Pick<Metrics, 'authRefusals' | 'connects'>
@@ -59,6 +59,7 @@ export function createAuthenticate(deps: AuthenticateDeps): AuthenticateHook {
         if (rec.revoked || rec.fingerprintRevoked) return refuse(deps, listener, 'revoked', 5, client.id, done)
         if (rec.fingerprint !== fp) return refuse(deps, listener, 'fingerprint_mismatch', 5, client.id, done)
         p = { role: 'device', userId: rec.userId, deviceId, deviceKey: rec.deviceKey, events: [] }
+        lookups.warmDevice?.(deviceId)
       } else if (info.upgradePrincipal) {
         p = info.upgradePrincipal
       } else if (password && password.length > 0) {

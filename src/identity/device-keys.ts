@@ -10,7 +10,7 @@ import type { BrokerConfig } from '../../broker.config.js'
 import { createPublicKey, type KeyObject, X509Certificate } from 'node:crypto'
 import type { SecretKey } from '../ops/keys.js'
 import type { DeviceKeyMaterial, DeviceKeySource } from '../pipeline/envelope.js'
-import type { Queryable } from '../store/db.js'
+import { isConnectionError, type Queryable } from '../store/db.js'
 import { loadDeviceWrapKey, unwrapContentKey } from './content-key.js'
 
 const NOTHING: DeviceKeyMaterial = Object.freeze({ verifyKey: null, signedRequired: false, contentKey: null })
@@ -67,6 +67,12 @@ export class DeviceKeyCache implements DeviceKeySource {
     })
   }
 
+  /** Loads a device's keys ahead of its first batch (at its CONNECT, while the database answers); errors are ignored. */
+  warm(deviceId: string): void {
+    if (this.cache.has(deviceId)) return
+    void Promise.resolve(this.get(deviceId)).catch(() => {})
+  }
+
   forget(deviceId: string): void {
     this.epoch++
     this.cache.delete(deviceId)
@@ -98,7 +104,14 @@ export class DeviceKeyCache implements DeviceKeySource {
           for (const w of q.waiters) w.resolve(m)
         }
       } catch (err) {
-        for (const [, q] of batch) for (const w of q.waiters) w.reject(err)
+        // The database is unreachable: an expired entry is still the device's material (a revocation or policy
+        // change would have dropped it: forget()), so its batches queue for the commit as before the outage instead
+        // of being refused for as long as it lasts.
+        const unreachable = isConnectionError(err)
+        for (const [id, q] of batch) {
+          const stale = unreachable ? this.cache.get(id) : undefined
+          for (const w of q.waiters) stale ? w.resolve(stale.m) : w.reject(err)
+        }
       }
     }
     this.busy = false

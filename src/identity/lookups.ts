@@ -3,6 +3,12 @@
 import { type CertificateRecord, certificateKey, type Registry } from '../store/registry.js'
 import type { AclLookups } from './acl.js'
 
+interface DeviceKeysFollower {
+  forget(deviceId: string): void
+  clear(): void
+  warm(deviceId: string): void
+}
+
 class TtlCache<V> {
   private readonly map = new Map<string, { v: V; exp: number }>()
   constructor(private readonly max = 100_000) {}
@@ -171,10 +177,15 @@ export class CachedLookups implements AclLookups {
   }
 
   /** the readings pipeline's per-device keys (src/identity/device-keys.ts): invalidated with the verdicts below */
-  private deviceKeys: { forget(deviceId: string): void; clear(): void } | null = null
+  private deviceKeys: DeviceKeysFollower | null = null
 
-  followDeviceKeys(keys: { forget(deviceId: string): void; clear(): void }): void {
+  followDeviceKeys(keys: DeviceKeysFollower): void {
     this.deviceKeys = keys
+  }
+
+  /** A device authenticated: its pipeline keys are loaded now, while the database answers (its batches follow). */
+  warmDevice(deviceId: string): void {
+    this.deviceKeys?.warm(deviceId)
   }
 
   /** A device was revoked or re-registered (here or, told by the control plane, anywhere): its verdicts go at once. */
