@@ -5,12 +5,12 @@
 // Run: npm run build && node dist/bench/alerts.js [--background 1000] [--probes 200] [--store postgres|embedded]
 import fs from 'node:fs'
 import { parseArgs } from 'node:util'
-import { Worker } from 'node:worker_threads'
 import mqtt, { type MqttClient } from 'mqtt'
 import type { AlertMessage } from '../src/outputs/payloads.js'
 import { provisionDevices, type StoreKind, startBenchBroker } from './lib/broker.js'
 import { ensureBenchCerts } from './lib/certs.js'
 import { latencyHistogram, loadavg, summarizeMs } from './lib/stats.js'
+import { startBackgroundLoad } from './lib/background-load.js'
 
 const { values } = parseArgs({
   options: {
@@ -29,13 +29,9 @@ const bgDevices = pki.devices.slice(0, BG)
 const probes = pki.devices.slice(BG, BG + PROBES)
 const mqttsUrl = `mqtts://127.0.0.1:${pg.ports.mqtts}`
 
-const load = new Worker(new URL('./lib/alerts-load.js', import.meta.url), {
-  workerData: { url: mqttsUrl, ca: pki.caCert, devices: bgDevices, seconds: 10 + PROBES * 0.1 + 20 },
-})
-const loadDone = new Promise<{ acked: number; failed: number }>((resolve) =>
-  load.on('message', (m: { type: string; acked: number; failed: number }) => m.type === 'done' && resolve(m)),
-)
-await new Promise<void>((resolve) => load.on('message', (m: { type: string }) => m.type === 'connected' && resolve()))
+const load = startBackgroundLoad({ url: mqttsUrl, ca: pki.caCert, devices: bgDevices, seconds: 10 + PROBES * 0.1 + 20 })
+const loadDone = load.done
+await load.connected
 console.error(`${BG} background trackers connected and streaming`)
 
 const ca = fs.readFileSync(pki.caCert)
@@ -121,6 +117,6 @@ console.log(
   `alert latency (device publish → app receive over WebSocket) with ${BG} trackers streaming: opened p50 ${result.opened.p50} ms, p99 ${result.opened.p99} ms; resolved p50 ${result.resolved.p50} ms, p99 ${result.resolved.p99} ms; missing ${missing}; load ${result.loadavg}`,
 )
 console.log(JSON.stringify(result))
-await load.terminate()
+await load.stop()
 await bb.stop()
 process.exit(0)

@@ -11,11 +11,11 @@ import fs from 'node:fs'
 import https from 'node:https'
 import type net from 'node:net'
 import { parseArgs } from 'node:util'
-import { Worker } from 'node:worker_threads'
 import mqtt from 'mqtt'
 import { provisionDevices, type StoreKind, startBenchBroker } from './lib/broker.js'
 import { ensureBenchCerts } from './lib/certs.js'
 import { latencyHistogram, loadavg, summarizeMs } from './lib/stats.js'
+import { startBackgroundLoad } from './lib/background-load.js'
 
 const { values } = parseArgs({
   options: {
@@ -76,14 +76,9 @@ const bgDevices = pki.devices.slice(0, BG)
 const probes = pki.devices.slice(BG, BG + PROBES)
 const mqttsUrl = `mqtts://127.0.0.1:${pg.ports.mqtts}`
 
-const load = new Worker(new URL('./lib/alerts-load.js', import.meta.url), {
-  workerData: { url: mqttsUrl, ca: pki.caCert, devices: bgDevices, seconds: 10 + PROBES * 0.1 + 20 },
-})
-const loadDone = new Promise<{ acked: number; failed: number }>((resolve) =>
-  load.on('message', (m: { type: string; acked: number; failed: number }) => m.type === 'done' && resolve(m)),
-)
-if (BG > 0)
-  await new Promise<void>((resolve) => load.on('message', (m: { type: string }) => m.type === 'connected' && resolve()))
+const load = startBackgroundLoad({ url: mqttsUrl, ca: pki.caCert, devices: bgDevices, seconds: 10 + PROBES * 0.1 + 20 })
+const loadDone = load.done
+if (BG > 0) await load.connected
 console.error(`${BG} background trackers connected and streaming`)
 
 const ca = fs.readFileSync(pki.caCert)
@@ -165,7 +160,7 @@ console.log(
   `webhook latency, alert committed → push received: p50 ${result.committedToReceived.p50} ms, p99 ${result.committedToReceived.p99} ms (${result.committedToReceived.count} opened alerts); tracker publish → push received: p50 ${result.publishToReceived.p50} ms, p99 ${result.publishToReceived.p99} ms; ${BG} trackers streaming; missing ${missing}; bad signatures ${badSignatures}; load ${result.loadavg}`,
 )
 console.log(JSON.stringify(result))
-await load.terminate()
+await load.stop()
 await bb.stop()
 endpoint.closeAllConnections()
 endpoint.close()

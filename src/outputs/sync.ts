@@ -127,8 +127,13 @@ export class SyncService {
       this.refuse(userId, req, 'bad_request', 'consents are synced with a commit-order cursor only (send cursor "0")')
       return
     }
+    await this.respond(userId, req, () => this.query(userId, treq))
+  }
+
+  /** Publishes the page `build` makes, or `unavailable` when the database fails (the app retries). */
+  private async respond(userId: string, req: SyncRequest, build: () => Promise<unknown>): Promise<void> {
     try {
-      const body = await this.query(userId, treq)
+      const body = await build()
       this.publisher.publish(topicFor.syncResponse(userId), JSON.stringify(body), 1, false)
       this.metrics.syncRequests.inc({ outcome: 'ok' })
     } catch (err) {
@@ -196,25 +201,15 @@ export class SyncService {
       return
     }
     const kinds = req.kinds ?? SYNC_KINDS
-    try {
+    await this.respond(userId, req, async () => {
       const page = await pageAfter(this.db, userId, kinds, from, req.limit)
       const body: Record<string, unknown> = { requestId: req.requestId ?? null }
       for (const k of kinds) body[k] = []
       for (const r of page.rows) (body[r.kind] as unknown[]).push(orderedRow(r))
       body['nextCursor'] = encodeCursor(page.next)
       body['more'] = page.more
-      this.publisher.publish(topicFor.syncResponse(userId), JSON.stringify(body), 1, false)
-      this.metrics.syncRequests.inc({ outcome: 'ok' })
-    } catch (err) {
-      this.metrics.syncRequests.inc({ outcome: 'error' })
-      this.log.warn({ err: (err as Error).message }, 'sync request failed')
-      this.publisher.publish(
-        topicFor.syncResponse(userId),
-        JSON.stringify({ requestId: req.requestId ?? null, error: 'unavailable' }),
-        1,
-        false,
-      )
-    }
+      return body
+    })
   }
 
   private async readings(userId: string, req: TimeRequest) {

@@ -26,6 +26,7 @@ import type { ZoneGate } from '../outputs/zone-gate.js'
 import type { Publisher } from '../pipeline/ingest.js'
 import type { Db } from '../store/db.js'
 import { isValidId } from '../topics/grammar.js'
+import { readBody } from './http-body.js'
 
 /** What the broker hands the console (src/broker.ts). */
 export interface ConsoleServices {
@@ -91,14 +92,7 @@ function send(res: http.ServerResponse, status: number, body: unknown, type = 'a
 }
 
 async function readJson(req: http.IncomingMessage, max = 16 * 1024): Promise<unknown> {
-  let size = 0
-  const chunks: Buffer[] = []
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length
-    if (size > max) throw new Error('body too large')
-    chunks.push(chunk as Buffer)
-  }
-  const text = Buffer.concat(chunks).toString('utf8')
+  const text = await readBody(req, max)
   return text ? (JSON.parse(text) as unknown) : {}
 }
 

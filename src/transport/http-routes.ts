@@ -29,6 +29,7 @@ import type { GroupCommitWriter } from '../pipeline/commit.js'
 import type { Db } from '../store/db.js'
 import { type ReadinessDeps, readiness, registerDatabaseGauge } from './readiness.js'
 import { type DeviceRegistration, type Registry, RegistryError } from '../store/registry.js'
+import { readBody } from './http-body.js'
 import type { LiveRoutes } from './live-routes.js'
 import { type ConsoleServices, createConsoleRoutes } from './console-routes.js'
 import { handlePortability } from './portability-routes.js'
@@ -246,17 +247,6 @@ function send(res: http.ServerResponse, status: number, body: unknown, type = 'a
   const text = typeof body === 'string' ? body : JSON.stringify(body)
   res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' })
   res.end(text)
-}
-
-async function readBody(req: http.IncomingMessage, max = 64 * 1024): Promise<string> {
-  let size = 0
-  const chunks: Buffer[] = []
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length
-    if (size > max) throw new Error('body too large')
-    chunks.push(chunk as Buffer)
-  }
-  return Buffer.concat(chunks).toString('utf8')
 }
 
 export function createHttpRoutes(deps: RouteDeps) {
