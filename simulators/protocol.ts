@@ -82,6 +82,8 @@ export interface WorkerOptions {
   statsIntervalMs: number
   /** spread connections over 127.0.0.x source addresses (more than one ephemeral port range); loopback only */
   sourceAddresses: string[]
+  /** apps also subscribe to users/{uid}/recommendations and report each arrival (--history-days) */
+  recommendations: boolean
 }
 
 export interface WorkerInit {
@@ -247,6 +249,16 @@ export interface AnomalyOutcome {
   watched: boolean
 }
 
+/** A recommendation as an app received it. */
+export interface RecommendationReceipt {
+  userId: string
+  id: string
+  rule: string
+  /** the payload's createdAt: the instant the rules were evaluated at */
+  createdAt: number
+  receivedAt: number
+}
+
 export interface StatsMessage {
   type: 'stats'
   workerIndex: number
@@ -265,6 +277,7 @@ export interface FinalMessage {
   interval: HistogramSet
   runs: RunsWire[]
   anomalies: AnomalyOutcome[]
+  recommendations: RecommendationReceipt[]
   /** earliest and latest sample time generated, for the verification window */
   tMin: number
   tMax: number

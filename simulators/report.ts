@@ -5,6 +5,7 @@ import path from 'node:path'
 import type { Histogram } from 'hdr-histogram-js'
 import type { AnomalyKind } from './physiology.js'
 import type { Counters, Format, Scenario, WorkerSelf } from './protocol.js'
+import type { RuleScore } from './wellness-history.js'
 
 export interface LatencySummary {
   count: number
@@ -173,8 +174,33 @@ export interface SwarmReport {
   /** each worker's event-loop delay and CPU: high lag means the simulator, not the broker, set the pace */
   workers: WorkerSelf[]
   verification: Verification
+  /** `--history-days`: the planted conditions against what the daily rules recommended; null without */
+  wellness: WellnessReport | null
   timeline: TimelinePoint[]
   counters: Counters
+}
+
+export interface WellnessReport {
+  historyDays: number
+  /** the users' zone (late morning at the run) and the virtual "now" the rules ran at */
+  zone: string
+  at: string
+  historyRows: number
+  historyMs: number
+  /** the daily rules' run (features, rules, delivery) */
+  runMs: number
+  /** per planted rule: true/false positives/negatives, precision and recall */
+  rules: Record<string, RuleScore>
+  /** recommendations of other rules (not planted, not scored) */
+  otherRules: Record<string, number>
+  /** recommendations of the planted rules that reached the user's app over MQTT, and those that did not */
+  appReceived: number
+  appMissing: number
+  /** rule evaluation (the run's instant, the payload's createdAt) → app receipt, ms */
+  latencyMs: LatencySummary
+  thresholds: { precision: number; recall: number }
+  /** the rules below a threshold (empty: pass) */
+  failures: string[]
 }
 
 const fmt = (n: number, digits = 0) =>
@@ -241,6 +267,25 @@ export function summaryText(r: SwarmReport): string {
     lines.push(
       `offline: ${r.offline.cuts}/${r.offline.planned} links cut (${r.offline.late} later than planned: not up yet), ` +
         `${r.offline.recovered} back up after, ${fmt(r.offline.samplesBufferedWhileOffline)} samples buffered meanwhile`,
+    )
+  }
+  const w = r.wellness
+  if (w) {
+    lines.push(
+      `wellness history: ${w.historyDays} days, ${fmt(w.historyRows)} rows in ${fmt(w.historyMs / 1000, 1)} s; ` +
+        `daily rules at ${w.at} (${w.zone}) in ${fmt(w.runMs / 1000, 1)} s`,
+    )
+    const pct = (x: number | null) => (x === null ? '—' : x.toFixed(3))
+    for (const [rule, s] of Object.entries(w.rules))
+      lines.push(
+        `  ${rule.padEnd(13)} planted ${s.planted}: TP ${s.truePositives} FP ${s.falsePositives} ` +
+          `FN ${s.falseNegatives} TN ${s.trueNegatives}  precision ${pct(s.precision)} recall ${pct(s.recall)}`,
+      )
+    lines.push(
+      `  apps received ${w.appReceived} of the planted rules' recommendations (${w.appMissing} missing); ` +
+        `latency ms p50 ${fmt(w.latencyMs.p50, 1)} p99 ${fmt(w.latencyMs.p99, 1)} (n=${w.latencyMs.count}); ` +
+        `other rules ${JSON.stringify(w.otherRules)}` +
+        (w.failures.length > 0 ? `\n  BELOW THRESHOLD: ${w.failures.join('; ')}` : ''),
     )
   }
   lines.push(

@@ -20,6 +20,7 @@ import {
   newHistogram,
   type ParentToWorker,
   pick,
+  type RecommendationReceipt,
   type RunsWire,
   type UserSpec,
   type WorkerInit,
@@ -81,6 +82,7 @@ export class WorkerDriver {
   private readonly users: SimUser[] = []
   private readonly byUser = new Map<string, SimUser>()
   private readonly apps: MqttClient[] = []
+  private readonly recommendations: RecommendationReceipt[] = []
   private medic: MqttClient | null = null
   private readonly ca: Buffer
   private startAt = 0
@@ -179,6 +181,7 @@ export class WorkerDriver {
           [`users/${u.userId}/alerts`]: { qos: 1 },
           [`users/${u.userId}/live`]: { qos: 0 },
         }
+        if (this.init.options.recommendations) topics[`users/${u.userId}/recommendations`] = { qos: 1 }
         if (app.leaderboard && this.init.options.eventId)
           topics[`events/${this.init.options.eventId}/leaderboard`] = { qos: 0 }
         client.subscribe(topics, () => {
@@ -241,6 +244,18 @@ export class WorkerDriver {
       // A retained snapshot from before this run says nothing about this run's lag.
       if (isLiveSnapshot(snap) && this.startAt > 0 && snap.t >= this.startAt && now >= snap.t)
         this.hist.liveLagMs.recordValue(Math.max(1, now - snap.t))
+      return
+    }
+    if (leaf === 'recommendations') {
+      const r = parseJson(payload) as { id?: unknown; rule?: unknown; createdAt?: unknown } | undefined
+      if (r && typeof r.id === 'string' && typeof r.rule === 'string' && typeof r.createdAt === 'string')
+        this.recommendations.push({
+          userId: u.userId,
+          id: r.id,
+          rule: r.rule,
+          createdAt: Date.parse(r.createdAt),
+          receivedAt: now,
+        })
       return
     }
     if (leaf !== 'alerts') return
@@ -514,6 +529,7 @@ export class WorkerDriver {
       interval: this.takeInterval(),
       runs,
       anomalies: this.users.flatMap((u) => (u.outcome ? [u.outcome] : [])),
+      recommendations: [...this.recommendations],
       tMin,
       tMax,
       errors: { ...this.errors },
