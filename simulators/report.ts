@@ -187,6 +187,8 @@ export interface WellnessReport {
   at: string
   historyRows: number
   historyMs: number
+  /** the past days' features, computed before the run (as the nightly scheduler would have) */
+  featuresMs: number
   /** the daily rules' run (features, rules, delivery) */
   runMs: number
   /** per planted rule: true/false positives/negatives, precision and recall */
@@ -196,7 +198,8 @@ export interface WellnessReport {
   /** recommendations of the planted rules that reached the user's app over MQTT, and those that did not */
   appReceived: number
   appMissing: number
-  /** rule evaluation (the run's instant, the payload's createdAt) → app receipt, ms */
+  /** rule evaluation (the run's start, the payload's createdAt: lookback features, rules, commit, publish) → app
+   *  receipt, ms */
   latencyMs: LatencySummary
   thresholds: { precision: number; recall: number }
   /** the rules below a threshold (empty: pass) */
@@ -272,7 +275,8 @@ export function summaryText(r: SwarmReport): string {
   const w = r.wellness
   if (w) {
     lines.push(
-      `wellness history: ${w.historyDays} days, ${fmt(w.historyRows)} rows in ${fmt(w.historyMs / 1000, 1)} s; ` +
+      `wellness history: ${w.historyDays} days, ${fmt(w.historyRows)} rows in ${fmt(w.historyMs / 1000, 1)} s, ` +
+        `features ${fmt(w.featuresMs / 1000, 1)} s; ` +
         `daily rules at ${w.at} (${w.zone}) in ${fmt(w.runMs / 1000, 1)} s`,
     )
     const pct = (x: number | null) => (x === null ? '—' : x.toFixed(3))

@@ -15,7 +15,9 @@ import { withOps } from '../src/cli/ops.js'
 import { fingerprint256, initPki, issueCertWithCa, pkiPaths } from '../src/identity/pki.js'
 import { Tokens } from '../src/identity/tokens.js'
 import { createLogger } from '../src/log.js'
-import type { Queryable } from '../src/store/db.js'
+import { computeFeatures, DEFAULT_FEATURE_SETTINGS } from '../src/insights/features.js'
+import type { Db, Queryable } from '../src/store/db.js'
+import { openPostgres } from '../src/store/postgres.js'
 import { type RpcRequest, runRpc } from '../src/transport/http-routes.js'
 import { MARATHON_M } from './course.js'
 import { ANOMALY_KINDS, type AnomalyKind, hashSeed, Rng, randomProfile } from './physiology.js'
@@ -704,25 +706,36 @@ async function runAgainst(
 
   // Wellness history: written before anyone connects, on a clock ending now.
   const userIds = p.users.map((u) => u.userId)
-  let history: { db: HistoryDb; plan: WellnessPlan; rows: number; ms: number } | null = null
+  let history: WellnessHistory | null = null
   if (o.historyDays > 0) {
-    const db = historyDb(instance, config)
+    const db = await historyDb(instance, config)
     const wplan = planWellness(userIds, { share: o.plantedShare, seed: o.seed, days: o.historyDays, nowMs: Date.now() })
     if (instance && instance.config.insights.minSamplesPerMinute !== 1)
       log('warning: the history has 1 HR sample a minute; the broker needs insights.minSamplesPerMinute = 1')
     try {
-      await prepareUsers(db, wplan, userIds)
+      await prepareUsers(db.db, wplan, userIds)
       const w = await writeHistory(
-        db,
+        db.db,
         wplan,
         p.users.map((u) => ({ userId: u.userId, deviceId: u.devices[0]?.deviceId ?? '' })),
       )
-      history = { db, plan: wplan, ...w }
+      // The nightly features of the past days, as the scheduler would have computed them day by day: the run below
+      // then recomputes only its lookback days, so its time is the rules' and the delivery's.
+      const f0 = performance.now()
+      await computeFeatures(db.db, db.timescale, userIds, new Date(wplan.nowMs), {
+        ...DEFAULT_FEATURE_SETTINGS,
+        minSamplesPerMinute: 1,
+        historyDays: Math.max(o.historyDays, config.insights.historyDays),
+      })
+      history = { db, plan: wplan, ...w, featuresMs: Math.round(performance.now() - f0) }
     } catch (err) {
       await db.close()
       throw err
     }
-    log(`wellness history: ${o.historyDays} days, ${history.rows} rows in ${(history.ms / 1000).toFixed(1)} s`)
+    log(
+      `wellness history: ${o.historyDays} days, ${history.rows} rows in ${(history.ms / 1000).toFixed(1)} s, ` +
+        `features ${(history.featuresMs / 1000).toFixed(1)} s`,
+    )
   }
 
   // Tokens for apps, bridges and the medic.
@@ -1183,24 +1196,20 @@ async function runAgainst(
 
 export { summaryText }
 
-type HistoryDb = Queryable & { close(): Promise<void> }
+interface HistoryDb {
+  db: Db
+  timescale: boolean
+  close(): Promise<void>
+}
 
 /** The database the history goes into: the in-process broker's store, else PULSEGATE_DATABASE_URL. */
-function historyDb(instance: Pulsegate | null, config: BrokerConfig): HistoryDb {
-  if (instance) {
-    const db = instance.db
-    return { query: (sql, params) => db.query(sql, params), close: async () => undefined }
-  }
+async function historyDb(instance: Pulsegate | null, config: BrokerConfig): Promise<HistoryDb> {
+  if (instance) return { db: instance.db, timescale: instance.timescale, close: async () => undefined }
   if (!config.databaseUrl)
     throw new Error('--history-days writes to the database: use --embedded-broker, or PULSEGATE_DATABASE_URL')
-  const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 1 })
-  return {
-    async query<R>(sql: string, params?: unknown[]) {
-      const r = await pool.query(sql, params)
-      return { rows: r.rows as R[], rowCount: r.rowCount ?? 0 }
-    },
-    close: () => pool.end(),
-  }
+  const db = openPostgres(config.databaseUrl, 2, createLogger('warn', 'simulate'))
+  const ts = await db.query<{ ok: boolean }>(`SELECT to_regclass('samples_1m') IS NOT NULL AS ok`)
+  return { db, timescale: ts.rows[0]?.ok === true, close: () => db.close() }
 }
 
 /**
@@ -1208,7 +1217,7 @@ function historyDb(instance: Pulsegate | null, config: BrokerConfig): HistoryDb 
  * otherwise pick them up first): in this process through the broker's engine, else through its /admin/rpc.
  */
 async function runDaily(
-  db: HistoryDb,
+  { db }: HistoryDb,
   instance: Pulsegate | null,
   config: BrokerConfig,
   userIds: readonly string[],
@@ -1224,14 +1233,22 @@ async function runDaily(
   return { atMs: at.getTime(), runMs: Math.round(performance.now() - started) }
 }
 
+interface WellnessHistory {
+  db: HistoryDb
+  plan: WellnessPlan
+  rows: number
+  ms: number
+  featuresMs: number
+}
+
 async function scoreWellness(
-  history: { db: HistoryDb; plan: WellnessPlan; rows: number; ms: number },
+  history: WellnessHistory,
   daily: { atMs: number; runMs: number },
   userIds: readonly string[],
   finals: readonly (FinalMessage | null)[],
   o: Resolved,
 ): Promise<WellnessReport> {
-  const got = await recommended(history.db, userIds, daily.atMs)
+  const got = await recommended(history.db.db, userIds, daily.atMs)
   const rules = score(history.plan, userIds, got)
   const receipts = finals.flatMap((f) => f?.recommendations ?? [])
   const receivedIds = new Set(receipts.map((r) => r.id))
@@ -1247,6 +1264,7 @@ async function scoreWellness(
     at: new Date(daily.atMs).toISOString(),
     historyRows: history.rows,
     historyMs: history.ms,
+    featuresMs: history.featuresMs,
     runMs: daily.runMs,
     rules,
     otherRules,
