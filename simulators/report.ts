@@ -201,6 +201,9 @@ export interface WellnessReport {
   /** rule evaluation (the run's start, the payload's createdAt: lookback features, rules, commit, publish) → app
    *  receipt, ms */
   latencyMs: LatencySummary
+  /** the broker's publish → app receipt, ms (Aedes emits 'publish' once the packet is handed to the subscribers'
+   *  connections; the delivery publishes as soon as its INSERT has committed); null with a broker in another process */
+  publishToAppMs: LatencySummary | null
   thresholds: { precision: number; recall: number }
   /** the rules below a threshold (empty: pass) */
   failures: string[]
@@ -287,7 +290,11 @@ export function summaryText(r: SwarmReport): string {
       )
     lines.push(
       `  apps received ${w.appReceived} of the planted rules' recommendations (${w.appMissing} missing); ` +
-        `latency ms p50 ${fmt(w.latencyMs.p50, 1)} p99 ${fmt(w.latencyMs.p99, 1)} (n=${w.latencyMs.count}); ` +
+        `evaluation → app ms p50 ${fmt(w.latencyMs.p50, 1)} p99 ${fmt(w.latencyMs.p99, 1)} (n=${w.latencyMs.count})` +
+        (w.publishToAppMs
+          ? `, broker publish → app ms p50 ${fmt(w.publishToAppMs.p50, 1)} p99 ${fmt(w.publishToAppMs.p99, 1)}`
+          : '') +
+        '; ' +
         `other rules ${JSON.stringify(w.otherRules)}` +
         (w.failures.length > 0 ? `\n  BELOW THRESHOLD: ${w.failures.join('; ')}` : ''),
     )

@@ -873,7 +873,7 @@ async function runAgainst(
   let t0 = 0
   let timer: NodeJS.Timeout | null = null
   let runBar: cliProgress.SingleBar | null = null
-  let daily: { atMs: number; runMs: number } | null = null
+  let daily: DailyRun | null = null
   try {
     await allReady
     if (failure) throw failure
@@ -1221,16 +1221,44 @@ async function runDaily(
   instance: Pulsegate | null,
   config: BrokerConfig,
   userIds: readonly string[],
-): Promise<{ atMs: number; runMs: number }> {
+): Promise<DailyRun> {
   await grantRecommendations(db, userIds)
   const at = new Date()
   const started = performance.now()
-  if (instance) await instance.insights.run({ userIds, at })
-  else
+  // In process, the broker's own publish of each recommendation: the delivery commits it, then publishes.
+  const publishedAt = new Map<string, number>()
+  const onPublish = (packet: { topic: string; payload: Buffer | string }) => {
+    if (!/^users\/[^/]+\/recommendations$/.test(packet.topic)) return
+    try {
+      const id = (JSON.parse(packet.payload.toString()) as { id?: unknown }).id
+      if (typeof id === 'string' && !publishedAt.has(id)) publishedAt.set(id, Date.now())
+    } catch {
+      // not a recommendation payload: nothing to time
+    }
+  }
+  if (instance) {
+    instance.broker.on('publish', onPublish)
+    try {
+      await instance.insights.run({ userIds, at })
+    } finally {
+      instance.broker.off('publish', onPublish)
+    }
+  } else
     await withOps(config, (op) => op({ op: 'insightsRun', at: at.toISOString() }), {
       brokerUrl: `http://127.0.0.1:${config.httpPort}`,
     })
-  return { atMs: at.getTime(), runMs: Math.round(performance.now() - started) }
+  return {
+    atMs: at.getTime(),
+    runMs: Math.round(performance.now() - started),
+    publishedAt: instance ? publishedAt : null,
+  }
+}
+
+interface DailyRun {
+  atMs: number
+  runMs: number
+  /** recommendation id → when the broker published it (in process only) */
+  publishedAt: Map<string, number> | null
 }
 
 interface WellnessHistory {
@@ -1243,7 +1271,7 @@ interface WellnessHistory {
 
 async function scoreWellness(
   history: WellnessHistory,
-  daily: { atMs: number; runMs: number },
+  daily: DailyRun,
   userIds: readonly string[],
   finals: readonly (FinalMessage | null)[],
   o: Resolved,
@@ -1257,7 +1285,13 @@ async function scoreWellness(
   for (const g of got)
     if (!(PLANTED_RULES as readonly string[]).includes(g.rule)) otherRules[g.rule] = (otherRules[g.rule] ?? 0) + 1
   const lat = newHistogram()
-  for (const r of receipts) if (r.createdAt === daily.atMs) lat.recordValue(Math.max(1, r.receivedAt - r.createdAt))
+  const fromPublish = newHistogram()
+  for (const r of receipts) {
+    if (r.createdAt !== daily.atMs) continue
+    lat.recordValue(Math.max(1, r.receivedAt - r.createdAt))
+    const pub = daily.publishedAt?.get(r.id)
+    if (pub !== undefined) fromPublish.recordValue(Math.max(1, r.receivedAt - pub))
+  }
   return {
     historyDays: o.historyDays,
     zone: history.plan.zone,
@@ -1271,6 +1305,7 @@ async function scoreWellness(
     appReceived: planted.filter((g) => receivedIds.has(g.id)).length,
     appMissing: planted.filter((g) => !receivedIds.has(g.id)).length,
     latencyMs: summarize(lat),
+    publishToAppMs: daily.publishedAt ? summarize(fromPublish) : null,
     thresholds: { precision: o.minPrecision, recall: o.minRecall },
     failures: scoreFailures(rules, o.minPrecision, o.minRecall),
   }

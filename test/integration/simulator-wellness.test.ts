@@ -59,6 +59,8 @@ describe('simulator: wellness history with planted conditions, on PostgreSQL', (
     expect(w.appMissing).toBe(0)
     expect(w.appReceived).toBe(9)
     expect(w.latencyMs.count).toBeGreaterThanOrEqual(9)
+    // In process, each arrival is also timed from the broker's publish (after the delivery committed).
+    expect(w.publishToAppMs?.count).toBe(w.latencyMs.count)
     // The database agrees: the planted rules' rows are the report's true positives.
     const rows = await tb.pg.db.query<{ rule: string; n: number }>(
       `SELECT rule, count(*)::int AS n FROM recommendations WHERE user_id LIKE 'wsim-%' AND rule = ANY($1::text[])
