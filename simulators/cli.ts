@@ -68,6 +68,10 @@ interface SimulateOpts {
   signed?: boolean
   encrypted?: boolean
   maliciousShare: number
+  historyDays?: number
+  plantedShare: number
+  minPrecision: number
+  minRecall: number
 }
 
 export function simulateCommand(): Command {
@@ -140,6 +144,29 @@ export function simulateCommand(): Command {
       '--mqtt-url <mqtt://host:port,…>',
       'plain MQTT listener(s) for phone bridges (default: PULSEGATE_MQTT_PORT with one --url; else the WebSocket ones)',
     )
+    .option(
+      '--history-days <n>',
+      'wellness: write N days of history (planted conditions) before the live part, run the daily rules and score them',
+      positiveInt('--history-days'),
+    )
+    .option(
+      '--planted-share <share>',
+      'with --history-days: share of users planted with rhr_elevated, load_jump or step_goal conditions (split evenly)',
+      share('--planted-share'),
+      0.3,
+    )
+    .option(
+      '--min-precision <p>',
+      'with --history-days: fail below this precision for a planted rule',
+      share('--min-precision'),
+      1,
+    )
+    .option(
+      '--min-recall <r>',
+      'with --history-days: fail below this recall for a planted rule',
+      share('--min-recall'),
+      1,
+    )
     .option('--embedded-broker', 'start pulsegate in this process on ephemeral ports (self-contained run)')
     .option('--no-verify', 'skip counting the acked readings in the database afterwards')
     .option('--no-progress', 'no progress display')
@@ -205,6 +232,14 @@ export function simulateCommand(): Command {
         embeddedBroker: opts.embeddedBroker ?? false,
         verify: opts.verify,
         progress: opts.progress !== false,
+        ...(opts.historyDays
+          ? {
+              historyDays: opts.historyDays,
+              plantedShare: opts.plantedShare,
+              minPrecision: opts.minPrecision,
+              minRecall: opts.minRecall,
+            }
+          : {}),
       })
       console.log(summaryText(report))
       const v = report.verification
@@ -221,6 +256,8 @@ export function simulateCommand(): Command {
             `${a.incomplete} not caught up${a.reason ? ` (${a.reason})` : ''}`,
         )
       }
+      if (report.wellness && report.wellness.failures.length > 0)
+        throw new Error(`recommendations below threshold: ${report.wellness.failures.join('; ')}`)
     })
 }
 

@@ -85,6 +85,8 @@ export interface WorkerOptions {
   statsIntervalMs: number
   /** spread connections over 127.0.0.x source addresses (more than one ephemeral port range); loopback only */
   sourceAddresses: string[]
+  /** apps also subscribe to users/{uid}/recommendations and report each arrival (--history-days) */
+  recommendations: boolean
 }
 
 export interface WorkerInit {
@@ -252,6 +254,16 @@ export interface AnomalyOutcome {
   watched: boolean
 }
 
+/** A recommendation as an app received it. */
+export interface RecommendationReceipt {
+  userId: string
+  id: string
+  rule: string
+  /** the payload's createdAt: the instant the rules were evaluated at */
+  createdAt: number
+  receivedAt: number
+}
+
 export interface StatsMessage {
   type: 'stats'
   workerIndex: number
@@ -272,6 +284,7 @@ export interface FinalMessage {
   anomalies: AnomalyOutcome[]
   /** each app's local copy (live alerts + delta sync), compared with the database afterwards */
   appCopies: AppCopyWire[]
+  recommendations: RecommendationReceipt[]
   /** earliest and latest sample time generated, for the verification window */
   tMin: number
   tMax: number

@@ -6,6 +6,7 @@ import type { Histogram } from 'hdr-histogram-js'
 import type { AppConvergence } from './app-verify.js'
 import type { AnomalyKind } from './physiology.js'
 import type { Counters, Format, Scenario, WorkerSelf } from './protocol.js'
+import type { RuleScore } from './wellness-history.js'
 
 export interface LatencySummary {
   count: number
@@ -176,8 +177,39 @@ export interface SwarmReport {
   verification: Verification
   /** each app's local copy against the database for its user (app-verify.ts) */
   appConvergence: AppConvergence
+  /** `--history-days`: the planted conditions against what the daily rules recommended; null without */
+  wellness: WellnessReport | null
   timeline: TimelinePoint[]
   counters: Counters
+}
+
+export interface WellnessReport {
+  historyDays: number
+  /** the users' zone (late morning at the run) and the virtual "now" the rules ran at */
+  zone: string
+  at: string
+  historyRows: number
+  historyMs: number
+  /** the past days' features, computed before the run (as the nightly scheduler would have) */
+  featuresMs: number
+  /** the daily rules' run (features, rules, delivery) */
+  runMs: number
+  /** per planted rule: true/false positives/negatives, precision and recall */
+  rules: Record<string, RuleScore>
+  /** recommendations of other rules (not planted, not scored) */
+  otherRules: Record<string, number>
+  /** recommendations of the planted rules that reached the user's app over MQTT, and those that did not */
+  appReceived: number
+  appMissing: number
+  /** rule evaluation (the run's start, the payload's createdAt: lookback features, rules, commit, publish) → app
+   *  receipt, ms */
+  latencyMs: LatencySummary
+  /** the broker's publish → app receipt, ms (Aedes emits 'publish' once the packet is handed to the subscribers'
+   *  connections; the delivery publishes as soon as its INSERT has committed); null with a broker in another process */
+  publishToAppMs: LatencySummary | null
+  thresholds: { precision: number; recall: number }
+  /** the rules below a threshold (empty: pass) */
+  failures: string[]
 }
 
 const fmt = (n: number, digits = 0) =>
@@ -244,6 +276,30 @@ export function summaryText(r: SwarmReport): string {
     lines.push(
       `offline: ${r.offline.cuts}/${r.offline.planned} links cut (${r.offline.late} later than planned: not up yet), ` +
         `${r.offline.recovered} back up after, ${fmt(r.offline.samplesBufferedWhileOffline)} samples buffered meanwhile`,
+    )
+  }
+  const w = r.wellness
+  if (w) {
+    lines.push(
+      `wellness history: ${w.historyDays} days, ${fmt(w.historyRows)} rows in ${fmt(w.historyMs / 1000, 1)} s, ` +
+        `features ${fmt(w.featuresMs / 1000, 1)} s; ` +
+        `daily rules at ${w.at} (${w.zone}) in ${fmt(w.runMs / 1000, 1)} s`,
+    )
+    const pct = (x: number | null) => (x === null ? '—' : x.toFixed(3))
+    for (const [rule, s] of Object.entries(w.rules))
+      lines.push(
+        `  ${rule.padEnd(13)} planted ${s.planted}: TP ${s.truePositives} FP ${s.falsePositives} ` +
+          `FN ${s.falseNegatives} TN ${s.trueNegatives}  precision ${pct(s.precision)} recall ${pct(s.recall)}`,
+      )
+    lines.push(
+      `  apps received ${w.appReceived} of the planted rules' recommendations (${w.appMissing} missing); ` +
+        `evaluation → app ms p50 ${fmt(w.latencyMs.p50, 1)} p99 ${fmt(w.latencyMs.p99, 1)} (n=${w.latencyMs.count})` +
+        (w.publishToAppMs
+          ? `, broker publish → app ms p50 ${fmt(w.publishToAppMs.p50, 1)} p99 ${fmt(w.publishToAppMs.p99, 1)}`
+          : '') +
+        '; ' +
+        `other rules ${JSON.stringify(w.otherRules)}` +
+        (w.failures.length > 0 ? `\n  BELOW THRESHOLD: ${w.failures.join('; ')}` : ''),
     )
   }
   lines.push(

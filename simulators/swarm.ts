@@ -15,7 +15,9 @@ import { withOps } from '../src/cli/ops.js'
 import { fingerprint256, initPki, issueCertWithCa, pkiPaths } from '../src/identity/pki.js'
 import { Tokens } from '../src/identity/tokens.js'
 import { createLogger } from '../src/log.js'
-import type { Queryable } from '../src/store/db.js'
+import { computeFeatures, DEFAULT_FEATURE_SETTINGS } from '../src/insights/features.js'
+import type { Db, Queryable } from '../src/store/db.js'
+import { openPostgres } from '../src/store/postgres.js'
 import { type RpcRequest, runRpc } from '../src/transport/http-routes.js'
 import { type AppConvergence, compareAppCopies } from './app-verify.js'
 import { MARATHON_M } from './course.js'
@@ -46,8 +48,21 @@ import {
   svgChart,
   type TimelinePoint,
   type Verification,
+  type WellnessReport,
   writeReport,
 } from './report.js'
+import {
+  grantRecommendations,
+  MIN_HISTORY_DAYS,
+  PLANTED_RULES,
+  planWellness,
+  prepareUsers,
+  recommended,
+  score,
+  scoreFailures,
+  type WellnessPlan,
+  writeHistory,
+} from './wellness-history.js'
 import { WorkerDriver } from './worker.js'
 
 export type { SwarmReport } from './report.js'
@@ -131,6 +146,17 @@ export interface SwarmOptions {
   /** ends the run early, as Ctrl-C does (devices upload what they hold, then the report): a caller waiting for a
    *  condition gives a long duration and aborts once it is met */
   signal?: AbortSignal
+  /**
+   * wellness: write this many days of history before the live part, with planted conditions, then run the daily
+   * rules at the run's start and score them (simulators/wellness-history.ts); 0 = none (default). Every user gets an
+   * app subscribed to users/{uid}/recommendations.
+   */
+  historyDays?: number
+  /** share of users given a planted condition, split evenly over rhr_elevated, load_jump and step_goal (default 0.3) */
+  plantedShare?: number
+  /** the score a planted rule needs (default 1 and 1: the planted conditions are unambiguous) */
+  minPrecision?: number
+  minRecall?: number
 }
 
 const EVENT_ID = 'sim-marathon'
@@ -180,7 +206,8 @@ function plan(o: Resolved, certDir: string): Plan {
       seed,
       via: bridge ? 'bridge' : 'direct',
       devices: deviceSpecs,
-      app: rng.chance(o.appShare) ? { token: '', leaderboard: rng.chance(0.1) } : null,
+      // With a history every user has an app: recommendations are scored on everyone, planted or not.
+      app: rng.chance(o.appShare) || o.historyDays > 0 ? { token: '', leaderboard: rng.chance(0.1) } : null,
       bridgeToken: null,
       anomaly: null,
       startS: i / o.rampPerS,
@@ -231,6 +258,10 @@ type Resolved = ReturnType<typeof withDefaults>
 function withDefaults(o: SwarmOptions) {
   if (!(Number.isInteger(o.devices) && o.devices > 0)) throw new Error('devices must be a positive whole number')
   if (!(o.durationS > 0)) throw new Error('duration must be positive')
+  if (o.historyDays && (o.scenario ?? 'marathon') !== 'wellness')
+    throw new Error('--history-days is for --scenario wellness')
+  if (o.historyDays && !(Number.isInteger(o.historyDays) && o.historyDays >= MIN_HISTORY_DAYS))
+    throw new Error(`--history-days must be a whole number ≥ ${MIN_HISTORY_DAYS} (baseline nights, worn days)`)
   return {
     ...o,
     rampPerS: o.rampPerS ?? 200,
@@ -255,6 +286,10 @@ function withDefaults(o: SwarmOptions) {
     inProcess: o.inProcess ?? false,
     verify: o.verify ?? true,
     idPrefix: o.idPrefix ?? 'sim',
+    historyDays: o.historyDays ?? 0,
+    plantedShare: o.plantedShare ?? 0.3,
+    minPrecision: o.minPrecision ?? 1,
+    minRecall: o.minRecall ?? 1,
   } satisfies Required<Omit<SwarmOptions, OptionalKeys>> & SwarmOptions
 }
 
@@ -528,7 +563,16 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
   await initPki(path.join(config.dataDir, 'pki'))
   if (!instance && o.embeddedBroker) {
     const cfg = loadConfig(
-      { ...config, host: '127.0.0.1', mqttPort: 0, mqttsPort: 0, httpPort: 0, shutdownSignals: false },
+      {
+        ...config,
+        host: '127.0.0.1',
+        mqttPort: 0,
+        mqttsPort: 0,
+        httpPort: 0,
+        shutdownSignals: false,
+        // The history has one HR sample a minute; the daily rules run when the simulator says (not the scheduler).
+        ...(o.historyDays > 0 ? { insights: { ...config.insights, minSamplesPerMinute: 1, tickMs: 86_400_000 } } : {}),
+      },
       {},
     )
     // A caller's config says how loud; from the command line the broker keeps to warnings unless told otherwise.
@@ -664,6 +708,40 @@ async function runAgainst(
   } else await withOps(config, register)
   const registerMs = Date.now() - registerStart
 
+  // Wellness history: written before anyone connects, on a clock ending now.
+  const userIds = p.users.map((u) => u.userId)
+  let history: WellnessHistory | null = null
+  if (o.historyDays > 0) {
+    const db = await historyDb(instance, config)
+    const wplan = planWellness(userIds, { share: o.plantedShare, seed: o.seed, days: o.historyDays, nowMs: Date.now() })
+    if (instance && instance.config.insights.minSamplesPerMinute !== 1)
+      log('warning: the history has 1 HR sample a minute; the broker needs insights.minSamplesPerMinute = 1')
+    try {
+      await prepareUsers(db.db, wplan, userIds)
+      const w = await writeHistory(
+        db.db,
+        wplan,
+        p.users.map((u) => ({ userId: u.userId, deviceId: u.devices[0]?.deviceId ?? '' })),
+      )
+      // The nightly features of the past days, as the scheduler would have computed them day by day: the run below
+      // then recomputes only its lookback days, so its time is the rules' and the delivery's.
+      const f0 = performance.now()
+      await computeFeatures(db.db, db.timescale, userIds, new Date(wplan.nowMs), {
+        ...DEFAULT_FEATURE_SETTINGS,
+        minSamplesPerMinute: 1,
+        historyDays: Math.max(o.historyDays, config.insights.historyDays),
+      })
+      history = { db, plan: wplan, ...w, featuresMs: Math.round(performance.now() - f0) }
+    } catch (err) {
+      await db.close()
+      throw err
+    }
+    log(
+      `wellness history: ${o.historyDays} days, ${history.rows} rows in ${(history.ms / 1000).toFixed(1)} s, ` +
+        `features ${(history.featuresMs / 1000).toFixed(1)} s`,
+    )
+  }
+
   // Tokens for apps, bridges and the medic.
   const tokens = instance?.tokens ?? new Tokens(config)
   const ttl = Math.ceil(o.durationS + o.drainS + 3600)
@@ -766,6 +844,7 @@ async function runAgainst(
     statsIntervalMs: 1000,
     appReconnects: o.appReconnects,
     sourceAddresses,
+    recommendations: history !== null,
   }
   phase('connecting', instance)
   handles.forEach((h, workerIndex) => {
@@ -799,9 +878,12 @@ async function runAgainst(
   let t0 = 0
   let timer: NodeJS.Timeout | null = null
   let runBar: cliProgress.SingleBar | null = null
+  let daily: DailyRun | null = null
   try {
     await allReady
     if (failure) throw failure
+    // The apps are subscribed: the daily rules now, at the end of the history (as `insights run --at` would).
+    if (history) daily = await runDaily(history.db, instance, config, userIds)
     t0 = Date.now() + 200
     for (const h of handles) h.send({ type: 'start', atMs: t0 })
     phase('running', instance)
@@ -979,6 +1061,14 @@ async function runAgainst(
     }
   }
   const broker = instance ? await brokerCounters(instance) : null
+  let wellness: WellnessReport | null = null
+  if (history && daily) {
+    try {
+      wellness = await scoreWellness(history, daily, userIds, finals, o)
+    } finally {
+      await history.db.close()
+    }
+  } else if (history) await history.db.close()
 
   // Rates from cumulative counters: the ticks are irregular when the event loop is busy (an embedded broker).
   const during = timeline.filter((pt) => pt.tS <= o.durationS + 0.5)
@@ -1118,6 +1208,7 @@ async function runAgainst(
     workers: done.map((f) => f.self),
     verification,
     appConvergence: convergence,
+    wellness,
     timeline,
     counters,
   }
@@ -1128,3 +1219,118 @@ async function runAgainst(
 }
 
 export { summaryText }
+
+interface HistoryDb {
+  db: Db
+  timescale: boolean
+  close(): Promise<void>
+}
+
+/** The database the history goes into: the in-process broker's store, else PULSEGATE_DATABASE_URL. */
+async function historyDb(instance: Pulsegate | null, config: BrokerConfig): Promise<HistoryDb> {
+  if (instance) return { db: instance.db, timescale: instance.timescale, close: async () => undefined }
+  if (!config.databaseUrl)
+    throw new Error('--history-days writes to the database: use --embedded-broker, or PULSEGATE_DATABASE_URL')
+  const db = openPostgres(config.databaseUrl, 2, createLogger('warn', 'simulate'))
+  const ts = await db.query<{ ok: boolean }>(`SELECT to_regclass('samples_1m') IS NOT NULL AS ok`)
+  return { db, timescale: ts.rows[0]?.ok === true, close: () => db.close() }
+}
+
+/**
+ * The daily rules at "now" for the swarm's users, who grant `recommendations` only now (a broker's own scheduler would
+ * otherwise pick them up first): in this process through the broker's engine, else through its /admin/rpc.
+ */
+async function runDaily(
+  { db }: HistoryDb,
+  instance: Pulsegate | null,
+  config: BrokerConfig,
+  userIds: readonly string[],
+): Promise<DailyRun> {
+  await grantRecommendations(db, userIds)
+  const at = new Date()
+  const started = performance.now()
+  // In process, the broker's own publish of each recommendation: the delivery commits it, then publishes.
+  const publishedAt = new Map<string, number>()
+  const onPublish = (packet: { topic: string; payload: Buffer | string }) => {
+    if (!/^users\/[^/]+\/recommendations$/.test(packet.topic)) return
+    try {
+      const id = (JSON.parse(packet.payload.toString()) as { id?: unknown }).id
+      if (typeof id === 'string' && !publishedAt.has(id)) publishedAt.set(id, Date.now())
+    } catch {
+      // not a recommendation payload: nothing to time
+    }
+  }
+  if (instance) {
+    instance.broker.on('publish', onPublish)
+    try {
+      await instance.insights.run({ userIds, at })
+    } finally {
+      instance.broker.off('publish', onPublish)
+    }
+  } else
+    await withOps(config, (op) => op({ op: 'insightsRun', at: at.toISOString() }), {
+      brokerUrl: `http://127.0.0.1:${config.httpPort}`,
+    })
+  return {
+    atMs: at.getTime(),
+    runMs: Math.round(performance.now() - started),
+    publishedAt: instance ? publishedAt : null,
+  }
+}
+
+interface DailyRun {
+  atMs: number
+  runMs: number
+  /** recommendation id → when the broker published it (in process only) */
+  publishedAt: Map<string, number> | null
+}
+
+interface WellnessHistory {
+  db: HistoryDb
+  plan: WellnessPlan
+  rows: number
+  ms: number
+  featuresMs: number
+}
+
+async function scoreWellness(
+  history: WellnessHistory,
+  daily: DailyRun,
+  userIds: readonly string[],
+  finals: readonly (FinalMessage | null)[],
+  o: Resolved,
+): Promise<WellnessReport> {
+  const got = await recommended(history.db.db, userIds, daily.atMs)
+  const rules = score(history.plan, userIds, got)
+  const receipts = finals.flatMap((f) => f?.recommendations ?? [])
+  const receivedIds = new Set(receipts.map((r) => r.id))
+  const planted = got.filter((g) => (PLANTED_RULES as readonly string[]).includes(g.rule))
+  const otherRules: Record<string, number> = {}
+  for (const g of got)
+    if (!(PLANTED_RULES as readonly string[]).includes(g.rule)) otherRules[g.rule] = (otherRules[g.rule] ?? 0) + 1
+  const lat = newHistogram()
+  const fromPublish = newHistogram()
+  for (const r of receipts) {
+    if (r.createdAt !== daily.atMs) continue
+    lat.recordValue(Math.max(1, r.receivedAt - r.createdAt))
+    const pub = daily.publishedAt?.get(r.id)
+    if (pub !== undefined) fromPublish.recordValue(Math.max(1, r.receivedAt - pub))
+  }
+  return {
+    historyDays: o.historyDays,
+    zone: history.plan.zone,
+    at: new Date(daily.atMs).toISOString(),
+    historyRows: history.rows,
+    historyMs: history.ms,
+    featuresMs: history.featuresMs,
+    runMs: daily.runMs,
+    rules,
+    otherRules,
+    appReceived: planted.filter((g) => receivedIds.has(g.id)).length,
+    appMissing: planted.filter((g) => !receivedIds.has(g.id)).length,
+    latencyMs: summarize(lat),
+    publishToAppMs: daily.publishedAt ? summarize(fromPublish) : null,
+    thresholds: { precision: o.minPrecision, recall: o.minRecall },
+    failures: scoreFailures(rules, o.minPrecision, o.minRecall),
+  }
+}

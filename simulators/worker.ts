@@ -21,6 +21,7 @@ import {
   newHistogram,
   type ParentToWorker,
   pick,
+  type RecommendationReceipt,
   type RunsWire,
   type UserSpec,
   type WorkerInit,
@@ -88,6 +89,7 @@ export class WorkerDriver {
   private readonly copies = new Map<string, { copy: AppCopy; client: MqttClient }>()
   private syncTimer: NodeJS.Timeout | null = null
   private readonly appDrops: NodeJS.Timeout[] = []
+  private readonly recommendations: RecommendationReceipt[] = []
   private medic: MqttClient | null = null
   private readonly ca: Buffer
   private startAt = 0
@@ -189,6 +191,7 @@ export class WorkerDriver {
           [`users/${u.userId}/live`]: { qos: 0 },
           [copy.responseTopic]: { qos: 1 },
         }
+        if (this.init.options.recommendations) topics[`users/${u.userId}/recommendations`] = { qos: 1 }
         if (app.leaderboard && this.init.options.eventId)
           topics[`events/${this.init.options.eventId}/leaderboard`] = { qos: 0 }
         client.subscribe(topics, () => {
@@ -257,6 +260,18 @@ export class WorkerDriver {
     }
     if (topic.endsWith('/sync/response')) {
       this.copies.get(u.userId)?.copy.onResponse(payload)
+      return
+    }
+    if (leaf === 'recommendations') {
+      const r = parseJson(payload) as { id?: unknown; rule?: unknown; createdAt?: unknown } | undefined
+      if (r && typeof r.id === 'string' && typeof r.rule === 'string' && typeof r.createdAt === 'string')
+        this.recommendations.push({
+          userId: u.userId,
+          id: r.id,
+          rule: r.rule,
+          createdAt: Date.parse(r.createdAt),
+          receivedAt: now,
+        })
       return
     }
     if (leaf !== 'alerts') return
@@ -570,6 +585,7 @@ export class WorkerDriver {
       runs,
       anomalies: this.users.flatMap((u) => (u.outcome ? [u.outcome] : [])),
       appCopies: [...this.copies.values()].map(({ copy }) => copy.wire()),
+      recommendations: [...this.recommendations],
       tMin,
       tMax,
       errors: { ...this.errors },
