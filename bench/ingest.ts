@@ -22,6 +22,7 @@
 //   node dist/bench/ingest.js --store postgres --connections 1000 --batch 10 --rate 0 --duration 20
 //   node dist/bench/ingest.js --store postgres --connections 1000 --batch 6 --rate 10000
 //   node dist/bench/ingest.js --store embedded --rate 0
+//   node dist/bench/ingest.js --store postgres --connections 1000 --batch 5 --rate 1000 --flood 5000   # flood test
 // Broker knobs: --flush-ms, --max-batch-rows, --writers, --pool, --embedded-thread worker|main (ingest.flushIntervalMs,
 // ingest.maxBatchRows, ingest.writers, databasePoolSize, embeddedThread). `--cpu-profile /tmp/window.cpuprofile` samples the broker's main thread over the
 // measured window only (open it in Chrome DevTools); `--heap-snapshot f.heapsnapshot` writes one at the window's end; `node --cpu-prof` profiles the whole run (the workers are forked
@@ -78,6 +79,10 @@ const { values: a } = parseArgs({
     'max-queued-rows': { type: 'string' },
     // embedded store: PGlite on its own thread (default) or on the broker's (item 5 of #16: with vs without)
     'embedded-thread': { type: 'string' },
+    // flood test (#16): after the measured window, a second one of the same length with one more device publishing
+    // QoS 1 at this many messages/s (e.g. 100 × the device rate limit) beside the others: their ack latency in both
+    // windows, one run
+    flood: { type: 'string', default: '0' },
     'log-level': { type: 'string', default: 'warn' },
     label: { type: 'string', default: '' },
     'cpu-profile': { type: 'string' },
@@ -102,6 +107,7 @@ const opts = {
   format,
   workers: num('workers', a.workers, 1),
   ramp: num('ramp', a.ramp, 1),
+  flood: num('flood', a.flood, 0),
 }
 const overrides: DeepPartial<BrokerConfig> = { ingest: {} }
 if (a['flush-ms'] !== undefined) overrides.ingest!.flushIntervalMs = num('flush-ms', a['flush-ms'], 0)
@@ -132,7 +138,9 @@ function startWorker(index: number): IngestWorker {
 async function main() {
   const started = Date.now()
   log(`load average ${loadavg()}; options ${JSON.stringify(opts)} overrides ${JSON.stringify(overrides)}`)
-  const pki = await ensureBenchCerts(opts.connections, { onProgress: (d, t) => log(`issued ${d}/${t} certificates`) })
+  const pki = await ensureBenchCerts(opts.connections + (opts.flood > 0 ? 1 : 0), {
+    onProgress: (d, t) => log(`issued ${d}/${t} certificates`),
+  })
   if (pki.issued > 0) log(`issued ${pki.issued} device certificates in ${round(pki.issueMs / 1000)} s (cached now)`)
   const broker: BenchBroker = await startBenchBroker(store, pki, overrides, a['log-level'] as BrokerConfig['logLevel'])
   let workers: IngestWorker[] = []
@@ -161,10 +169,11 @@ async function main() {
 
 async function run(
   broker: BenchBroker,
-  devices: Awaited<ReturnType<typeof ensureBenchCerts>>['devices'],
+  allDevices: Awaited<ReturnType<typeof ensureBenchCerts>>['devices'],
   setWorkers: (w: IngestWorker[]) => void,
 ) {
   const inst = broker.instance
+  let devices = allDevices
   await provisionDevices(broker, devices)
   log(
     `${store}: ${devices.length} devices registered in ${round(broker.provisionMs)} ms; mqtts port ${inst.ports.mqtts}`,
@@ -174,6 +183,8 @@ async function run(
 
   const tBase = Date.now() - 3600_000
   const nW = opts.workers
+  const floodDevice = opts.flood > 0 ? devices[opts.connections] : undefined
+  devices = devices.slice(0, opts.connections)
   const workers = Array.from({ length: nW }, (_, i) => startWorker(i))
   setWorkers(workers)
   const connected = workers.map((w) => w.next('connected'))
@@ -294,17 +305,19 @@ async function run(
   const m1 = await snapshotMetrics(inst.metrics.registry)
   const win: WindowReport[] = await Promise.all(windows)
   const loadEnd = loadavg()
+  const flooded = floodDevice ? await floodWindow(broker, workers, floodDevice, tBase, setWorkers) : null
 
   // ---- stop, drain, verify
-  const finals = workers.map((w) => w.next('final'))
-  for (const w of workers) w.send({ type: 'stop', drainTimeoutMs: 30_000 })
+  const all = flooded ? [...workers, flooded.worker] : workers
+  const finals = all.map((w) => w.next('final'))
+  for (const w of all) w.send({ type: 'stop', drainTimeoutMs: 30_000 })
   const fin = await Promise.all(finals)
   const verification = await verify(
     broker,
     fin.flatMap((f) => f.devices),
     tBase,
   )
-  for (const w of workers) w.send({ type: 'exit' })
+  for (const w of all) w.send({ type: 'exit' })
 
   // ---- figures
   const lat = summarizeMs(mergeHistograms(win.map((w) => w.hist)))
@@ -410,6 +423,13 @@ async function run(
     },
     run: runSummary(fin),
     verification,
+    flood: flooded
+      ? {
+          ...flooded.figures,
+          /** the other devices' ack p99 with the flood ÷ without it, in this run */
+          p99Ratio: lat.p99 > 0 ? round(flooded.figures.othersAckLatencyMs.p99 / lat.p99, 2) : null,
+        }
+      : null,
   }
   const f = figures
   const o = f.options
@@ -424,11 +444,68 @@ async function run(
     `   generators CPU ${f.generators.cpuPctOfOneCore}%${f.postgres ? `   postgres backends CPU ${f.postgres.backendsCpuPct}% (all postgres ${f.postgres.allPostgresProcessesCpuPct}%)` : ''}`,
     `   group commit: ${f.pipeline.statementsPerS} stmt/s, ${f.pipeline.rowsPerFlush?.mean} rows/flush, statement mean ${f.pipeline.statementMs?.mean} ms, commit (enqueue→commit) mean ${f.pipeline.commitMs?.mean} ms p99≤${f.pipeline.commitMs?.p99le} ms, writer busy ${f.pipeline.statementBusyShare}`,
     `   connect: ${f.connections.ok} ok / ${f.connections.failed} failed in ${f.connections.rampS} s, p50 ${f.connections.connectMs.p50} ms p99 ${f.connections.connectMs.p99} ms`,
+    ...(f.flood
+      ? [
+          `   flood: 1 device at ${o.flood} msg/s (QoS 1) beside them for ${o.durationS} s: their ack p99 ${f.flood.othersAckLatencyMs.p99} ms (p50 ${f.flood.othersAckLatencyMs.p50}) vs ${f.ackLatencyMs.p99} ms without = ×${f.flood.p99Ratio}; the flooder got ${f.flood.flooderAckedPerS} acks/s, ${f.flood.throttled} publishes held back, ${f.flood.disconnects} disconnects`,
+        ]
+      : []),
     `   verification: acked samples ${f.verification.ackedSamples}, rows ${f.verification.rowsInDb}, lost ${f.verification.lost}, duplicates ${f.verification.duplicates} (committed but unacked ${f.verification.committedNotAcked}; closed connections ${f.run.closedDuringRun})`,
     '',
   ]
   console.log(lines.join('\n'))
   console.log(JSON.stringify(figures))
+}
+
+/** The second window of --flood: the same devices, plus one publishing at opts.flood msg/s from its own process. */
+async function floodWindow(
+  broker: BenchBroker,
+  workers: IngestWorker[],
+  device: { deviceId: string; certPath: string; keyPath: string },
+  tBase: number,
+  setWorkers: (w: IngestWorker[]) => void,
+) {
+  const inst = broker.instance
+  const fw = startWorker(workers.length)
+  setWorkers([...workers, fw])
+  const connected = fw.next('connected')
+  fw.send({
+    type: 'init',
+    host: '127.0.0.1',
+    port: inst.ports.mqtts as number,
+    caPath: inst.config.tls.caFile as string,
+    devices: [{ deviceId: device.deviceId, certPath: device.certPath, keyPath: device.keyPath }],
+    batch: opts.batch,
+    inflight: 100,
+    format: opts.format,
+    rate: opts.flood,
+    rampPerSec: 10,
+    tBase,
+    keepaliveS: 60,
+  })
+  await connected
+  fw.send({ type: 'start' })
+  await sleep(opts.warmupS * 1000)
+  const m0 = await snapshotMetrics(inst.metrics.registry)
+  const others = workers.map((w) => w.next('window'))
+  const mine = fw.next('window')
+  for (const w of [...workers, fw]) w.send({ type: 'measure', on: true })
+  await sleep(opts.durationS * 1000)
+  for (const w of [...workers, fw]) w.send({ type: 'measure', on: false })
+  const win = await Promise.all(others)
+  const fwin = await mine
+  const m1 = await snapshotMetrics(inst.metrics.registry)
+  log(`flood window done: the flooder sent ${fwin.sentMsgs}, acked ${fwin.ackedMsgs}`)
+  return {
+    worker: fw,
+    figures: {
+      othersAckLatencyMs: summarizeMs(mergeHistograms(win.map((w) => w.hist))),
+      othersMessagesPerS: Math.round(win.reduce((s, w) => s + w.ackedMsgs / (w.elapsedMs / 1000), 0)),
+      flooderSentPerS: Math.round(fwin.sentMsgs / (fwin.elapsedMs / 1000)),
+      flooderAckedPerS: Math.round(fwin.ackedMsgs / (fwin.elapsedMs / 1000)),
+      throttled: counterDelta(m0, m1, 'pulsegate_limit_throttled_total'),
+      disconnects: counterDelta(m0, m1, 'pulsegate_limit_disconnects_total'),
+    },
+  }
 }
 
 async function verify(broker: BenchBroker, devices: DeviceResult[], tBase: number) {
