@@ -37,9 +37,13 @@ const { values: a } = parseArgs({
 
 // ---- the frozen apps (child process) ----
 if (a.child) {
-  const { port, tokens } = JSON.parse(a.child) as { port: number; tokens: string[] }
+  const port = Number(a.child)
   const sockets: WebSocket[] = []
   let ready = 0
+  // the tokens come over IPC (a thousand JWTs exceed what argv may hold)
+  const tokens = await new Promise<string[]>((resolve) =>
+    process.once('message', (m: { type: string; tokens: string[] }) => resolve(m.tokens)),
+  )
   for (let i = 0; i < tokens.length; i++) {
     const ws = new WebSocket(`ws://127.0.0.1:${port}/mqtt`, 'mqtt')
     sockets.push(ws)
@@ -107,9 +111,8 @@ async function main(): Promise<void> {
     const tokens = await Promise.all(
       Array.from({ length: apps }, (_, i) => inst.tokens.sign({ sub: `bench-u${i}`, role: 'app', ttl: 3600 })),
     )
-    const child = fork(new URL(import.meta.url), ['--child', JSON.stringify({ port: inst.ports.http, tokens })], {
-      stdio: 'inherit',
-    })
+    const child = fork(new URL(import.meta.url), ['--child', String(inst.ports.http)], { stdio: 'inherit' })
+    child.send({ type: 'tokens', tokens })
     const next = (type: string) =>
       new Promise<void>((resolve) => child.on('message', (m: { type: string }) => m.type === type && resolve()))
     await next('ready')

@@ -43,8 +43,9 @@ interface SimUser {
 }
 
 const DRAIN_POLL_MS = 100
-/** how often a connected app syncs during the run */
-const APP_SYNC_EVERY_MS = 3000
+/** how often a connected app syncs during the run, each at its own phase (phones come to the foreground at random
+ *  moments: all apps at once every few seconds was a synchronized burst no fleet produces) */
+const APP_SYNC_EVERY_MS = 30_000
 /** after the last device is drained, apps get this long for alerts still on their way */
 const ALERT_GRACE_MS = 2000
 
@@ -380,9 +381,17 @@ export class WorkerDriver {
     }
     this.scheduleAppDrops(atMs)
     // Apps sync now and then while the run goes on, as a phone coming to the foreground does.
+    const due = new Map<string, number>()
+    const t0 = Date.now()
+    for (const id of this.copies.keys()) due.set(id, t0 + Math.random() * APP_SYNC_EVERY_MS)
     this.syncTimer = setInterval(() => {
-      for (const { copy, client } of this.copies.values()) if (client.connected) void copy.sync()
-    }, APP_SYNC_EVERY_MS)
+      const now = Date.now()
+      for (const [id, { copy, client }] of this.copies) {
+        if ((due.get(id) ?? 0) > now) continue
+        due.set(id, now + APP_SYNC_EVERY_MS)
+        if (client.connected) void copy.sync()
+      }
+    }, 1000)
     this.loopDelay.enable()
     this.loop = setInterval(() => this.tick(), 100)
     this.statsTimer = setInterval(() => this.sendStats(), o.statsIntervalMs)
