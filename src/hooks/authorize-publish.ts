@@ -55,8 +55,6 @@ export interface AuthorizePublishDeps {
 export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePublishHook {
   const { lookups, principals, ingest, sync, consent, preferences, audit, publish, routing, metrics, log, erasure } =
     deps
-  const audited = (e: Parameters<AuditSink['record']>[0]) =>
-    audit.record(e).catch((err: Error) => log.error({ err: err.message, action: e.action }, 'audit record failed'))
   return (client, packet, done) => {
     const p = client ? principals.get(client) : undefined
     if (!client || !p) {
@@ -82,13 +80,31 @@ export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePub
         if (ref?.kind === 'user' && ref.leaf === 'sync/request') {
           // Acked at once; the answer comes on users/{uid}/sync/response.
           done()
-          void audited({
-            actor: { role: p.role, id: p.userId },
-            action: 'sync.request',
-            subject: ref.userId,
-            purpose: null,
-          })
-          void sync.handle(ref.userId, packet.payload as Buffer)
+          // Nothing is disclosed without its audit row: when the row cannot be written (database busy or gone) the
+          // app is told `unavailable` and asks again.
+          const payload = packet.payload as Buffer
+          const userId = ref.userId
+          audit
+            .record({ actor: { role: p.role, id: p.userId }, action: 'sync.request', subject: userId, purpose: null })
+            .then(
+              () => sync.handle(userId, payload),
+              (err: Error) => {
+                log.error(
+                  { err: err.message, action: 'sync.request' },
+                  'audit record failed: sync request not answered',
+                )
+                publish(
+                  topicFor.syncResponse(userId),
+                  JSON.stringify({
+                    requestId: requestIdOf(payload),
+                    error: 'unavailable',
+                    detail: 'audit log unavailable',
+                  }),
+                  1,
+                  false,
+                )
+              },
+            )
           return
         }
         if (ref?.kind === 'user' && ref.leaf === 'consent') {
@@ -148,5 +164,15 @@ export function createAuthorizePublish(deps: AuthorizePublishDeps): AuthorizePub
         log.warn({ err: err.message }, 'publish authorization failed')
         done(new Error('publish authorization unavailable'))
       })
+  }
+}
+
+/** The requestId of a sync request, if it has one (the answer to a request not served still names it). */
+function requestIdOf(payload: Buffer): string | null {
+  try {
+    const id = (JSON.parse(payload.toString('utf8')) as { requestId?: unknown }).requestId
+    return typeof id === 'string' ? id : null
+  } catch {
+    return null
   }
 }
