@@ -357,10 +357,11 @@ describe('authorizePublish', () => {
     expect(handed).toEqual([])
   })
 
-  it('acks a sync request at once and hands it to the sync service', async () => {
+  it('acks a sync request at once and hands it to the sync service once its audit row is written', async () => {
     const c = as(principal({ role: 'app', userId: 'alice' }), 'app:alice')
     expect(await publish(c, packet('users/alice/sync/request', '{"since":0}'))).toBeNull()
-    expect(syncRequests).toEqual([{ userId: 'alice', payload: '{"since":0}' }])
+    // the audit append is asynchronous: the answer follows it
+    await vi.waitFor(() => expect(syncRequests).toEqual([{ userId: 'alice', payload: '{"since":0}' }]))
     expect(audited).toEqual([
       { actor: { role: 'app', id: 'alice' }, action: 'sync.request', subject: 'alice', purpose: null },
     ])
