@@ -238,15 +238,7 @@ export class SyncService {
       from,
       req.limit + 1,
     ])
-    const more = res.rows.length > req.limit
-    // A page never splits one timestamp: the next page starts strictly after the last full timestamp.
-    let rows = res.rows.slice(0, req.limit)
-    if (more && rows.length > 0) {
-      const lastT = Number((rows[rows.length - 1] as { t: number }).t)
-      const cut = rows.filter((r) => Number(r.t) < lastT)
-      if (cut.length > 0) rows = cut
-    }
-    const next = rows.length > 0 ? Number((rows[rows.length - 1] as { t: number }).t) : from
+    const { rows, next, more } = timePage(res.rows, req.limit, from)
     return {
       rows: rows.map((r) => ({ ...r, t: Number(r.t), metric: METRIC_NAMES[Number(r.metric)] ?? String(r.metric) })),
       next,
@@ -299,15 +291,8 @@ export class SyncService {
        WHERE user_id = $1 AND delivered_at > to_timestamp($2 / 1000.0) ORDER BY delivered_at, id LIMIT $3`,
       [userId, from, req.limit + 1],
     )
-    const more = res.rows.length > req.limit
-    let rows = res.rows.slice(0, req.limit)
-    // One delivery round shares a timestamp: a page never splits it (the cursor is exclusive).
-    if (more && rows.length > 0) {
-      const lastT = Number((rows[rows.length - 1] as { t: number }).t)
-      const cut = rows.filter((r) => Number(r.t) < lastT)
-      if (cut.length > 0) rows = cut
-    }
-    const next = rows.length > 0 ? Number((rows[rows.length - 1] as { t: number }).t) : from
+    // One delivery round shares a timestamp: timePage never splits it.
+    const { rows, next, more } = timePage(res.rows, req.limit, from)
     return {
       rows: rows.map((r) => (typeof r.payload === 'string' ? (JSON.parse(r.payload) as unknown) : r.payload)),
       next,
@@ -359,4 +344,21 @@ function orderedRow(o: OrderedRow): unknown {
         at: Number(r['at']),
       }
   }
+}
+
+/**
+ * One page of a time-cursor query that fetched `limit + 1` rows ordered by `t`: a page never splits one timestamp
+ * (the cursor is exclusive), so when there is more, the rows of the last timestamp wait for the next page — unless
+ * the whole page is that one timestamp. `next` is the cursor to send back.
+ */
+function timePage<R extends { t: number }>(all: R[], limit: number, from: number) {
+  const more = all.length > limit
+  let rows = all.slice(0, limit)
+  if (more && rows.length > 0) {
+    const lastT = Number((rows[rows.length - 1] as R).t)
+    const cut = rows.filter((r) => Number(r.t) < lastT)
+    if (cut.length > 0) rows = cut
+  }
+  const next = rows.length > 0 ? Number((rows[rows.length - 1] as R).t) : from
+  return { rows, next, more }
 }
