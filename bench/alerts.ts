@@ -5,12 +5,13 @@
 // Run: npm run build && node dist/bench/alerts.js [--background 1000] [--probes 200] [--store postgres|embedded]
 import fs from 'node:fs'
 import { parseArgs } from 'node:util'
-import mqtt, { type MqttClient } from 'mqtt'
+import type { MqttClient } from 'mqtt'
 import type { AlertMessage } from '../src/outputs/payloads.js'
 import { provisionDevices, type StoreKind, startBenchBroker } from './lib/broker.js'
 import { ensureBenchCerts } from './lib/certs.js'
 import { latencyHistogram, loadavg, summarizeMs } from './lib/stats.js'
 import { startBackgroundLoad } from './lib/background-load.js'
+import { connectApp, connectTracker } from './lib/clients.js'
 
 const { values } = parseArgs({
   options: {
@@ -38,17 +39,11 @@ const ca = fs.readFileSync(pki.caCert)
 const opened = latencyHistogram()
 const resolved = latencyHistogram()
 let missing = 0
-const wsUrl = `ws://127.0.0.1:${pg.ports.http}/mqtt`
 const pending = new Map<string, { sentAt: number; resolve: () => void }>()
 
 const apps: MqttClient[] = []
 for (const p of probes) {
-  const token = await pg.tokens.sign({ sub: p.userId, role: 'app', ttl: 3600 })
-  const app = await mqtt.connectAsync(wsUrl, {
-    clientId: `app:${p.userId}`,
-    wsOptions: { headers: { Authorization: `Bearer ${token}` } },
-    reconnectPeriod: 0,
-  })
+  const app = await connectApp(pg, p.userId)
   await app.subscribeAsync(`users/${p.userId}/alerts`, { qos: 1 })
   app.on('message', (_t, buf) => {
     const a = JSON.parse(buf.toString()) as AlertMessage
@@ -64,14 +59,7 @@ for (const p of probes) {
 }
 
 async function probe(dev: (typeof probes)[number], seq: number): Promise<void> {
-  const c = await mqtt.connectAsync(mqttsUrl, {
-    clientId: dev.deviceId,
-    cert: fs.readFileSync(dev.certPath),
-    key: fs.readFileSync(dev.keyPath),
-    ca,
-    servername: 'localhost',
-    reconnectPeriod: 0,
-  })
+  const c = await connectTracker(mqttsUrl, dev, ca)
   const timed = async (state: 'opened' | 'resolved', samples: object[]) => {
     const got = new Promise<void>((resolve) =>
       pending.set(`${dev.userId}:${state}`, { sentAt: performance.now(), resolve }),

@@ -10,7 +10,7 @@
 // Run: npm run build && node dist/bench/insights-latency.js [--users 200] [--store postgres|embedded]
 import fs from 'node:fs'
 import { parseArgs } from 'node:util'
-import mqtt, { type MqttClient } from 'mqtt'
+import type { MqttClient } from 'mqtt'
 import { Registry as PromRegistry } from 'prom-client'
 import { InsightsEngine } from '../src/insights/engine.js'
 import { createInsightsMetrics } from '../src/insights/metrics.js'
@@ -21,6 +21,7 @@ import { num, oneOf, printHeaderAndExit } from './lib/args.js'
 import { provisionDevices, startBenchBroker } from './lib/broker.js'
 import { ensureBenchCerts } from './lib/certs.js'
 import { latencyHistogram, loadavg, summarizeMs } from './lib/stats.js'
+import { connectApp, connectTracker } from './lib/clients.js'
 
 const { values: a } = parseArgs({
   options: {
@@ -83,7 +84,6 @@ try {
   pg.ingest.onCommitted((b) => engine.onCommitted(b))
 
   // Apps over WebSocket, subscribed before anything is published.
-  const wsUrl = `ws://127.0.0.1:${pg.ports.http}/mqtt`
   const received = new Map<string, number>()
   let onAll: () => void = () => undefined
   const all = new Promise<void>((r) => {
@@ -91,12 +91,7 @@ try {
   })
   const apps: MqttClient[] = []
   for (const dev of devices) {
-    const token = await pg.tokens.sign({ sub: dev.userId, role: 'app', ttl: 3600 })
-    const app = await mqtt.connectAsync(wsUrl, {
-      clientId: `app:${dev.userId}`,
-      wsOptions: { headers: { Authorization: `Bearer ${token}` } },
-      reconnectPeriod: 0,
-    })
+    const app = await connectApp(pg, dev.userId)
     await app.subscribeAsync(`users/${dev.userId}/recommendations`, { qos: 1 })
     app.on('message', (_t, buf) => {
       const p = JSON.parse(buf.toString()) as { rule?: string }
@@ -108,16 +103,7 @@ try {
   }
   const ca = fs.readFileSync(pki.caCert)
   const trackers = await Promise.all(
-    devices.map((dev) =>
-      mqtt.connectAsync(`mqtts://127.0.0.1:${pg.ports.mqtts}`, {
-        clientId: dev.deviceId,
-        cert: fs.readFileSync(dev.certPath),
-        key: fs.readFileSync(dev.keyPath),
-        ca,
-        servername: 'localhost',
-        reconnectPeriod: 0,
-      }),
-    ),
+    devices.map((dev) => connectTracker(`mqtts://127.0.0.1:${pg.ports.mqtts}`, dev, ca)),
   )
   say(`${USERS} apps and trackers connected; virtual clock +${Math.round(shift / 1000)} s, zone ${zone}`)
 

@@ -11,11 +11,11 @@ import fs from 'node:fs'
 import https from 'node:https'
 import type net from 'node:net'
 import { parseArgs } from 'node:util'
-import mqtt from 'mqtt'
 import { provisionDevices, type StoreKind, startBenchBroker } from './lib/broker.js'
 import { ensureBenchCerts } from './lib/certs.js'
 import { latencyHistogram, loadavg, summarizeMs } from './lib/stats.js'
 import { startBackgroundLoad } from './lib/background-load.js'
+import { connectTracker } from './lib/clients.js'
 
 const { values } = parseArgs({
   options: {
@@ -86,14 +86,7 @@ const publishToReceived = latencyHistogram()
 let missing = 0
 
 async function probe(dev: (typeof probes)[number], seq: number): Promise<void> {
-  const c = await mqtt.connectAsync(mqttsUrl, {
-    clientId: dev.deviceId,
-    cert: fs.readFileSync(dev.certPath),
-    key: fs.readFileSync(dev.keyPath),
-    ca,
-    servername: 'localhost',
-    reconnectPeriod: 0,
-  })
+  const c = await connectTracker(mqttsUrl, dev, ca)
   const timed = async (state: 'opened' | 'resolved', samples: object[]) => {
     const key = `${dev.userId}:${state}`
     const got = new Promise<void>((resolve) => waiters.set(key, resolve))
