@@ -75,18 +75,7 @@ export async function compareAppCopies(q: Queryable, copies: readonly AppCopyWir
   )
   for (const r of recs.rows) add(r.user_id, { key: `n:${r.id}`, version: '', seq: Number(r.seq), reading: false })
 
-  const out: AppConvergence = {
-    status: 'ok',
-    reason: null,
-    apps: copies.length,
-    missing: 0,
-    extra: 0,
-    duplicated: 0,
-    incomplete: 0,
-    rows: 0,
-    syncs: 0,
-    failing: [],
-  }
+  const out = emptyConvergence('ok', null, copies.length)
   for (const c of copies) {
     let through = -1
     try {
@@ -118,4 +107,13 @@ export async function compareAppCopies(q: Queryable, copies: readonly AppCopyWir
   out.failing = out.failing.slice(0, 20)
   if (out.missing + out.extra + out.duplicated + out.incomplete > 0) out.status = 'failed'
   return out
+}
+
+/** A comparison with nothing counted yet: the start of compareAppCopies, or the report of one that did not run. */
+export function emptyConvergence(
+  status: AppConvergence['status'],
+  reason: string | null,
+  apps: number,
+): AppConvergence {
+  return { status, reason, apps, missing: 0, extra: 0, duplicated: 0, incomplete: 0, rows: 0, syncs: 0, failing: [] }
 }

@@ -19,7 +19,7 @@ import { computeFeatures, DEFAULT_FEATURE_SETTINGS } from '../src/insights/featu
 import type { Db, Queryable } from '../src/store/db.js'
 import { openPostgres } from '../src/store/postgres.js'
 import { type RpcRequest, runRpc } from '../src/transport/http-routes.js'
-import { type AppConvergence, compareAppCopies } from './app-verify.js'
+import { type AppConvergence, compareAppCopies, emptyConvergence } from './app-verify.js'
 import { MARATHON_M } from './course.js'
 import { ANOMALY_KINDS, type AnomalyKind, hashSeed, Rng, randomProfile } from './physiology.js'
 import {
@@ -1012,18 +1012,11 @@ async function runAgainst(
     unknownDevices: 0,
     queryMs: 0,
   }
-  let convergence: AppConvergence = {
-    status: 'skipped',
-    reason: appCopies.length === 0 ? 'no apps' : 'verification turned off or unavailable',
-    apps: appCopies.length,
-    missing: 0,
-    extra: 0,
-    duplicated: 0,
-    incomplete: 0,
-    rows: 0,
-    syncs: 0,
-    failing: [],
-  }
+  let convergence: AppConvergence = emptyConvergence(
+    'skipped',
+    appCopies.length === 0 ? 'no apps' : 'verification turned off or unavailable',
+    appCopies.length,
+  )
   if (!o.verify) verification = { ...verification, status: 'skipped', reason: 'verification turned off' }
   else if (tMax === 0) verification = { ...verification, status: 'skipped', reason: 'no samples were generated' }
   else {
