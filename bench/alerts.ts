@@ -11,7 +11,7 @@ import { provisionDevices, type StoreKind, startBenchBroker } from './lib/broker
 import { ensureBenchCerts } from './lib/certs.js'
 import { latencyHistogram, loadavg, summarizeMs } from './lib/stats.js'
 import { startBackgroundLoad } from './lib/background-load.js'
-import { connectApp, connectTracker } from './lib/clients.js'
+import { connectApp, connectTracker, spo2LowEpisode } from './lib/clients.js'
 
 const { values } = parseArgs({
   options: {
@@ -70,12 +70,9 @@ async function probe(dev: (typeof probes)[number], seq: number): Promise<void> {
     await Promise.race([got, timeout])
     if (pending.delete(`${dev.userId}:${state}`)) missing++
   }
-  const now = Date.now()
-  await timed(
-    'opened',
-    [0, 30, 60, 90].map((s) => ({ t: now - 90_000 + s * 1000, spo2: 87 })),
-  )
-  await timed('resolved', [{ t: now + 1000, spo2: 96 }])
+  const episode = spo2LowEpisode(Date.now())
+  await timed('opened', episode.opened)
+  await timed('resolved', episode.resolved)
   await c.endAsync()
 }
 

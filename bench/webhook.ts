@@ -15,7 +15,7 @@ import { provisionDevices, type StoreKind, startBenchBroker } from './lib/broker
 import { ensureBenchCerts } from './lib/certs.js'
 import { latencyHistogram, loadavg, summarizeMs } from './lib/stats.js'
 import { startBackgroundLoad } from './lib/background-load.js'
-import { connectTracker } from './lib/clients.js'
+import { connectTracker, spo2LowEpisode } from './lib/clients.js'
 
 const { values } = parseArgs({
   options: {
@@ -102,12 +102,9 @@ async function probe(dev: (typeof probes)[number], seq: number): Promise<void> {
     if (outcome === 'late') missing++
     else publishToReceived.recordValue(Math.max(1, Math.round(((arrivalsPerf.get(key) ?? 0) - sentAt) * 1000)))
   }
-  const now = Date.now()
-  await timed(
-    'opened',
-    [0, 30, 60, 90].map((s) => ({ t: now - 90_000 + s * 1000, spo2: 87 })),
-  )
-  await timed('resolved', [{ t: now + 1000, spo2: 96 }])
+  const episode = spo2LowEpisode(Date.now())
+  await timed('opened', episode.opened)
+  await timed('resolved', episode.resolved)
   await c.endAsync()
 }
 

@@ -27,3 +27,11 @@ export async function connectApp(pg: Pulsegate, userId: string): Promise<MqttCli
     reconnectPeriod: 0,
   })
 }
+
+/** The readings that open a spo2_low alert (four low minutes ending now) and then resolve it (one normal reading). */
+export function spo2LowEpisode(now: number): { opened: object[]; resolved: object[] } {
+  return {
+    opened: [0, 30, 60, 90].map((s) => ({ t: now - 90_000 + s * 1000, spo2: 87 })),
+    resolved: [{ t: now + 1000, spo2: 96 }],
+  }
+}
