@@ -2,6 +2,7 @@
 // does when a server dies or a network partitions (connections reset, new ones refused). It can also slow the link:
 // every chunk is held `latencyMs` in each direction (a far or overloaded database), order kept.
 import net from 'node:net'
+import { createTestDatabase } from './harness.js'
 
 export interface TcpProxy {
   port: number
@@ -82,6 +83,30 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     close() {
       for (const s of pairs) s.destroy()
       return new Promise((r) => server.close(() => r()))
+    },
+  }
+}
+
+export interface ProxiedDatabase {
+  /** the database's URL through the proxy: what the broker under test gets */
+  url: string
+  proxy: TcpProxy
+  /** closes the proxy, then drops the database (after the broker stopped) */
+  close(): Promise<void>
+}
+
+/** A fresh test database reached through a TcpProxy, for the tests that take PostgreSQL away or slow it down. */
+export async function testDatabaseBehindProxy(): Promise<ProxiedDatabase> {
+  const database = await createTestDatabase()
+  const u = new URL(database.url)
+  const proxy = await startTcpProxy(u.hostname, Number(u.port || 5432))
+  u.port = String(proxy.port)
+  return {
+    url: u.toString(),
+    proxy,
+    async close() {
+      await proxy.close()
+      await database.drop()
     },
   }
 }

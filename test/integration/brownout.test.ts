@@ -9,7 +9,6 @@ import { runSwarm, type SwarmReport } from '../../simulators/swarm.js'
 import {
   connectDevice,
   connectWithToken,
-  createTestDatabase,
   provisionDevice,
   type TestBroker,
   startTestBroker,
@@ -17,7 +16,7 @@ import {
   waitFor,
 } from '../helpers/harness.js'
 import { metricValue } from '../helpers/metrics-text.js'
-import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js'
+import { type ProxiedDatabase, type TcpProxy, testDatabaseBehindProxy } from '../helpers/tcp-proxy.js'
 
 const DEVICES = 12
 const BROWNOUT_BATCH = 10
@@ -27,13 +26,11 @@ const LATENCY_MS = 1000
 
 let tb: TestBroker
 let proxy: TcpProxy
-let database: Awaited<ReturnType<typeof createTestDatabase>>
+let database: ProxiedDatabase
 
 beforeAll(async () => {
-  database = await createTestDatabase()
-  const u = new URL(database.url)
-  proxy = await startTcpProxy(u.hostname, Number(u.port || 5432))
-  u.port = String(proxy.port)
+  database = await testDatabaseBehindProxy()
+  proxy = database.proxy
   tb = await startTestBroker(
     'postgres',
     {
@@ -52,14 +49,13 @@ beforeAll(async () => {
         },
       },
     },
-    { dbUrl: u.toString() },
+    { dbUrl: database.url },
   )
 }, 60_000)
 afterAll(async () => {
   proxy?.setLatency(0)
   await tb?.stop()
-  await proxy?.close()
-  await database?.drop()
+  await database?.close()
 })
 
 const metrics = () => tb.pg.metrics.registry.metrics()

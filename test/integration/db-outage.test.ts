@@ -6,7 +6,6 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import {
   connectDevice,
   connectWithToken,
-  createTestDatabase,
   type DeviceCreds,
   provisionDevice,
   type TestBroker,
@@ -17,28 +16,25 @@ import {
 import { DERIVED_METRICS } from '../../src/pipeline/derive.js'
 import { haversineMeters } from '../../src/pipeline/validate.js'
 import { metricValue } from '../helpers/metrics-text.js'
-import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js'
+import { type ProxiedDatabase, type TcpProxy, testDatabaseBehindProxy } from '../helpers/tcp-proxy.js'
 
 let tb: TestBroker
 let proxy: TcpProxy
-let database: Awaited<ReturnType<typeof createTestDatabase>>
+let database: ProxiedDatabase
 
 beforeAll(async () => {
-  database = await createTestDatabase()
-  const u = new URL(database.url)
-  proxy = await startTcpProxy(u.hostname, Number(u.port || 5432))
-  u.port = String(proxy.port)
+  database = await testDatabaseBehindProxy()
+  proxy = database.proxy
   tb = await startTestBroker(
     'postgres',
     { ingest: { maxQueuedRows: 400, commitTimeoutMs: 30_000 } },
-    { dbUrl: u.toString() },
+    { dbUrl: database.url },
   )
 }, 60_000)
 afterAll(async () => {
   proxy?.restore()
   await tb?.stop()
-  await proxy?.close()
-  await database?.drop()
+  await database?.close()
 })
 
 interface Sent {

@@ -5,35 +5,24 @@ import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { PreferencesStateMessage } from '../../src/insights/preferences/crdt.js'
 import { formatHlc, HlcClock } from '../../src/insights/preferences/hlc.js'
-import {
-  connectWithToken,
-  createTestDatabase,
-  type TestBroker,
-  startTestBroker,
-  subackCode,
-  token,
-  waitFor,
-} from '../helpers/harness.js'
-import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js'
+import { connectWithToken, type TestBroker, startTestBroker, subackCode, token, waitFor } from '../helpers/harness.js'
+import { type ProxiedDatabase, type TcpProxy, testDatabaseBehindProxy } from '../helpers/tcp-proxy.js'
 
 let tb: TestBroker
 let proxy: TcpProxy
-let database: Awaited<ReturnType<typeof createTestDatabase>>
+let database: ProxiedDatabase
 const opened: MqttClient[] = []
 
 beforeAll(async () => {
-  database = await createTestDatabase()
-  const u = new URL(database.url)
-  proxy = await startTcpProxy(u.hostname, Number(u.port || 5432))
-  u.port = String(proxy.port)
-  tb = await startTestBroker('postgres', {}, { dbUrl: u.toString() })
+  database = await testDatabaseBehindProxy()
+  proxy = database.proxy
+  tb = await startTestBroker('postgres', {}, { dbUrl: database.url })
 }, 60_000)
 afterAll(async () => {
   proxy?.restore()
   await Promise.all(opened.map((c) => c.endAsync(true).catch(() => {})))
   await tb?.stop()
-  await proxy?.close()
-  await database?.drop()
+  await database?.close()
 })
 
 async function storeErrors(): Promise<number> {
