@@ -1056,6 +1056,7 @@ async function runAgainst(
   const broker = instance ? await brokerCounters(instance) : null
   let wellness: WellnessReport | null = null
   if (history && daily) {
+    daily.stopTiming()
     try {
       wellness = await scoreWellness(history, daily, userIds, finals, o)
     } finally {
@@ -1254,11 +1255,14 @@ async function runDaily(
     }
   }
   if (instance) {
+    // Kept until the report is scored (stopTiming): run() resolves when the deliveries are committed, and the
+    // broker's publish of each one (its 'publish' event, after the session store) may come after that.
     instance.broker.on('publish', onPublish)
     try {
       await instance.insights.run({ userIds, at })
-    } finally {
+    } catch (err) {
       instance.broker.off('publish', onPublish)
+      throw err
     }
   } else
     await withOps(config, (op) => op({ op: 'insightsRun', at: at.toISOString() }), {
@@ -1268,6 +1272,7 @@ async function runDaily(
     atMs: at.getTime(),
     runMs: Math.round(performance.now() - started),
     publishedAt: instance ? publishedAt : null,
+    stopTiming: () => instance?.broker.off('publish', onPublish),
   }
 }
 
@@ -1276,6 +1281,8 @@ interface DailyRun {
   runMs: number
   /** recommendation id → when the broker published it (in process only) */
   publishedAt: Map<string, number> | null
+  /** stops recording publishedAt */
+  stopTiming(): void
 }
 
 interface WellnessHistory {
