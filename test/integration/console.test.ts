@@ -18,7 +18,10 @@ const ARTIFACTS = path.resolve('test-artifacts')
 /** The little of the page the functions run in it use (the test program is compiled without lib.dom; the casts
  *  vanish, the functions run in the page as written). */
 interface Dom {
-  document: { getElementById(id: string): { dataset: Record<string, string | undefined> } | null }
+  document: {
+    getElementById(id: string): { dataset: Record<string, string | undefined> } | null
+    querySelectorAll(selector: string): Iterable<{ textContent: string | null }>
+  }
   __console: { runners: Map<string, unknown> }
 }
 // Bounds for a loaded 2-core machine, never waits: every wait below is for a condition.
@@ -143,7 +146,19 @@ describe('race-control console in Chromium', () => {
         return [...c.runners.keys()][0] as string
       })
       await page.type('#search', userId)
-      await page.waitForSelector(`#matches li[data-user="${userId}"]`)
+      // Wait for the list drawn from the whole query, not one drawn from a prefix while typing (that one is replaced).
+      await page.waitForFunction(
+        (u) => {
+          const items = [...(globalThis as unknown as Dom).document.querySelectorAll('#matches li')]
+          return (
+            items.length > 0 &&
+            items.every((li) => li.textContent?.includes(u)) &&
+            items.some((li) => li.textContent === u)
+          )
+        },
+        { timeout: LONG },
+        userId,
+      )
       await page.click(`#matches li[data-user="${userId}"]`)
       await page.waitForFunction(
         (u) => {

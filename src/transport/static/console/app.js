@@ -389,6 +389,11 @@
         if (id.toLowerCase().includes(q)) found.push(id)
         if (found.length >= 20) break
       }
+    // Rebuild only when the set changes: leaderboard messages redraw the board several times a second, and replacing
+    // the list under the pointer would swallow the medic's click (the element clicked is detached mid-click).
+    const key = found.join('\n')
+    if (matches.dataset.key === key) return
+    matches.dataset.key = key
     matches.replaceChildren(
       ...found.map((id) => {
         const li = el('li', { textContent: id })
