@@ -156,6 +156,9 @@ export const configSchema = z
       maxTlsHandshakes: z.coerce.number().int().min(1),
       /** connections waiting for a handshake slot; beyond it they are closed at once (0 = no queue) */
       maxQueuedHandshakes: z.coerce.number().int().min(0),
+      /** a connection that waited this long for a slot is closed, not handed to TLS: its device has likely given up
+       *  (keep it below the devices' CONNACK timeout); 0 = no bound */
+      maxHandshakeWaitMs: z.coerce.number().int().min(0),
       /** slow consumers (src/limits/outbound.ts): bytes waiting for one client before QoS 0 is held back (newest per
        *  topic kept) and before a QoS 1/2 delivery disconnects it; 0 = off */
       outbound: z.object({
@@ -435,6 +438,7 @@ export function defaults(): BrokerConfig {
       flapping: { maxConnects: 0, windowMs: 60_000, banMs: 5 * 60_000 },
       maxTlsHandshakes: 32,
       maxQueuedHandshakes: 20_000,
+      maxHandshakeWaitMs: 8000,
       outbound: { softBytes: 64 * 1024, hardBytes: 256 * 1024, keepTopics: 64 },
       // Off by default: it rewrites device configuration, so an operator turns it on knowing the firmware obeys it.
       brownout: {
@@ -590,6 +594,7 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_FLAPPING_BAN_MS: 'limits.flapping.banMs',
   PULSEGATE_MAX_TLS_HANDSHAKES: 'limits.maxTlsHandshakes',
   PULSEGATE_MAX_QUEUED_HANDSHAKES: 'limits.maxQueuedHandshakes',
+  PULSEGATE_MAX_HANDSHAKE_WAIT_MS: 'limits.maxHandshakeWaitMs',
   PULSEGATE_OUTBOUND_SOFT_BYTES: 'limits.outbound.softBytes',
   PULSEGATE_OUTBOUND_HARD_BYTES: 'limits.outbound.hardBytes',
   PULSEGATE_OUTBOUND_KEEP_TOPICS: 'limits.outbound.keepTopics',

@@ -18,7 +18,13 @@
 // How to run (from the repository root; PostgreSQL at PULSEGATE_BENCH_PG_URL, default postgres://postgres@127.0.0.1):
 //   npm run build
 //   node dist/bench/marathon.js --devices 300 --duration 20              # smoke run
-//   node dist/bench/marathon.js --devices 50000 --nodes 3 --duration 120 --ramp 400 --workers 4   # the marathon
+//   node dist/bench/marathon.js --devices 50000 --nodes 3 --duration 360 --ramp 170 --workers 4 \
+//     --rate-hz 0.1 --batch 3 --data-dir /tmp/marathon-data                                         # the marathon
+//   node dist/bench/marathon.js --devices 5000 --cluster-ratio --rate-hz 0.2 --batch 6 --duration 120  # cluster cost
+// `--rate-hz`/`--batch`: samples per second per device and samples per batch (race-day live tracking: a sample every
+// 10 s, a batch every 30 s; 1 Hz × 50,000 runners is ~270,000 readings/s, past what two cores can commit).
+// `--cluster-ratio`: the same swarm against one node without Redis, then one node in cluster mode; prints the CPU per
+// 1,000 readings of each and their ratio.
 // Caveat: everything shares the machine's cores (brokers, PostgreSQL, Redis, load generator): figures are for this
 // machine, and the swarm's own event-loop delay is in its report (`workers`) to tell a saturated generator.
 // `--haproxy` (exactly 3 nodes): a real HAProxy from deploy/haproxy.cfg in front, the nodes on 127.0.0.2–4 with the
@@ -51,8 +57,12 @@ const { values: a } = parseArgs({
     ramp: { type: 'string', default: '300' },
     workers: { type: 'string' },
     apps: { type: 'string', default: '0.05' },
+    'rate-hz': { type: 'string', default: '1' },
+    batch: { type: 'string', default: '5' },
+    'data-dir': { type: 'string' },
     'redis-url': { type: 'string' },
     haproxy: { type: 'boolean', default: false },
+    'cluster-ratio': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 })
@@ -63,7 +73,10 @@ const opts = {
   nodes: num('nodes', a.nodes, 1),
   ramp: num('ramp', a.ramp, 1),
   apps: num('apps', a.apps, 0),
+  rateHz: num('rate-hz', a['rate-hz'], 0.001),
+  batch: num('batch', a.batch, 1),
 }
+if (a['cluster-ratio'] && a.haproxy) usage('--cluster-ratio runs one node, without --haproxy')
 if (a.haproxy && opts.nodes !== 3) usage('--haproxy needs --nodes 3 (deploy/haproxy.cfg has three servers)')
 const connections = Math.ceil(opts.devices * (1 + opts.apps))
 const workers = a.workers ? num('workers', a.workers, 1) : Math.max(2, Math.ceil(connections / 15_000))
@@ -211,168 +224,208 @@ async function commandCalls(redis: Redis): Promise<number> {
   return calls
 }
 
-const dbName = `pulsegate_marathon_${crypto.randomBytes(4).toString('hex')}`
-const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-marathon-'))
-let redisProc: ChildProcess | null = null
-let haproxyProc: ChildProcess | null = null
-const nodes: Node[] = []
+// --data-dir keeps the PKI and the devices' certificates between runs (issuing 50,000 takes minutes); the database
+// and Redis are fresh every run all the same.
+const keepDataDir = a['data-dir'] !== undefined
+const dataDir = keepDataDir
+  ? path.resolve(a['data-dir'] as string)
+  : fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-marathon-'))
+
+/**
+ * One marathon: fresh database (and, in cluster mode, a fresh Redis), `nodeCount` broker processes, the swarm.
+ * Standalone (`cluster` false) is one process without Redis: the baseline of the cluster-mode CPU ratio.
+ */
+async function play(cluster: boolean, nodeCount: number): Promise<{ out: Record<string, unknown>; ok: boolean }> {
+  const dbName = `pulsegate_marathon_${crypto.randomBytes(4).toString('hex')}`
+  let redisProc: ChildProcess | null = null
+  let haproxyProc: ChildProcess | null = null
+  const nodes: Node[] = []
+  try {
+    await adminSql(`CREATE DATABASE ${dbName}`)
+    const dbUrl = PG_ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`)
+    let redisUrl = cluster ? a['redis-url'] : undefined
+    if (cluster && !redisUrl) {
+      const r = await startRedis()
+      redisUrl = r.url
+      redisProc = r.proc
+    }
+    if (!(keepDataDir && fs.existsSync(pkiPaths(path.join(dataDir, 'pki')).caCert)))
+      await initPki(path.join(dataDir, 'pki'))
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      PULSEGATE_DATA_DIR: dataDir,
+      PULSEGATE_DATABASE_URL: dbUrl,
+      ...(redisUrl ? { PULSEGATE_REDIS_URL: redisUrl, PULSEGATE_CLUSTER_PREFIX: PREFIX } : {}),
+      PULSEGATE_JWT_SECRET: JWT_SECRET,
+      PULSEGATE_LOG_LEVEL: process.env.PULSEGATE_LOG_LEVEL ?? 'warn',
+      ...(a.haproxy
+        ? {
+            PULSEGATE_PROXY_MQTT: 'optional',
+            PULSEGATE_PROXY_MQTTS: 'optional',
+            PULSEGATE_PROXY_HTTP: 'optional',
+            PULSEGATE_PROXY_TRUSTED: `${LB_SOURCE}/32`,
+          }
+        : {}),
+    }
+    log(
+      `${nodeCount} nodes, redis ${redisUrl ?? 'none (standalone)'}, database ${dbName}; ${connections} connections, ${workers} workers`,
+    )
+    const shared = a.haproxy ? { mqtt: await freePort(), mqtts: await freePort(), http: await freePort() } : undefined
+    nodes.push(await startNode(0, env, shared))
+    nodes.push(...(await Promise.all(Array.from({ length: nodeCount - 1 }, (_, i) => startNode(i + 1, env, shared)))))
+    const lb = shared ? await startHaproxy(shared, dataDir) : null
+    haproxyProc = lb?.proc ?? null
+    const urls = lb
+      ? {
+          url: [`mqtts://127.0.0.1:${lb.ports.mqtts}`],
+          wsUrl: [`ws://127.0.0.1:${lb.ports.ws}/mqtt`],
+          mqttUrl: [`mqtt://127.0.0.1:${lb.ports.mqtt}`],
+        }
+      : {
+          url: nodes.map((n) => `mqtts://${n.host}:${n.ports.mqtts}`),
+          wsUrl: nodes.map((n) => `ws://${n.host}:${n.ports.http}/mqtt`),
+          mqttUrl: nodes.map((n) => `mqtt://${n.host}:${n.ports.mqtt}`),
+        }
+
+    const redis = redisUrl ? new Redis(redisUrl) : null
+    const tap = redisUrl ? new Redis(redisUrl) : null
+    let routedReadings = 0
+    tap?.on('pmessage', () => {
+      routedReadings++
+    })
+    await tap?.psubscribe(`${PREFIX}/devices/*`)
+    const rssBefore = nodes.map((n) => rssKb(n.proc.pid ?? 0))
+    const cpuBefore = nodes.map((n) => procCpuSeconds(n.proc.pid ?? 0) ?? 0)
+    const rowsBefore = await Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_ingest_rows_committed_total')))
+    const callsBefore = redis ? await commandCalls(redis) : 0
+    let atPeak: { rss: number[]; conns: number[] } | null = null
+    const report: SwarmReport = await runSwarm({
+      devices: opts.devices,
+      durationS: opts.durationS,
+      rampPerS: opts.ramp,
+      appShare: opts.apps,
+      rateHz: opts.rateHz,
+      batch: opts.batch,
+      workers,
+      ...urls,
+      config: ephemeralConfig({ dataDir, databaseUrl: dbUrl, logLevel: 'warn', jwtSecret: JWT_SECRET }),
+      drainS: 120,
+      progress: true,
+      onPhase: (phase) => {
+        // At the end of sampling every link is still up: memory and connections per node at their peak.
+        if (phase !== 'draining') return
+        void Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_connections'))).then((conns) => {
+          atPeak = { rss: nodes.map((n) => rssKb(n.proc.pid ?? 0)), conns }
+        })
+      },
+    })
+    const callsAfter = redis ? await commandCalls(redis) : 0
+    // Give the last messages on the tap a moment; a routed reading would be published right after its PUBACK.
+    await sleep(500)
+    const rowsAfter = await Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_ingest_rows_committed_total')))
+    const peak = atPeak as { rss: number[]; conns: number[] } | null
+    const perNode = nodes.map((n, i) => {
+      const conns = peak?.conns[i] ?? 0
+      const rss = peak?.rss[i] ?? rssKb(n.proc.pid ?? 0)
+      const cpuS = (procCpuSeconds(n.proc.pid ?? 0) ?? 0) - (cpuBefore[i] ?? 0)
+      const rows = (rowsAfter[i] ?? 0) - (rowsBefore[i] ?? 0)
+      return {
+        node: n.name,
+        connections: conns,
+        rssBeforeMb: round((rssBefore[i] ?? 0) / 1024),
+        rssPeakMb: round(rss / 1024),
+        rssPerConnKb: conns > 0 ? round((rss - (rssBefore[i] ?? 0)) / conns) : null,
+        cpuS: round(cpuS, 2),
+        rowsCommitted: rows,
+        cpuMsPer1000Rows: rows > 0 ? round((cpuS * 1e6) / rows, 1) : null,
+      }
+    })
+    const v = report.verification
+    const acked = report.readings.acked
+    const redisCalls = callsAfter - callsBefore
+    const out = {
+      devices: report.options.devices,
+      nodes: nodeCount,
+      cluster,
+      haproxy: a.haproxy === true,
+      workers,
+      connected: report.connections.devices.connected + report.connections.bridges.connected,
+      users: report.options.users,
+      reconnects: report.connections.devices.reconnects + report.connections.bridges.reconnects,
+      readingsAcked: acked,
+      verification: { status: v.status, expected: v.expected, found: v.found, lost: v.lost, duplicates: v.duplicates },
+      alertMs: { p50: report.latency.alertMs.p50, p99: report.latency.alertMs.p99, n: report.latency.alertMs.count },
+      ackMs: { p50: report.latency.ackMs.p50, p99: report.latency.ackMs.p99 },
+      readingsPerS: report.throughput.readingsPerS,
+      perNode,
+      redis: {
+        commands: redisCalls,
+        commandsPerReading: acked > 0 ? round(redisCalls / acked, 4) : null,
+        readingMessagesRouted: routedReadings,
+      },
+      generator: report.workers,
+      loadavg: loadavg(),
+    }
+    console.log(
+      [
+        `devices connected: ${out.connected}/${out.users} links (${out.devices} devices), reconnects ${out.reconnects}`,
+        `acked readings: ${acked}, stored once: ${v.found}/${v.expected} (lost ${v.lost}, duplicates ${v.duplicates}) [${v.status}]`,
+        `alert latency: p50 ${out.alertMs.p50} ms, p99 ${out.alertMs.p99} ms (${out.alertMs.n} alerts); ack p50 ${out.ackMs.p50} ms p99 ${out.ackMs.p99} ms`,
+        ...perNode.map(
+          (p) =>
+            `${p.node}: ${p.connections} connections, RSS ${p.rssBeforeMb} → ${p.rssPeakMb} MB (${p.rssPerConnKb ?? '–'} KB/conn), ` +
+            `CPU ${p.cpuS} s, ${p.cpuMsPer1000Rows ?? '–'} ms per 1,000 rows`,
+        ),
+        `redis: ${redisCalls} commands during the run, ${out.redis.commandsPerReading ?? '–'} per reading (outputs, leases, heartbeats); readings routed through Redis: ${routedReadings}`,
+        `load average ${out.loadavg}`,
+      ].join('\n'),
+    )
+    console.log(JSON.stringify(out))
+    await tap?.quit()
+    await redis?.quit()
+    return { out, ok: v.status === 'ok' && routedReadings === 0 }
+  } catch (err) {
+    log(`failed: ${(err as Error).stack ?? String(err)}`)
+    return { out: {}, ok: false }
+  } finally {
+    await Promise.all(
+      nodes.map(async (n) => {
+        if (n.proc.exitCode !== null || n.proc.signalCode !== null) return
+        const exited = new Promise<void>((r) => n.proc.once('exit', () => r()))
+        n.proc.kill('SIGTERM')
+        const t = setTimeout(() => n.proc.kill('SIGKILL'), 20_000)
+        await exited
+        clearTimeout(t)
+      }),
+    )
+    if (haproxyProc && haproxyProc.exitCode === null) haproxyProc.kill('SIGTERM')
+    if (redisProc && redisProc.exitCode === null) redisProc.kill('SIGTERM')
+    await adminSql(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined)
+  }
+}
+
 let exitCode = 0
 try {
-  await adminSql(`CREATE DATABASE ${dbName}`)
-  const dbUrl = PG_ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`)
-  let redisUrl = a['redis-url']
-  if (!redisUrl) {
-    const r = await startRedis()
-    redisUrl = r.url
-    redisProc = r.proc
-  }
-  await initPki(path.join(dataDir, 'pki'))
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PULSEGATE_DATA_DIR: dataDir,
-    PULSEGATE_DATABASE_URL: dbUrl,
-    PULSEGATE_REDIS_URL: redisUrl,
-    PULSEGATE_CLUSTER_PREFIX: PREFIX,
-    PULSEGATE_JWT_SECRET: JWT_SECRET,
-    PULSEGATE_LOG_LEVEL: process.env.PULSEGATE_LOG_LEVEL ?? 'warn',
-    ...(a.haproxy
-      ? {
-          PULSEGATE_PROXY_MQTT: 'optional',
-          PULSEGATE_PROXY_MQTTS: 'optional',
-          PULSEGATE_PROXY_HTTP: 'optional',
-          PULSEGATE_PROXY_TRUSTED: `${LB_SOURCE}/32`,
-        }
-      : {}),
-  }
-  log(`${opts.nodes} nodes, redis ${redisUrl}, database ${dbName}; ${connections} connections, ${workers} workers`)
-  const shared = a.haproxy ? { mqtt: await freePort(), mqtts: await freePort(), http: await freePort() } : undefined
-  nodes.push(await startNode(0, env, shared))
-  nodes.push(...(await Promise.all(Array.from({ length: opts.nodes - 1 }, (_, i) => startNode(i + 1, env, shared)))))
-  const lb = shared ? await startHaproxy(shared, dataDir) : null
-  haproxyProc = lb?.proc ?? null
-  const urls = lb
-    ? {
-        url: [`mqtts://127.0.0.1:${lb.ports.mqtts}`],
-        wsUrl: [`ws://127.0.0.1:${lb.ports.ws}/mqtt`],
-        mqttUrl: [`mqtt://127.0.0.1:${lb.ports.mqtt}`],
-      }
-    : {
-        url: nodes.map((n) => `mqtts://${n.host}:${n.ports.mqtts}`),
-        wsUrl: nodes.map((n) => `ws://${n.host}:${n.ports.http}/mqtt`),
-        mqttUrl: nodes.map((n) => `mqtt://${n.host}:${n.ports.mqtt}`),
-      }
-
-  const redis = new Redis(redisUrl)
-  const tap = new Redis(redisUrl)
-  let routedReadings = 0
-  tap.on('pmessage', () => {
-    routedReadings++
-  })
-  await tap.psubscribe(`${PREFIX}/devices/*`)
-  const rssBefore = nodes.map((n) => rssKb(n.proc.pid ?? 0))
-  const cpuBefore = nodes.map((n) => procCpuSeconds(n.proc.pid ?? 0) ?? 0)
-  const rowsBefore = await Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_ingest_rows_committed_total')))
-  const callsBefore = await commandCalls(redis)
-  let atPeak: { rss: number[]; conns: number[] } | null = null
-  const report: SwarmReport = await runSwarm({
-    devices: opts.devices,
-    durationS: opts.durationS,
-    rampPerS: opts.ramp,
-    appShare: opts.apps,
-    workers,
-    ...urls,
-    config: ephemeralConfig({ dataDir, databaseUrl: dbUrl, logLevel: 'warn', jwtSecret: JWT_SECRET }),
-    drainS: 120,
-    progress: true,
-    onPhase: (phase) => {
-      // At the end of sampling every link is still up: memory and connections per node at their peak.
-      if (phase !== 'draining') return
-      void Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_connections'))).then((conns) => {
-        atPeak = { rss: nodes.map((n) => rssKb(n.proc.pid ?? 0)), conns }
-      })
-    },
-  })
-  const callsAfter = await commandCalls(redis)
-  // Give the last messages on the tap a moment; a routed reading would be published right after its PUBACK.
-  await sleep(500)
-  const rowsAfter = await Promise.all(nodes.map((n) => metricSum(n, 'pulsegate_ingest_rows_committed_total')))
-  const peak = atPeak as { rss: number[]; conns: number[] } | null
-  const perNode = nodes.map((n, i) => {
-    const conns = peak?.conns[i] ?? 0
-    const rss = peak?.rss[i] ?? rssKb(n.proc.pid ?? 0)
-    const cpuS = (procCpuSeconds(n.proc.pid ?? 0) ?? 0) - (cpuBefore[i] ?? 0)
-    const rows = (rowsAfter[i] ?? 0) - (rowsBefore[i] ?? 0)
-    return {
-      node: n.name,
-      connections: conns,
-      rssBeforeMb: round((rssBefore[i] ?? 0) / 1024),
-      rssPeakMb: round(rss / 1024),
-      rssPerConnKb: conns > 0 ? round((rss - (rssBefore[i] ?? 0)) / conns) : null,
-      cpuS: round(cpuS, 2),
-      rowsCommitted: rows,
-      cpuMsPer1000Rows: rows > 0 ? round((cpuS * 1e6) / rows, 1) : null,
-    }
-  })
-  const v = report.verification
-  const acked = report.readings.acked
-  const redisCalls = callsAfter - callsBefore
-  const out = {
-    devices: report.options.devices,
-    nodes: opts.nodes,
-    haproxy: a.haproxy === true,
-    workers,
-    connected: report.connections.devices.connected + report.connections.bridges.connected,
-    users: report.options.users,
-    reconnects: report.connections.devices.reconnects + report.connections.bridges.reconnects,
-    readingsAcked: acked,
-    verification: { status: v.status, expected: v.expected, found: v.found, lost: v.lost, duplicates: v.duplicates },
-    alertMs: { p50: report.latency.alertMs.p50, p99: report.latency.alertMs.p99, n: report.latency.alertMs.count },
-    ackMs: { p50: report.latency.ackMs.p50, p99: report.latency.ackMs.p99 },
-    readingsPerS: report.throughput.readingsPerS,
-    perNode,
-    redis: {
-      commands: redisCalls,
-      commandsPerReading: acked > 0 ? round(redisCalls / acked, 4) : null,
-      readingMessagesRouted: routedReadings,
-    },
-    generator: report.workers,
-    loadavg: loadavg(),
-  }
-  console.log(
-    [
-      `devices connected: ${out.connected}/${out.users} links (${out.devices} devices), reconnects ${out.reconnects}`,
-      `acked readings: ${acked}, stored once: ${v.found}/${v.expected} (lost ${v.lost}, duplicates ${v.duplicates}) [${v.status}]`,
-      `alert latency: p50 ${out.alertMs.p50} ms, p99 ${out.alertMs.p99} ms (${out.alertMs.n} alerts); ack p50 ${out.ackMs.p50} ms p99 ${out.ackMs.p99} ms`,
-      ...perNode.map(
-        (p) =>
-          `${p.node}: ${p.connections} connections, RSS ${p.rssBeforeMb} → ${p.rssPeakMb} MB (${p.rssPerConnKb ?? '–'} KB/conn), ` +
-          `CPU ${p.cpuS} s, ${p.cpuMsPer1000Rows ?? '–'} ms per 1,000 rows`,
-      ),
-      `redis: ${redisCalls} commands during the run, ${out.redis.commandsPerReading ?? '–'} per reading (outputs, leases, heartbeats); readings routed through Redis: ${routedReadings}`,
-      `load average ${out.loadavg}`,
-    ].join('\n'),
-  )
-  console.log(JSON.stringify(out))
-  if (v.status !== 'ok' || routedReadings > 0) exitCode = 1
-  await tap.quit()
-  await redis.quit()
-} catch (err) {
-  log(`failed: ${(err as Error).stack ?? String(err)}`)
-  exitCode = 1
+  if (a['cluster-ratio']) {
+    // The same swarm against one process without Redis, then one process in cluster mode: what cluster mode costs
+    // per reading, measured in one invocation (this machine's speed varies between slots, not within minutes).
+    const alone = await play(false, 1)
+    const clustered = await play(true, 1)
+    const perNode = (r: Record<string, unknown>) =>
+      (r.perNode as { cpuMsPer1000Rows: number | null }[] | undefined)?.[0]?.cpuMsPer1000Rows ?? null
+    const x = perNode(alone.out)
+    const y = perNode(clustered.out)
+    console.log(
+      `CPU per 1,000 readings on the node: standalone ${x ?? '–'} ms, cluster mode ${y ?? '–'} ms, ratio ${x && y ? round(y / x, 3) : '–'}`,
+    )
+    console.log(
+      JSON.stringify({
+        clusterRatio: { standaloneMsPer1000: x, clusterMsPer1000: y, ratio: x && y ? round(y / x, 3) : null },
+      }),
+    )
+    if (!alone.ok || !clustered.ok) exitCode = 1
+  } else if (!(await play(true, opts.nodes)).ok) exitCode = 1
 } finally {
-  await Promise.all(
-    nodes.map(async (n) => {
-      if (n.proc.exitCode !== null || n.proc.signalCode !== null) return
-      const exited = new Promise<void>((r) => n.proc.once('exit', () => r()))
-      n.proc.kill('SIGTERM')
-      const t = setTimeout(() => n.proc.kill('SIGKILL'), 20_000)
-      await exited
-      clearTimeout(t)
-    }),
-  )
-  if (haproxyProc && haproxyProc.exitCode === null) haproxyProc.kill('SIGTERM')
-  if (redisProc && redisProc.exitCode === null) redisProc.kill('SIGTERM')
-  await adminSql(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined)
-  fs.rmSync(dataDir, { recursive: true, force: true })
+  if (!keepDataDir) fs.rmSync(dataDir, { recursive: true, force: true })
 }
 process.exit(exitCode)

@@ -80,6 +80,11 @@ export function createLimitMetrics(registry: Registry) {
       help: 'connections closed because the handshake queue was full',
       registers,
     }),
+    handshakeExpired: new Counter({
+      name: 'pulsegate_tls_handshake_expired_total',
+      help: 'queued connections closed because they waited longer than limits.maxHandshakeWaitMs',
+      registers,
+    }),
     keepaliveTimeouts: new Counter({
       name: 'pulsegate_keepalive_timeouts_total',
       help: 'clients disconnected for silence beyond 1.5 × their keep-alive [MQTT-3.1.2-24]',

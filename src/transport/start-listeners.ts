@@ -51,6 +51,7 @@ export async function startListeners(
     capHandshakes(s, {
       max: config.limits.maxTlsHandshakes,
       maxQueued: config.limits.maxQueuedHandshakes,
+      maxWaitMs: config.limits.maxHandshakeWaitMs,
       metrics: o.limits,
       log: o.log,
     })
