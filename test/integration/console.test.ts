@@ -168,6 +168,24 @@ describe('race-control console in Chromium', () => {
         { timeout: LONG },
         userId,
       )
+      // Once the swarm is done, the next delta holds every reading: the distance curve ends at the stored total of
+      // the device it follows (distance rows are stretches between fixes, summed), and the pace curve has points.
+      await swarm
+      const stored = await tb.pg.db.query<{ m: number }>(
+        `SELECT sum(s.value)::float8 AS m FROM samples s JOIN devices d USING (device_key)
+          WHERE d.user_id = $1 AND s.metric = 7 GROUP BY d.device_key ORDER BY count(*) DESC LIMIT 1`,
+        [userId],
+      )
+      const totalM = stored.rows[0]?.m ?? 0
+      expect(totalM).toBeGreaterThan(10)
+      await page.waitForFunction(
+        (m) => {
+          const d = (globalThis as unknown as Dom).document.getElementById('detail')
+          return Math.abs(Number(d?.dataset.distanceKm) * 1000 - m) < 0.01 && Number(d?.dataset.pacePoints) > 0
+        },
+        { timeout: LONG },
+        totalM,
+      )
       const audited = await tb.pg.db.query<{ n: number }>(
         `SELECT count(*)::int AS n FROM audit_log WHERE action = 'console.runner' AND subject = $1`,
         [userId],

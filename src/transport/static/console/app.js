@@ -526,9 +526,12 @@
         byDevice.get(r.device).push([r.t, r.value])
       }
     }
-    const dist = [...byDevice.values()].sort((a, b) => b.length - a.length)[0] || []
-    dist.sort((a, b) => a[0] - b[0])
+    const steps = [...byDevice.values()].sort((a, b) => b.length - a.length)[0] || []
+    steps.sort((a, b) => a[0] - b[0])
     hr.sort((a, b) => a[0] - b[0])
+    // A distance row is the stretch since the device's previous fix (docs/readings.md): the curve is their sum.
+    let sum = 0
+    const dist = steps.map(([t, v]) => [t, (sum += v)])
     const pc = []
     // Pace over the last minute of distance, in min/km.
     let j = 0
@@ -578,6 +581,10 @@
     chart('chart-hr', d.hr, '#d11')
     chart('chart-pace', d.pace, '#26c')
     chart('chart-dist', d.dist, '#182')
+    // What the charts show, for the page's own tests and for a medic's screen reader.
+    const last = d.dist[d.dist.length - 1]
+    $('detail').dataset.distanceKm = last ? String(last[1]) : '0'
+    $('detail').dataset.pacePoints = String(d.pace.length)
   }
 
   // ---- the frame loop --------------------------------------------------------------------------------------------
