@@ -223,7 +223,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   installBrownout(aedes, { settings: config.limits.brownout, writer, persistence, publish, metrics, log })
   routing.install(aedes)
   webhooks?.attach(aedes, principals)
-  await cluster?.attach({ aedes, db, ingest, outputs, principals })
+  await cluster?.attach({ aedes, db, ingest, outputs, principals, presence: webhooks?.presence })
   // Aedes keeps connected clients by id at runtime; its types leave the map out.
   const clientsById = () => (aedes as unknown as { clients: Record<string, Client | undefined> }).clients
 

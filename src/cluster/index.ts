@@ -11,6 +11,7 @@ import type { Principals } from '../hooks/types.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { OutputEngine } from '../outputs/engine.js'
+import type { AppPresence } from '../outputs/webhook/presence.js'
 import type { CommittedBatch } from '../pipeline/ingest.js'
 import type { Db } from '../store/db.js'
 import { type AedesRedisParts, openAedesRedis } from './aedes-redis.js'
@@ -20,6 +21,7 @@ import { SessionJanitor } from './janitor.js'
 import { Leases } from './leases.js'
 import { createClusterMetrics } from './metrics.js'
 import { UserOwnership } from './ownership.js'
+import { type SharedPresence, sharePresence } from './presence.js'
 import { connectRedis } from './redis-conn.js'
 
 export interface Cluster {
@@ -36,6 +38,8 @@ export interface Cluster {
     ingest: DeviceResume
     outputs: OutputEngine
     principals: Principals
+    /** the webhook output's app presence, shared with the other nodes (absent without webhooks) */
+    presence?: AppPresence | undefined
   }): Promise<void>
   janitor(): SessionJanitor | null
   /** before Aedes closes: hand the leases over, stop the timers */
@@ -69,6 +73,7 @@ export function openCluster(config: BrokerConfig, log: Logger, metrics: Metrics)
   const boards = new LeaderBoards(cmd, leases, cfg.prefix, cm)
   let ownership: UserOwnership | null = null
   let janitor: SessionJanitor | null = null
+  let presence: SharedPresence | null = null
   // Batches committed before attach() (none: listeners start after it) would have no owner to go to.
   let early: ((b: CommittedBatch) => void) | null = null
 
@@ -80,7 +85,8 @@ export function openCluster(config: BrokerConfig, log: Logger, metrics: Metrics)
       if (ownership) ownership.route(batch)
       else early?.(batch)
     },
-    async attach({ aedes, db, ingest, outputs, principals }) {
+    async attach({ aedes, db, ingest, outputs, principals, presence: apps }) {
+      if (apps) presence = sharePresence(apps, cmd, cfg.prefix, self, clog)
       early = (b) => outputs.onCommitted(b)
       ownership = new UserOwnership(leases, cmd, sub, cfg.prefix, outputs, cm, clog, cfg.leaseMs)
       await ownership.start()
@@ -102,6 +108,7 @@ export function openCluster(config: BrokerConfig, log: Logger, metrics: Metrics)
     },
     janitor: () => janitor,
     async stop() {
+      await presence?.stop()
       await janitor?.stop()
       await ownership?.stop()
       await boards.stop()

@@ -254,7 +254,8 @@ export class WebhookService {
     }
     if (!allowed) return this.drop(d, 'withheld_consent')
     // The app came back while this waited for a retry: it has the alert over MQTT (its session) or delta sync.
-    if (this.presence.connected(d.userId)) return this.drop(d, 'skipped_app_connected')
+    // In cluster mode an app on another node counts too (asked of Redis here, off the publish path).
+    if (await this.presence.connectedAnywhere(d.userId)) return this.drop(d, 'skipped_app_connected')
     const a = await this.sender.send(d.id, d.body)
     this.metrics.attempts.inc({ result: a.result })
     if (a.result !== 'ok') return this.failed(d, a, false)
