@@ -165,6 +165,13 @@ const PROVISION_CONCURRENCY = 8
 const REGISTER_CHUNK = 1000
 /** Ephemeral ports per (source address, destination); beyond that, more 127.0.0.x source addresses. */
 const CONNS_PER_SOURCE = 25_000
+/**
+ * Sockets bound to one source address when sources are in use. bind() to an address with port 0 searches the whole
+ * ephemeral range for a port no socket on that address holds (connect() without bind only needs a free 4-tuple):
+ * near the range's 28,000 ports every bind is a long kernel search (perf: inet_bind2_bucket_find), and the swarm
+ * stalled at ~4,500 connections of 50,000. So bind only when one destination needs it, and keep each address sparse.
+ */
+const BOUND_PER_SOURCE = 10_000
 
 const pad = (n: number) => String(n).padStart(6, '0')
 
@@ -764,7 +771,10 @@ async function runAgainst(
   const nWorkers = inProcess ? 1 : Math.max(1, Math.min(o.workers ?? cores - (instance ? 1 : 0), p.users.length))
   const connections = p.users.length + p.users.filter((u) => u.app).length
   const loopback = target.mqtts.every((u) => /^127\./.test(new URL(u).hostname))
-  const sources = loopback && connections > CONNS_PER_SOURCE ? Math.ceil(connections / CONNS_PER_SOURCE) : 0
+  // Devices and apps are spread over the listed nodes; connect() shares local ports across destinations.
+  const destinations = Math.max(1, Math.min(new Set(target.mqtts).size, new Set(target.ws).size))
+  const sources =
+    loopback && connections / destinations > CONNS_PER_SOURCE ? Math.ceil(connections / BOUND_PER_SOURCE) : 0
   const sourceAddresses = Array.from({ length: sources }, (_, i) => `127.0.0.${i + 1}`)
   const slices: UserSpec[][] = Array.from({ length: nWorkers }, () => [])
   p.users.forEach((u, i) => {
