@@ -60,6 +60,7 @@ const { values: a } = parseArgs({
     'rate-hz': { type: 'string', default: '1' },
     batch: { type: 'string', default: '5' },
     'data-dir': { type: 'string' },
+    'eager-devices': { type: 'boolean', default: false },
     'redis-url': { type: 'string' },
     haproxy: { type: 'boolean', default: false },
     'cluster-ratio': { type: 'boolean', default: false },

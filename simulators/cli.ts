@@ -57,6 +57,7 @@ interface SimulateOpts {
   offlineAt?: number
   offlineFor: number
   appReconnects: number
+  lazyDevices?: boolean
   report?: string
   svg?: string
   url?: string
@@ -128,6 +129,10 @@ export function simulateCommand(): Command {
       'times each app drops its link during the run (it reconnects and catches up by delta sync)',
       wholeNumber('--app-reconnects'),
       0,
+    )
+    .option(
+      '--lazy-devices',
+      'model each device from its first link on, not from power-on (large swarms on few cores: no buffering ahead of the connect ramp)',
     )
     .option('--report <file.json>', 'write the full report as JSON')
     .option('--svg <file.svg>', 'write a chart of rates and ack latency over time')
@@ -220,6 +225,7 @@ export function simulateCommand(): Command {
         drainS: opts.drain,
         seed: opts.seed,
         appReconnects: opts.appReconnects,
+        lazyDevices: opts.lazyDevices === true,
         offline:
           opts.offlineShare > 0
             ? { share: opts.offlineShare, atS: opts.offlineAt ?? opts.duration / 3, forS: opts.offlineFor }

@@ -235,6 +235,16 @@ export class Firmware {
     return taken
   }
 
+  /**
+   * Starts sampling at `t` (a device modelled only from its first link on), on the phase it had from power-on: no
+   * backfill of the time before.
+   */
+  startSamplingAt(t: number): void {
+    if (this.nextSampleAt < t)
+      this.nextSampleAt += Math.ceil((t - this.nextSampleAt) / this.intervalMs) * this.intervalMs
+    this.sampling = true
+  }
+
   /** Seals whatever is pending into a batch (end of run, or a config change). */
   seal(): void {
     if (this.pendingTs.length === 0) return

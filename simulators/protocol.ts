@@ -85,6 +85,8 @@ export interface WorkerOptions {
   statsIntervalMs: number
   /** spread connections over 127.0.0.x source addresses (more than one ephemeral port range); loopback only */
   sourceAddresses: string[]
+  /** devices sample from power-on, buffering until their first link is up (false: from the first link on) */
+  sampleBeforeLink: boolean
   /** apps also subscribe to users/{uid}/recommendations and report each arrival (--history-days) */
   recommendations: boolean
 }

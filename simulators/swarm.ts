@@ -116,6 +116,12 @@ export interface SwarmOptions {
   /** times each app drops its link during the run, reconnects and catches up by delta sync (default 0) */
   appReconnects?: number
   /**
+   * Model a device only from its first link on (default false: it samples from power-on and buffers until the link is
+   * up). For swarms larger than the generator's cores can model ahead of the connect ramp: 50,000 devices buffering
+   * from power-on kept the workers in garbage collection until their handshakes timed out.
+   */
+  lazyDevices?: boolean
+  /**
    * mqtts://host:port of the device listener (default: 127.0.0.1 and the configured port). Several (one per node of a
    * cluster): devices are spread over them round-robin and move on to the next after losing their link.
    */
@@ -289,6 +295,7 @@ function withDefaults(o: SwarmOptions) {
     raceClockS: o.raceClockS ?? 1800,
     seed: o.seed ?? 1,
     appReconnects: o.appReconnects ?? 0,
+    lazyDevices: o.lazyDevices ?? false,
     embeddedBroker: o.embeddedBroker ?? false,
     inProcess: o.inProcess ?? false,
     verify: o.verify ?? true,
@@ -854,6 +861,7 @@ async function runAgainst(
     statsIntervalMs: 1000,
     appReconnects: o.appReconnects,
     sourceAddresses,
+    sampleBeforeLink: !o.lazyDevices,
     recommendations: history !== null,
   }
   phase('connecting', instance)
