@@ -531,7 +531,10 @@
     hr.sort((a, b) => a[0] - b[0])
     // A distance row is the stretch since the device's previous fix (docs/readings.md): the curve is their sum.
     let sum = 0
-    const dist = steps.map(([t, v]) => [t, (sum += v)])
+    const dist = steps.map(([t, v]) => {
+      sum += v
+      return [t, sum]
+    })
     const pc = []
     // Pace over the last minute of distance, in min/km.
     let j = 0
