@@ -40,13 +40,14 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
   ;(server as unknown as { pauseOnConnect: boolean }).pauseOnConnect = true
   let inProgress = 0
   // FIFO as an array with a moving head (shift() is O(n) on a 20,000-deep queue, once per handshake).
-  let queue: Waiting[] = []
+  // Slots before `head` are cleared (undefined) so the sockets they held can be collected.
+  let queue: (Waiting | undefined)[] = []
   let head = 0
   const queued = () => queue.length - head
   const take = (): Waiting | undefined => {
     const w = queue[head]
     if (!w) return undefined
-    queue[head++] = undefined as unknown as Waiting
+    queue[head++] = undefined
     if (head > 1024 && head * 2 > queue.length) {
       queue = queue.slice(head)
       head = 0
@@ -83,7 +84,11 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
     inProgress--
     // A connection that closed while waiting is handed over all the same: it fails at once (tlsClientError).
     expire()
-    while (inProgress < max && queued() > 0) start((take() as Waiting).socket)
+    while (inProgress < max) {
+      const w = take()
+      if (!w) break
+      start(w.socket)
+    }
     show()
   }
   server.prependListener('secureConnection', (socket: tls.TLSSocket) => {
@@ -103,6 +108,7 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
       metrics.handshakeOverflows.inc()
       log.debug({ remoteAddress: socket.remoteAddress }, 'TLS handshake queue full: connection closed')
       socket.destroy()
+      show()
       return
     }
     metrics.handshakeWaits.inc()
