@@ -37,8 +37,6 @@ interface SimUser {
   uplink: Uplink
   startAt: number
   active: boolean
-  /** its devices are sampling (from power-on, or from the first link with sampleBeforeLink off) */
-  sampling: boolean
   /** the tunnel: not yet, 'late' (its link was not up at the planned time), or done */
   cut: 'no' | 'late' | 'done'
   outcome: AnomalyOutcome | null
@@ -377,7 +375,7 @@ export class WorkerDriver {
       const outcome: AnomalyOutcome | null = anomaly
         ? { userId: spec.userId, kind: anomaly.kind, atMs: anomaly.atMs, alerts: [], watched: spec.app !== null }
         : null
-      user = { spec, wearer, firmwares, uplink, startAt: userStart, active: false, sampling: false, cut: 'no', outcome }
+      user = { spec, wearer, firmwares, uplink, startAt: userStart, active: false, cut: 'no', outcome }
       this.users.push(user)
       this.byUser.set(spec.userId, user)
     }
@@ -430,16 +428,11 @@ export class WorkerDriver {
       if (!u.active) {
         if (now < u.startAt || now >= this.endAt) continue
         u.active = true
-        if (o.sampleBeforeLink) {
-          u.sampling = true
-          for (const fw of u.firmwares) fw.sampling = true
-        }
+        if (o.sampleBeforeLink) for (const fw of u.firmwares) fw.sampling = true
         u.uplink.start()
       }
-      if (!u.sampling && u.uplink.isConnected) {
-        u.sampling = true
-        for (const fw of u.firmwares) fw.startSamplingAt(now)
-      }
+      // With sampleBeforeLink off, a device starts sampling once its user's link is first up.
+      if (u.uplink.isConnected) for (const fw of u.firmwares) if (!fw.sampling) fw.startSamplingAt(now)
       if (u.spec.offline && u.cut !== 'done' && o.offline && now >= cutAt) {
         // The tunnel drops live links: one still in its first handshake then (a slow ramp on a busy machine) is
         // dropped once it is up, with its backlog in flight, so every cut is of a link that was up and must reconnect.
