@@ -39,6 +39,8 @@ const bucket = z.object({
   bytesPerSec: z.coerce.number().min(0),
   byteBurst: z.coerce.number().int().min(1),
 })
+/** a database lane's bounds (src/store/lanes.ts): statements waiting at most, and how long one may wait */
+const lane = z.object({ queue: z.coerce.number().int().min(0), waitMs: z.coerce.number().int().min(1) })
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')])
 /** brownout thresholds: mean commit latency (or the oldest waiting batch's age) and rows queued for the database */
 const pressure = z.object({
@@ -55,6 +57,20 @@ export const configSchema = z
     databaseUrl: z.string().url().optional(),
     /** connections in the pg pool for registry look-ups and outputs (the writer has its own, ingest.writers) */
     databasePoolSize: z.coerce.number().int().min(1).max(64),
+    /** the admission lanes in front of the pool (docs/limits.md "Database lanes"): at most the pool size run at once,
+     *  the rest wait in their lane, the highest priority first; over a lane's bound a request fails as "unavailable" */
+    databaseLanes: z.object({
+      /** the group commit (PUBACKs wait on it); already bounded by ingest.maxQueuedRows, so long and deep */
+      commit: lane,
+      /** registry look-ups for CONNECT and publish authorization: waitMs below the devices' CONNACK timeout */
+      identity: lane,
+      /** outputs (leaderboards, alerts, webhooks) and device-side writes (status, dead letters) */
+      outputs: lane,
+      /** app sync requests */
+      sync: lane,
+      /** everything else: insights, DP, ops, HTTP/console, audit, maintenance */
+      background: lane,
+    }),
     /** the embedded store runs PGlite on its own worker thread (off the broker's event loop) or, 'main', in it */
     embeddedThread: z.enum(['worker', 'main']),
     /** Redis (leaderboards; with a server database also cluster mode, src/cluster/); unset → in-process, one node */
@@ -384,6 +400,13 @@ export function defaults(): BrokerConfig {
     dataDir: path.resolve('data'),
     databaseUrl: undefined,
     databasePoolSize: 8,
+    databaseLanes: {
+      commit: { queue: 10_000, waitMs: 60_000 },
+      identity: { queue: 20_000, waitMs: 5_000 },
+      outputs: { queue: 10_000, waitMs: 15_000 },
+      sync: { queue: 1_000, waitMs: 30_000 },
+      background: { queue: 1_000, waitMs: 30_000 },
+    },
     embeddedThread: 'worker',
     redisUrl: undefined,
     cluster: {
@@ -530,6 +553,16 @@ export const ENV_MAP: Record<string, string> = {
   PULSEGATE_DATA_DIR: 'dataDir',
   PULSEGATE_DATABASE_URL: 'databaseUrl',
   PULSEGATE_DATABASE_POOL_SIZE: 'databasePoolSize',
+  PULSEGATE_DB_LANE_COMMIT_QUEUE: 'databaseLanes.commit.queue',
+  PULSEGATE_DB_LANE_COMMIT_WAIT_MS: 'databaseLanes.commit.waitMs',
+  PULSEGATE_DB_LANE_IDENTITY_QUEUE: 'databaseLanes.identity.queue',
+  PULSEGATE_DB_LANE_IDENTITY_WAIT_MS: 'databaseLanes.identity.waitMs',
+  PULSEGATE_DB_LANE_OUTPUTS_QUEUE: 'databaseLanes.outputs.queue',
+  PULSEGATE_DB_LANE_OUTPUTS_WAIT_MS: 'databaseLanes.outputs.waitMs',
+  PULSEGATE_DB_LANE_SYNC_QUEUE: 'databaseLanes.sync.queue',
+  PULSEGATE_DB_LANE_SYNC_WAIT_MS: 'databaseLanes.sync.waitMs',
+  PULSEGATE_DB_LANE_BACKGROUND_QUEUE: 'databaseLanes.background.queue',
+  PULSEGATE_DB_LANE_BACKGROUND_WAIT_MS: 'databaseLanes.background.waitMs',
   PULSEGATE_EMBEDDED_THREAD: 'embeddedThread',
   PULSEGATE_REDIS_URL: 'redisUrl',
   PULSEGATE_CLUSTER_PREFIX: 'cluster.prefix',

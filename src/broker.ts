@@ -39,8 +39,7 @@ import { GroupCommitWriter } from './pipeline/commit.js'
 import { Ingest } from './pipeline/ingest.js'
 import { updateEmbeddedLock } from './store/embedded.js'
 import { migrate } from './store/migrate.js'
-import { openDb } from './store/open.js'
-import { openPostgres } from './store/postgres.js'
+import { openDb, openWriterDb } from './store/open.js'
 import { Registry } from './store/registry.js'
 import { createHttpRoutes } from './transport/http-routes.js'
 import { installLive } from './transport/live-routes.js'
@@ -76,7 +75,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
 
   // Cluster mode (src/cluster/) when Redis and a server database are set; refused on the embedded store.
   const cluster = openCluster(config, log, metrics)
-  const db = await openDb(config, log)
+  const db = await openDb(config, log, metrics)
   let timescale = false
   try {
     timescale = (await migrate(db, log)).timescale
@@ -84,7 +83,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     await db.close()
     throw err
   }
-  const registry = new Registry(db)
+  const registry = new Registry(db.lane('identity'))
   const audit = openAuditLog(db, config, log.child({ stage: 'audit' }))
   // Keys are checked against the database's key fingerprints here: a broker holding another key does not start.
   const privacy = await openPrivacyServices(config, db, { audit, metrics: metrics.registry, log }).catch(
@@ -98,15 +97,15 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const tokens = new Tokens(config)
   // The group-commit writer gets connections of its own on a server: registry look-ups at a connect storm and output
   // queries must never queue in front of the commits that PUBACKs wait for. (The embedded store has one session.)
-  const writerDb = config.databaseUrl ? openPostgres(config.databaseUrl, config.ingest.writers, log) : db
-  const writer = new GroupCommitWriter(writerDb, config.ingest, metrics, log.child({ stage: 'commit' }))
+  const writerDb = openWriterDb(config, db, log, metrics)
+  const writer = new GroupCommitWriter(writerDb.lane('commit'), config.ingest, metrics, log.child({ stage: 'commit' }))
   const principals: Principals = new WeakMap<Client, Principal>()
   const routing = new ConsumedRouting()
   const erasure = new ErasureGuard(metrics.registry)
 
   // Push for offline apps: sees what the broker publishes on users/{uid}/alerts|recommendations (off the ingest path).
   const webhooks = openWebhooks(config, {
-    db,
+    db: db.lane('outputs'),
     consent: privacy.consent,
     registry: metrics.registry,
     log,
@@ -131,7 +130,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
     webhooks?.observe(topic, payload)
   }
   const ingest = new Ingest(db, writer, { publish }, metrics, log.child({ stage: 'ingest' }), config.ingest, erasure)
-  ingest.useDeviceKeys(openDeviceKeys(db, config, lookups))
+  ingest.useDeviceKeys(openDeviceKeys(db.lane('identity'), config, lookups))
   const leaderboard: LeaderboardStore = config.redisUrl
     ? new RedisLeaderboard(config.redisUrl, boardPrefix(config.cluster.prefix))
     : new MemoryLeaderboard()
@@ -148,7 +147,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   // Privacy zones are preference fields: the outputs ask this index, which follows the preferences' cache.
   const zones = new PrivacyZoneIndex(preferences)
   const outputs = new OutputEngine(
-    db,
+    db.lane('outputs'),
     leaderboard,
     privacy.consent,
     { publish },
@@ -163,7 +162,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   )
   ingest.onCommitted((batch) => (cluster ? cluster.route(batch) : outputs.onCommitted(batch)))
   const dp = new DpPublisher(db, { publish }, metrics, log.child({ stage: 'dp' }), config.dp, privacy.consent)
-  const sync = new SyncService(db, { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
+  const sync = new SyncService(db.lane('sync'), { publish }, metrics, log.child({ stage: 'sync' }), () => timescale)
   const insights = new InsightsEngine({
     db,
     timescale: () => timescale,

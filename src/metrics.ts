@@ -113,6 +113,26 @@ export function createMetrics() {
       buckets: [1, 10, 100, 500, 1000, 5000, 20000],
       registers: r,
     }),
+    // The admission gate in front of the database connections (src/store/lanes.ts): per lane, not per pool.
+    dbQueueDepth: new Gauge({
+      name: 'pulsegate_db_queue_depth',
+      help: 'statements/transactions waiting in a database lane for a connection',
+      labelNames: ['lane'],
+      registers: r,
+    }),
+    dbQueueWait: new Histogram({
+      name: 'pulsegate_db_queue_wait_seconds',
+      help: 'time a statement/transaction waited in its database lane before it was admitted',
+      labelNames: ['lane'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    }),
+    dbQueueRejected: new Counter({
+      name: 'pulsegate_db_queue_rejected_total',
+      help: 'statements/transactions refused by a database lane: queue_full or wait_timeout',
+      labelNames: ['lane', 'reason'],
+      registers: r,
+    }),
     queueDepth: new Gauge({ name: 'pulsegate_ingest_queue_rows', help: 'rows waiting for the database', registers: r }),
     inflight: new Gauge({ name: 'pulsegate_ingest_inflight_statements', help: 'statements in flight', registers: r }),
     dropped: new Counter({

