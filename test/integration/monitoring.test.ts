@@ -98,6 +98,9 @@ describe('dashboard and alert rules against /metrics', () => {
       'nodejs_eventloop_lag_p99_seconds',
       'pulsegate_db_up',
       'pulsegate_redis_up',
+      'pulsegate_db_queue_depth',
+      'pulsegate_db_queue_rejected_total',
+      'pulsegate_db_queue_wait_seconds_bucket',
     ])
       expect(all, name).toContain(name)
     expect(all).toContain('sum by (node, role) (pulsegate_connections')
@@ -117,5 +120,6 @@ describe('dashboard and alert rules against /metrics', () => {
     expect(read('PulsegateEventLoopLag')).toContain('nodejs_eventloop_lag_p99_seconds')
     expect(read('PulsegateRedisDown')).toContain('pulsegate_redis_up')
     expect(read('PulsegateDatabaseDown')).toContain('pulsegate_db_up')
+    expect(read('PulsegateDbLaneRefusing')).toContain('pulsegate_db_queue_rejected_total')
   })
 })
