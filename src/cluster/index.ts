@@ -91,7 +91,8 @@ export function openCluster(config: BrokerConfig, log: Logger, metrics: Metrics)
       ownership = new UserOwnership(leases, cmd, sub, cfg.prefix, outputs, cm, clog, cfg.leaseMs)
       await ownership.start()
       outputs.coordinateBoards(boards)
-      resumeDevicesOnConnect(aedes, { db, principals, ingest, log: clog })
+      // The CONNACK waits for the device's last fix: a CONNECT-path look-up, so the identity lane.
+      resumeDevicesOnConnect(aedes, { db: db.lane('identity'), principals, ingest, log: clog })
       janitor = new SessionJanitor(
         aedes,
         parts.persistence as unknown as ConstructorParameters<typeof SessionJanitor>[1],

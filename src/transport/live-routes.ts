@@ -58,7 +58,8 @@ export function installLive(d: LiveDeps): LiveRoutes {
     persistence: d.persistence,
     consent: d.consent,
     zones: d.zones,
-    db: d.db,
+    // The streams' snapshots and position look-ups are outputs (src/outputs/sse/), not background work.
+    db: d.db.lane('outputs'),
     hub,
     runnerPositions: settings.runnerPositions,
     log: d.log.child({ stage: 'live' }),
