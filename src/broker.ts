@@ -138,7 +138,7 @@ export async function startPulsegate(config: BrokerConfig, opts: StartOptions = 
   const redisReadiness = new RedisReadiness(config.readiness.redisDownMs, Date.now, redisLog)
   if (leaderboard instanceof RedisLeaderboard) redisReadiness.watch(leaderboard.connection, 'leaderboard')
   const preferences = new PreferencesService(
-    new PreferencesStore(db),
+    new PreferencesStore(db.lane('outputs')),
     aedesPublisher(() => broker),
     config.preferences,
     createPreferencesMetrics(metrics.registry),

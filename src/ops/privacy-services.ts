@@ -73,7 +73,8 @@ export async function openPrivacyServices(
   const people = new PeopleStore(db, peopleKey)
   const legacy = await people.reencryptLegacy((fn) => db.transaction(fn))
   if (legacy > 0) opts.log?.warn({ rows: legacy }, 'encrypted legacy plaintext people rows (migration 0007)')
-  const consent = new ConsentService(db, opts.audit, {
+  // Consent is loaded for every output batch and live stream: the outputs lane, not background (docs/limits.md).
+  const consent = new ConsentService(db.lane('outputs'), opts.audit, {
     ...(opts.metrics ? { metrics: opts.metrics } : {}),
     ...(opts.log ? { log: opts.log } : {}),
   })
