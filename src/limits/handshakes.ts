@@ -79,8 +79,14 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
     show()
     startTls.call(server, socket)
   }
-  // Every handshake ends in exactly one of these two events (a peer that hangs up or times out: tlsClientError).
-  const finished = () => {
+  // A handshake ends in one of these two events (a peer that hangs up or times out: tlsClientError), but not always
+  // in only one: a handshake whose timeout fired while the loop was stalled (a starved broker) still completes
+  // afterwards and emits secureConnection too. Counting it twice drove the count negative under a connect storm
+  // (measured: -663 on one node) and lifted the cap, so each TLS socket is counted down once.
+  const ended = new WeakSet<tls.TLSSocket>()
+  const finished = (socket: tls.TLSSocket) => {
+    if (ended.has(socket)) return
+    ended.add(socket)
     inProgress--
     // A connection that closed while waiting is handed over all the same: it fails at once (tlsClientError).
     expire()
@@ -95,9 +101,9 @@ export function capHandshakes(server: tls.Server, opts: HandshakeCapOptions): vo
     // pauseOnConnect leaves the TLS socket paused too: reading resumes once it is secure (the handler that follows
     // attaches its reader in the same tick).
     if (socket.readableFlowing === false) socket.resume()
-    finished()
+    finished(socket)
   })
-  server.prependListener('tlsClientError', finished)
+  server.prependListener('tlsClientError', (_err: Error, socket: tls.TLSSocket) => finished(socket))
   server.on('connection', (socket: net.Socket) => {
     if (inProgress < max) {
       start(socket)

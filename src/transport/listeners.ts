@@ -199,6 +199,9 @@ export function createTlsServer(
       { remoteAddress: peer.address, remotePort: peer.port, reason, err: err.message },
       'TLS handshake refused',
     )
+    // With a listener here Node leaves the socket open: a handshake that timed out while the loop was stalled would
+    // still complete afterwards and be admitted as if it had not failed.
+    sock.destroy()
   })
   return server
 }

@@ -103,3 +103,44 @@ describe('capHandshakes', () => {
     c.destroy()
   })
 })
+
+// A starved broker: the loop stalls past a handshake's timeout, so Node emits tlsClientError (timeout) and then, the
+// ClientHello being read after all, completes the handshake and emits secureConnection too. The cap must count that
+// handshake down once: counted twice, the count went negative under a connect storm (-663 on one marathon node) and
+// the cap stopped capping.
+describe('capHandshakes on a stalled loop', () => {
+  it('counts a handshake that timed out and then completed once', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-hcap-stall-'))
+    await initPki(dir)
+    const p = pkiPaths(dir)
+    const registry = new Registry()
+    const metrics = createLimitMetrics(registry)
+    const server = tls.createServer({
+      key: fs.readFileSync(p.serverKey),
+      cert: fs.readFileSync(p.serverCert),
+      handshakeTimeout: 100,
+    })
+    capHandshakes(server, { max: 2, maxQueued: 10, maxWaitMs: 0, metrics, log: createLogger('silent') })
+    const events: string[] = []
+    // A listener that only records, as a logging one would: with it Node leaves the socket to the application.
+    server.on('tlsClientError', () => events.push('tlsClientError'))
+    server.on('secureConnection', () => events.push('secureConnection'))
+    // Runs after the cap handed the socket to TLS (its handshake timer is running): the loop stalls past it.
+    server.on('connection', () => {
+      const end = Date.now() + 250
+      while (Date.now() < end) {}
+    })
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    const port = (server.address() as net.AddressInfo).port
+    const c = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false })
+    c.on('error', () => {})
+    await until('the handshake ended', () => events.length > 0)
+    await new Promise((r) => setTimeout(r, 300))
+    c.destroy()
+    const value = (await registry.getSingleMetric('pulsegate_tls_handshakes_in_progress')?.get())?.values[0]?.value
+    expect(events[0]).toBe('tlsClientError')
+    expect(value).toBe(0)
+    await new Promise<void>((r) => server.close(() => r()))
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+})
