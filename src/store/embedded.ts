@@ -75,7 +75,9 @@ export async function openEmbedded(
   const owner = embeddedOwner(dataDir)
   if (owner) throw new EmbeddedBusyError(owner)
   fs.writeFileSync(lockPath(dataDir), JSON.stringify({ pid: process.pid } satisfies EmbeddedLock))
-  if (thread === 'worker') return withLanes(await openOnThread(dataDir, dir, log), lanes)
+  // The worker thread queues statements itself (PGlite runs one at a time); admitting a few keeps that queue fed
+  // between round trips, as before the gate, while the lanes still order everything behind them.
+  if (thread === 'worker') return withLanes(await openOnThread(dataDir, dir, log), { capacity: 4, ...lanes })
   const started = Date.now()
   const pg = await PGlite.create(dir, { extensions: { timescaledb } })
   // TimescaleDB must be loaded in every session before hypertables are touched, or inserts hit the root table.

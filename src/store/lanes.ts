@@ -25,6 +25,8 @@ export interface LaneOptions {
   metrics?: LaneMetrics
   /** the lane of the plain Db (callers that did not pick one) */
   defaultLane?: LaneName
+  /** slots admitted at once; the store's maxConcurrency unless the store queues statements itself */
+  capacity?: number
 }
 
 /** broker.config.ts repeats these as the configured defaults; here for the CLI and tests that open a Db directly. */
@@ -161,7 +163,7 @@ export class LaneGate {
 
 /** The store as a Db whose every statement and transaction goes through one LaneGate sized to its connections. */
 export function withLanes(raw: Omit<Db, 'lane'>, opts: LaneOptions = {}): Db {
-  const gate = new LaneGate(raw.maxConcurrency, opts.settings ?? DEFAULT_LANE_SETTINGS, opts.metrics)
+  const gate = new LaneGate(opts.capacity ?? raw.maxConcurrency, opts.settings ?? DEFAULT_LANE_SETTINGS, opts.metrics)
   const view = (lane: LaneName): Db => ({
     kind: raw.kind,
     maxConcurrency: raw.maxConcurrency,
