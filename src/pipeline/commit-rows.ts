@@ -2,6 +2,7 @@
 // of a flush with GPS fixes, which derives their distance (derive.ts) so fixes and distance commit together or not at all.
 import type { Queryable } from '../store/db.js'
 import { type DistanceTrack, deriveSegments, type OwnedFix } from './derive.js'
+import type { ArrayParams } from './pg-arrays.js'
 import type { PositionSample, ScalarSample } from './types.js'
 
 export interface CommitOutcome {
@@ -136,33 +137,27 @@ export function isUniqueViolation(err: unknown): boolean {
 }
 
 /**
- * A PostgreSQL array literal of validated finite numbers. pg's own serializer quotes and regex-escapes every element
- * (two replaces each, 100k+ per flush at race-day rates); numbers need neither, and JS prints the shortest
- * round-trip form, which float8 parses back exactly.
- */
-export function numericArrayLiteral(xs: readonly (number | null)[]): string {
-  // Array#join is native and several times faster than building the string element by element.
-  const body = xs.includes(null) ? xs.map((x) => (x === null ? 'NULL' : x)).join(',') : xs.join(',')
-  return `{${body}}`
-}
-
-/**
  * The transaction of a flush with fixes: lock the devices' tracks, store the fixes, derive distance from the ones that
  * were new, store it with the other samples, move the tracks. Throws a unique violation when `upsert` is false and a
  * row is there already (the caller re-runs it with ON CONFLICT).
  */
-export async function writeTracked(q: Queryable, cols: Columns, upsert: boolean): Promise<TrackedResult> {
+export async function writeTracked(
+  q: Queryable,
+  cols: Columns,
+  upsert: boolean,
+  arr: ArrayParams,
+): Promise<TrackedResult> {
   const devices = [...new Set(cols.pDev)].sort((a, b) => a - b)
   const locked = await q.query<{ device_key: number; t: number | null; lat: number | null; lon: number | null }>(
     LOCK_TRACKS,
-    [numericArrayLiteral(devices)],
+    [arr.int4(devices)],
   )
   const tracks = new Map<number, DistanceTrack>()
   for (const r of locked.rows) {
     const t = r.t === null ? null : Number(r.t)
     tracks.set(Number(r.device_key), t === null ? {} : { last: { t, lat: Number(r.lat), lon: Number(r.lon) } })
   }
-  const params = [cols.pTime, cols.pDev, cols.pLat, cols.pLon, cols.pAlt, cols.pAcc]
+  const params = positionParams(cols, arr)
   const owner = ownersOfPositions(cols)
   // Which fixes are new: all of them after a plain INSERT, those RETURNING names after ON CONFLICT DO NOTHING.
   let fresh: number[]
@@ -195,20 +190,22 @@ export async function writeTracked(q: Queryable, cols: Columns, upsert: boolean)
     })
   }
   const derived: ScalarSample[][] = cols.waiters.map(() => [])
-  const sTime = cols.sTime.slice()
-  const sDev = cols.sDev.slice()
-  const sMetric = cols.sMetric.slice()
-  const sValue = cols.sValue.slice()
+  // The derived rows go in the same statement as the flush's samples, appended by the encoder: the flush's own
+  // columns stay as they were (a conflict retry re-runs this with them) and are not copied.
+  const dTime: number[] = []
+  const dDev: number[] = []
+  const dMetric: number[] = []
+  const dValue: number[] = []
   const moved: { d: number[]; t: number[]; lat: number[]; lon: number[] } = { d: [], t: [], lat: [], lon: [] }
   for (const [d, fixes] of byDevice) {
     const track = tracks.get(d) ?? {}
     const before = track.last?.t
     deriveSegments(fixes, track, (o, smp) => {
       ;(derived[o] as ScalarSample[]).push(smp)
-      sTime.push(smp.t)
-      sDev.push(d)
-      sMetric.push(smp.metric)
-      sValue.push(smp.value)
+      dTime.push(smp.t)
+      dDev.push(d)
+      dMetric.push(smp.metric)
+      dValue.push(smp.value)
     })
     if (track.last && track.last.t !== before) {
       moved.d.push(d)
@@ -217,20 +214,51 @@ export async function writeTracked(q: Queryable, cols: Columns, upsert: boolean)
       moved.lon.push(track.last.lon)
     }
   }
-  const derivedRows = sTime.length - cols.sTime.length
+  const derivedRows = dTime.length
   let samplesIn = 0
-  if (sTime.length > 0) {
-    const res = await q.query(
-      upsert ? INSERT_SAMPLES : PLAIN_SAMPLES,
-      [sTime, sDev, sMetric, sValue].map(numericArrayLiteral),
-    )
+  if (cols.sTime.length + derivedRows > 0) {
+    const res = await q.query(upsert ? INSERT_SAMPLES : PLAIN_SAMPLES, [
+      arr.float8(cols.sTime, dTime),
+      arr.int4(cols.sDev, dDev),
+      arr.int2(cols.sMetric, dMetric),
+      arr.float8(cols.sValue, dValue),
+    ])
     samplesIn = res.rowCount
   }
   if (moved.d.length > 0) {
-    await q.query(UPDATE_TRACKS, [moved.d, moved.t, moved.lat, moved.lon].map(numericArrayLiteral))
+    await q.query(UPDATE_TRACKS, [arr.int4(moved.d), arr.float8(moved.t), arr.float8(moved.lat), arr.float8(moved.lon)])
   }
   const inserted = Math.max(0, samplesIn - derivedRows) + fresh.length
   return { inserted, derived, samplesIn, positionsIn: fresh.length }
+}
+
+/** The parameters of INSERT_SAMPLES / PLAIN_SAMPLES for a flush's samples. */
+export function sampleParams(cols: Columns, arr: ArrayParams): unknown[] {
+  return [arr.float8(cols.sTime), arr.int4(cols.sDev), arr.int2(cols.sMetric), arr.float8(cols.sValue)]
+}
+
+/** The parameters of INSERT_POSITIONS / PLAIN_POSITIONS for a flush's fixes. */
+export function positionParams(cols: Columns, arr: ArrayParams): unknown[] {
+  return [
+    arr.float8(cols.pTime),
+    arr.int4(cols.pDev),
+    arr.float8(cols.pLat),
+    arr.float8(cols.pLon),
+    arr.float4(cols.pAlt),
+    arr.float4(cols.pAcc),
+  ]
+}
+
+/** The parameters of INSERT_SIGNED_BATCHES for a flush's batch marks. */
+export function markParams(cols: Columns, arr: ArrayParams): unknown[] {
+  return [
+    arr.int4(cols.bDev),
+    arr.int8(cols.bSeq),
+    arr.float8(cols.bFirst),
+    arr.float8(cols.bLast),
+    arr.int4(cols.bCount),
+    arr.bool(cols.bEnc),
+  ]
 }
 
 /** Splits a merged flush in two halves by waiter; each waiter's rows are contiguous (its span). */

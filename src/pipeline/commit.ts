@@ -12,22 +12,19 @@ import {
   INSERT_SAMPLES,
   INSERT_SIGNED_BATCHES,
   isUniqueViolation,
-  numericArrayLiteral,
+  markParams,
   PLAIN_SAMPLES,
+  sampleParams,
   splitColumns,
   type CommitOutcome,
   type TrackedResult,
   writeTracked,
 } from './commit-rows.js'
+import { type ArrayParams, binaryArrays, textArrays } from './pg-arrays.js'
 import type { PositionSample, ScalarSample } from './types.js'
 
-export {
-  type BatchMark,
-  type CommitOutcome,
-  INSERT_POSITIONS,
-  INSERT_SAMPLES,
-  numericArrayLiteral,
-} from './commit-rows.js'
+export { type BatchMark, type CommitOutcome, INSERT_POSITIONS, INSERT_SAMPLES } from './commit-rows.js'
+export { numericArrayLiteral } from './pg-arrays.js'
 
 export interface WriterOptions {
   maxBatchRows: number
@@ -62,6 +59,8 @@ export class GroupCommitWriter {
   private conflictModeUntil = 0
   private closed = false
   private readonly writers: number
+  /** how column arrays travel: binary to a PostgreSQL server, text literals to the embedded store (pg-arrays.ts) */
+  private readonly arr: ArrayParams
   private drainWaiters: (() => void)[] = []
   /** flushes being written, and the barriers waiting for some of them */
   private readonly flying = new Set<Columns>()
@@ -76,6 +75,7 @@ export class GroupCommitWriter {
     private readonly log: Logger,
   ) {
     this.writers = Math.max(1, Math.min(opts.writers, db.maxConcurrency))
+    this.arr = db.kind === 'postgres' ? binaryArrays : textArrays
   }
 
   get queuedRows(): number {
@@ -169,7 +169,7 @@ export class GroupCommitWriter {
         this.db,
         INSERT_SAMPLES,
         PLAIN_SAMPLES,
-        [cols.sTime, cols.sDev, cols.sMetric, cols.sValue].map(numericArrayLiteral),
+        sampleParams(cols, this.arr),
         cols.sTime.length,
       )
       this.metrics.rowsCommitted.inc({ table: 'samples' }, n)
@@ -177,20 +177,18 @@ export class GroupCommitWriter {
     } else {
       const upsert = performance.now() < this.conflictModeUntil
       try {
-        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, upsert)), cols, upsert)
+        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, upsert, this.arr)), cols, upsert)
       } catch (err) {
         if (upsert || !isUniqueViolation(err)) throw err
         // The transaction wrote nothing: the same rows again, idempotently.
         this.metrics.conflictRetries.inc()
         this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
-        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, true)), cols, true)
+        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, true, this.arr)), cols, true)
       }
     }
     if (cols.bDev.length > 0) {
       // After the samples: a mark never claims rows that are not stored. Redeliveries are no-ops (unique key).
-      const params = [cols.bDev, cols.bSeq, cols.bFirst, cols.bLast, cols.bCount].map(numericArrayLiteral)
-      params.push(`{${cols.bEnc.join(',')}}`)
-      const n = (await this.db.query(INSERT_SIGNED_BATCHES, params)).rowCount
+      const n = (await this.db.query(INSERT_SIGNED_BATCHES, markParams(cols, this.arr))).rowCount
       this.metrics.rowsCommitted.inc({ table: 'signed_batches' }, n)
     }
     this.metrics.statementLatency.observe((performance.now() - started) / 1000)
