@@ -23,6 +23,9 @@
 //   node dist/bench/marathon.js --devices 5000 --cluster-ratio --rate-hz 0.2 --batch 6 --duration 120  # cluster cost
 // `--rate-hz`/`--batch`: samples per second per device and samples per batch (race-day live tracking: a sample every
 // 10 s, a batch every 30 s; 1 Hz × 50,000 runners is ~270,000 readings/s, past what two cores can commit).
+// `--generator-nice N` (default 10): the swarm's workers run at that nice value so they do not starve the brokers
+// they share two cores with (a starved broker's loop turns slowly, and libuv accepts one connection per listener per
+// turn); the workers' own loop delay stays in the report. `--generator-nice 0` to compare.
 // `--eager-devices`: devices sample from power-on and buffer until their link is up (the simulator's default); here,
 // by default, each is modelled from its first link on, which the generator can afford at 50,000.
 // `--cluster-ratio`: the same swarm against one node without Redis, then one node in cluster mode; prints the CPU per
@@ -63,6 +66,7 @@ const { values: a } = parseArgs({
     batch: { type: 'string', default: '5' },
     'data-dir': { type: 'string' },
     'eager-devices': { type: 'boolean', default: false },
+    'generator-nice': { type: 'string', default: '10' },
     'redis-url': { type: 'string' },
     haproxy: { type: 'boolean', default: false },
     'cluster-ratio': { type: 'boolean', default: false },
@@ -78,6 +82,7 @@ const opts = {
   apps: num('apps', a.apps, 0),
   rateHz: num('rate-hz', a['rate-hz'], 0.001),
   batch: num('batch', a.batch, 1),
+  generatorNice: num('generator-nice', a['generator-nice'], 0),
 }
 if (a['cluster-ratio'] && a.haproxy) usage('--cluster-ratio runs one node, without --haproxy')
 if (a.haproxy && opts.nodes !== 3) usage('--haproxy needs --nodes 3 (deploy/haproxy.cfg has three servers)')
@@ -312,6 +317,8 @@ async function play(cluster: boolean, nodeCount: number): Promise<{ ok: boolean;
       // Each device is modelled from its first link on (the simulator's --lazy-devices): 50,000 devices sampling and
       // buffering from power-on kept the swarm's workers in garbage collection until their handshakes timed out.
       lazyDevices: !a['eager-devices'],
+      // The brokers are measured here, not the generator: on race day the devices bring their own CPUs.
+      generatorNice: opts.generatorNice,
       workers,
       ...urls,
       config: ephemeralConfig({ dataDir, databaseUrl: dbUrl, logLevel: 'warn', jwtSecret: JWT_SECRET }),
@@ -358,6 +365,10 @@ async function play(cluster: boolean, nodeCount: number): Promise<{ ok: boolean;
       connected: report.connections.devices.connected + report.connections.bridges.connected,
       users: report.options.users,
       reconnects: report.connections.devices.reconnects + report.connections.bridges.reconnects,
+      // Why links did not connect: attempts, failures and the swarm's error counts (CONNACK codes, socket errors).
+      attempts: report.connections.devices.attempts + report.connections.bridges.attempts,
+      failed: report.connections.devices.failed + report.connections.bridges.failed,
+      connectErrors: report.connections.errors,
       readingsAcked: acked,
       verification: { status: v.status, expected: v.expected, found: v.found, lost: v.lost, duplicates: v.duplicates },
       alertMs: { p50: report.latency.alertMs.p50, p99: report.latency.alertMs.p99, n: report.latency.alertMs.count },
@@ -374,7 +385,7 @@ async function play(cluster: boolean, nodeCount: number): Promise<{ ok: boolean;
     }
     console.log(
       [
-        `devices connected: ${out.connected}/${out.users} links (${out.devices} devices), reconnects ${out.reconnects}`,
+        `devices connected: ${out.connected}/${out.users} links (${out.devices} devices), reconnects ${out.reconnects}; ${out.attempts} attempts, ${out.failed} failed ${JSON.stringify(out.connectErrors)}`,
         `acked readings: ${acked}, stored once: ${v.found}/${v.expected} (lost ${v.lost}, duplicates ${v.duplicates}) [${v.status}]`,
         `alert latency: p50 ${out.alertMs.p50} ms, p99 ${out.alertMs.p99} ms (${out.alertMs.n} alerts); ack p50 ${out.ackMs.p50} ms p99 ${out.ackMs.p99} ms`,
         ...perNode.map(

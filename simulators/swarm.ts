@@ -122,6 +122,13 @@ export interface SwarmOptions {
    */
   lazyDevices?: boolean
   /**
+   * Run the worker processes at this nice value (Linux, `nice` on the PATH; default 0). On a machine the brokers share
+   * with the swarm, the generator otherwise takes the brokers' CPU: a starved broker's event loop turns slowly, libuv
+   * accepts one connection per listener per loop turn, and the kernel's accept queue fills with connections whose
+   * devices have already given up (measured: 6 accepts/s per node, the 50,000-device marathon stuck at 28,000).
+   */
+  generatorNice?: number
+  /**
    * mqtts://host:port of the device listener (default: 127.0.0.1 and the configured port). Several (one per node of a
    * cluster): devices are spread over them round-robin and move on to the next after losing their link.
    */
@@ -296,6 +303,7 @@ function withDefaults(o: SwarmOptions) {
     seed: o.seed ?? 1,
     appReconnects: o.appReconnects ?? 0,
     lazyDevices: o.lazyDevices ?? false,
+    generatorNice: o.generatorNice ?? 0,
     embeddedBroker: o.embeddedBroker ?? false,
     inProcess: o.inProcess ?? false,
     verify: o.verify ?? true,
@@ -516,7 +524,7 @@ interface WorkerHandle {
   exited: Promise<void>
 }
 
-function spawnWorker(script: string | null, onMessage: (m: WorkerToParent) => void): WorkerHandle {
+function spawnWorker(script: string | null, onMessage: (m: WorkerToParent) => void, nice = 0): WorkerHandle {
   if (!script) {
     let driver: WorkerDriver | null = null
     let resolveExit: () => void = () => undefined
@@ -543,7 +551,11 @@ function spawnWorker(script: string | null, onMessage: (m: WorkerToParent) => vo
       exited,
     }
   }
+  // `nice -n N node …` keeps fork's IPC channel (its descriptor and NODE_CHANNEL_FD pass through nice), and every
+  // thread of the worker (V8's GC helpers too) starts at that priority, which setpriority() on a running pid would miss.
+  const niced = nice > 0 && process.platform === 'linux'
   const child: ChildProcess = fork(script, [], {
+    ...(niced ? { execPath: 'nice', execArgv: ['-n', String(nice), process.execPath, ...process.execArgv] } : {}),
     serialization: 'advanced',
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   })
@@ -814,23 +826,27 @@ async function runAgainst(
     totals.liveLagMs.add(decodeHistogram(set.liveLagMs))
   }
   const handles = slices.map(() =>
-    spawnWorker(script, (m) => {
-      if (m.type === 'ready') {
-        if (++readyCount === nWorkers) onReady()
-      } else if (m.type === 'stats') {
-        latest[m.workerIndex] = m
-        absorb(m.interval)
-      } else if (m.type === 'final') {
-        latest[m.workerIndex] = m
-        finals[m.workerIndex] = m
-        absorb(m.interval)
-        if (finals.every((f) => f !== null)) onFinal()
-      } else {
-        failure = new Error(`worker ${m.workerIndex}: ${m.message}`)
-        onReady()
-        onFinal()
-      }
-    }),
+    spawnWorker(
+      script,
+      (m) => {
+        if (m.type === 'ready') {
+          if (++readyCount === nWorkers) onReady()
+        } else if (m.type === 'stats') {
+          latest[m.workerIndex] = m
+          absorb(m.interval)
+        } else if (m.type === 'final') {
+          latest[m.workerIndex] = m
+          finals[m.workerIndex] = m
+          absorb(m.interval)
+          if (finals.every((f) => f !== null)) onFinal()
+        } else {
+          failure = new Error(`worker ${m.workerIndex}: ${m.message}`)
+          onReady()
+          onFinal()
+        }
+      },
+      o.generatorNice,
+    ),
   )
   handles.forEach((h, i) => {
     // A worker that dies without its final must not hang the run (a final may still be in the IPC pipe at 'exit').
