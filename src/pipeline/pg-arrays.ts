@@ -106,35 +106,27 @@ function float4(xs: readonly (number | null)[]): Buffer {
   return xs.length === 0 ? buf : buf.subarray(0, off)
 }
 
-function int2(xs: readonly number[], more: readonly number[] = []): Buffer {
-  const { buf, dv } = start(xs.length + more.length, 2, OID.int2, false)
+/** int2[] or int4[]: the same layout, elements of 2 or 4 bytes (range-checked, so a bad value fails the flush). */
+function intArray(width: 2 | 4, xs: readonly number[], more: readonly number[] = []): Buffer {
+  const [oid, min, max, name] =
+    width === 2 ? [OID.int2, -32768, 32767, 'int2'] : [OID.int4, -2147483648, 2147483647, 'int4']
+  const { buf, dv } = start(xs.length + more.length, width, oid, false)
   let off = 20
   for (const part of [xs, more]) {
     for (let i = 0; i < part.length; i++) {
       const x = part[i] as number
-      checkInt(x, -32768, 32767, 'int2')
-      dv.setInt32(off, 2)
-      dv.setInt16(off + 4, x)
-      off += 6
+      checkInt(x, min, max, name)
+      dv.setInt32(off, width)
+      if (width === 2) dv.setInt16(off + 4, x)
+      else dv.setInt32(off + 4, x)
+      off += 4 + width
     }
   }
   return buf
 }
 
-function int4(xs: readonly number[], more: readonly number[] = []): Buffer {
-  const { buf, dv } = start(xs.length + more.length, 4, OID.int4, false)
-  let off = 20
-  for (const part of [xs, more]) {
-    for (let i = 0; i < part.length; i++) {
-      const x = part[i] as number
-      checkInt(x, -2147483648, 2147483647, 'int4')
-      dv.setInt32(off, 4)
-      dv.setInt32(off + 4, x)
-      off += 8
-    }
-  }
-  return buf
-}
+const int2 = (xs: readonly number[], more?: readonly number[]) => intArray(2, xs, more)
+const int4 = (xs: readonly number[], more?: readonly number[]) => intArray(4, xs, more)
 
 const TWO_32 = 2 ** 32
 
