@@ -395,18 +395,24 @@ export type BrokerConfig = z.infer<typeof configSchema>
 
 export type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] }
 
+/** The database lanes' default bounds (src/store/lanes.ts uses them too, for a Db opened without a config). A fresh
+ *  object each call: loadConfig writes env overrides into what defaults() returns. */
+export function defaultDatabaseLanes(): BrokerConfig['databaseLanes'] {
+  return {
+    commit: { queue: 10_000, waitMs: 60_000 },
+    identity: { queue: 20_000, waitMs: 5_000 },
+    outputs: { queue: 10_000, waitMs: 15_000 },
+    sync: { queue: 1_000, waitMs: 30_000 },
+    background: { queue: 1_000, waitMs: 30_000 },
+  }
+}
+
 export function defaults(): BrokerConfig {
   return {
     dataDir: path.resolve('data'),
     databaseUrl: undefined,
     databasePoolSize: 8,
-    databaseLanes: {
-      commit: { queue: 10_000, waitMs: 60_000 },
-      identity: { queue: 20_000, waitMs: 5_000 },
-      outputs: { queue: 10_000, waitMs: 15_000 },
-      sync: { queue: 1_000, waitMs: 30_000 },
-      background: { queue: 1_000, waitMs: 30_000 },
-    },
+    databaseLanes: defaultDatabaseLanes(),
     embeddedThread: 'worker',
     redisUrl: undefined,
     cluster: {

@@ -217,12 +217,10 @@ export async function writeTracked(
   const derivedRows = dTime.length
   let samplesIn = 0
   if (cols.sTime.length + derivedRows > 0) {
-    const res = await q.query(upsert ? INSERT_SAMPLES : PLAIN_SAMPLES, [
-      arr.float8(cols.sTime, dTime),
-      arr.int4(cols.sDev, dDev),
-      arr.int2(cols.sMetric, dMetric),
-      arr.float8(cols.sValue, dValue),
-    ])
+    const res = await q.query(
+      upsert ? INSERT_SAMPLES : PLAIN_SAMPLES,
+      sampleParams(cols, arr, { t: dTime, d: dDev, m: dMetric, v: dValue }),
+    )
     samplesIn = res.rowCount
   }
   if (moved.d.length > 0) {
@@ -232,9 +230,19 @@ export async function writeTracked(
   return { inserted, derived, samplesIn, positionsIn: fresh.length }
 }
 
-/** The parameters of INSERT_SAMPLES / PLAIN_SAMPLES for a flush's samples. */
-export function sampleParams(cols: Columns, arr: ArrayParams): unknown[] {
-  return [arr.float8(cols.sTime), arr.int4(cols.sDev), arr.int2(cols.sMetric), arr.float8(cols.sValue)]
+/** The parameters of INSERT_SAMPLES / PLAIN_SAMPLES for a flush's samples, and the rows derived from its fixes after
+ *  them (appended by the encoder, so the flush's own columns are neither copied nor changed). */
+export function sampleParams(
+  cols: Columns,
+  arr: ArrayParams,
+  derived?: { t: number[]; d: number[]; m: number[]; v: number[] },
+): unknown[] {
+  return [
+    arr.float8(cols.sTime, derived?.t),
+    arr.int4(cols.sDev, derived?.d),
+    arr.int2(cols.sMetric, derived?.m),
+    arr.float8(cols.sValue, derived?.v),
+  ]
 }
 
 /** The parameters of INSERT_POSITIONS / PLAIN_POSITIONS for a flush's fixes. */

@@ -4,6 +4,7 @@
 // non-empty lane. A lane over its queue or wait bound refuses with DbOverloadError, which callers treat as
 // "unavailable" (isConnectionError), instead of thousands of pool time-outs surfacing as refusals.
 import type { Counter, Gauge, Histogram } from 'prom-client'
+import { defaultDatabaseLanes } from '../../broker.config.js'
 import { type Db, DbOverloadError, LANES, type LaneName, type Queryable, type QueryResult } from './db.js'
 
 export interface LaneBounds {
@@ -29,14 +30,8 @@ export interface LaneOptions {
   capacity?: number
 }
 
-/** broker.config.ts repeats these as the configured defaults; here for the CLI and tests that open a Db directly. */
-export const DEFAULT_LANE_SETTINGS: LaneSettings = {
-  commit: { queue: 10_000, waitMs: 60_000 },
-  identity: { queue: 20_000, waitMs: 5_000 },
-  outputs: { queue: 10_000, waitMs: 15_000 },
-  sync: { queue: 1_000, waitMs: 30_000 },
-  background: { queue: 1_000, waitMs: 30_000 },
-}
+/** The configured defaults (broker.config.ts), for the CLI and tests that open a Db directly. */
+export const DEFAULT_LANE_SETTINGS: LaneSettings = defaultDatabaseLanes()
 
 interface Waiter {
   lane: LaneName
