@@ -2,6 +2,7 @@
 // (a marathon runner with a pace, walking breaks and maybe a drop-out; or a day of ordinary life), and injected
 // anomalies. Devices sample this; several devices of one user share one Wearer, so they agree on the heart.
 import type { AlertKind } from '../src/outputs/payloads.js'
+import { DEFAULT_RULES } from '../src/outputs/rules.js'
 
 /** Small, fast, seedable PRNG (mulberry32) so a swarm is reproducible from its seed. */
 export class Rng {
@@ -85,7 +86,30 @@ export type AnomalyKind =
 
 export const ANOMALY_KINDS: Record<'marathon' | 'wellness', readonly AnomalyKind[]> = {
   marathon: ['cardiac', 'sensor_loss', 'spo2_low'],
-  wellness: ['hr_high_rest', 'spo2_low', 'sensor_loss'],
+  // No sensor_loss: wellness devices have no GPS, so nothing says "moving" and the broker rightly stays quiet.
+  wellness: ['hr_high_rest', 'spo2_low', 'cardiac'],
+}
+
+/**
+ * Seconds from an anomaly's onset until the broker's default rules (src/outputs/rules.ts) have seen it: the rule's
+ * own time plus how long the body takes to get there, with slack over the slowest of the seeds played through the
+ * rules in test/unit/anomaly-lead.test.ts. A run that ends sooner after the onset cannot alert it, so the swarm does
+ * not inject it there (Infinity: never alertable in that scenario).
+ */
+export function anomalyLeadS(kind: AnomalyKind, scenario: 'marathon' | 'wellness', brady: boolean): number {
+  const r = DEFAULT_RULES
+  switch (kind) {
+    case 'sensor_loss':
+      return scenario === 'marathon' ? r.hrMissingMs / 1000 + 5 : Number.POSITIVE_INFINITY
+    case 'spo2_low':
+      return r.spo2SustainedMs / 1000 + 30 // SpO2 falls with τ 15 s: under 90 % after 15–25 s
+    case 'cardiac':
+      if (!brady) return r.maxHrSustainedMs / 1000 + 25 // HR races past the personal max within ~10 s
+      // a race sees the collapse (stopped + HR < 40); elsewhere only the 10-minute low-HR rule does
+      return scenario === 'marathon' ? r.stoppedMs / 1000 + 10 : r.sustainedMs / 1000 + 60
+    case 'hr_high_rest':
+      return r.sustainedMs / 1000 + 60
+  }
 }
 
 /** The alert kinds that count as "this anomaly was noticed". */
@@ -98,6 +122,8 @@ export const EXPECTED_ALERTS: Record<AnomalyKind, readonly AlertKind[]> = {
 
 export interface AnomalyPlan {
   kind: AnomalyKind
+  /** cardiac only: bradycardia (true) or racing far above the max; chosen by the plan so its lead time is known */
+  brady?: boolean
   /** epoch ms when it starts; it lasts until the end of the run */
   atMs: number
 }
@@ -167,7 +193,9 @@ export class Wearer {
     readonly courseLengthM: number,
   ) {
     this.rng = new Rng(seed)
-    this.cardiacBrady = this.rng.chance(0.5)
+    // Drawn either way, so that the plan's choice leaves the rest of this wearer's randomness as it was.
+    const brady = this.rng.chance(0.5)
+    this.cardiacBrady = anomaly?.brady ?? brady
     const running = scenario === 'marathon' && runner !== null && startMs >= runner.startedAtMs
     // Runners already on the course: distance so far at their average speed, HR settled at race effort.
     let distanceM = 0

@@ -38,7 +38,7 @@ export interface UserSpec {
   /** the phone app watching alerts and live; null = no app connected */
   app: { token: string; leaderboard: boolean } | null
   bridgeToken: string | null
-  anomaly: { kind: AnomalyKind; atS: number } | null
+  anomaly: { kind: AnomalyKind; atS: number; brady?: boolean } | null
   /** seconds after the start when this user's devices power on (the ramp) */
   startS: number
   /** cut the link at offline.atS for offline.forS (a tunnel): devices buffer meanwhile */

@@ -159,6 +159,8 @@ export interface SwarmReport {
   latency: { ackMs: LatencySummary; alertMs: LatencySummary; liveLagMs: LatencySummary }
   alerts: {
     anomalies: Partial<Record<AnomalyKind, number>>
+    /** kinds not injected because the run is too short for their rule: kind → seconds after onset it needs */
+    anomaliesLeftOut: Partial<Record<AnomalyKind, number>>
     /** anomalies of users with an app connected: these are the ones that can be seen arriving */
     anomaliesWatched: number
     anomaliesAlerted: number
@@ -258,6 +260,9 @@ export function summaryText(r: SwarmReport): string {
         .map(([k, n]) => `${n} ${k}`)
         .join(', ') || 'no anomalies'
     } injected, ${r.alerts.anomaliesAlerted}/${r.alerts.anomaliesWatched} watched ones alerted; ` +
+      Object.entries(r.alerts.anomaliesLeftOut)
+        .map(([k, s]) => `${k} left out (its rule needs ${s} s after onset, longer than this run gives); `)
+        .join('') +
       `${r.alerts.opened} opened, ${r.alerts.unexpected} unexpected, medic ${r.alerts.medicReceived}` +
       (r.alerts.engine === false ? ' (no alert engine in the broker)' : '') +
       (l.alertMs.count > 0 ? `; latency ms p50 ${fmt(l.alertMs.p50, 1)} p99 ${fmt(l.alertMs.p99, 1)}` : ''),

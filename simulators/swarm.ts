@@ -21,7 +21,7 @@ import { openPostgres } from '../src/store/postgres.js'
 import { type RpcRequest, runRpc } from '../src/transport/http-routes.js'
 import { type AppConvergence, compareAppCopies, emptyConvergence } from './app-verify.js'
 import { MARATHON_M } from './course.js'
-import { ANOMALY_KINDS, type AnomalyKind, hashSeed, Rng, randomProfile } from './physiology.js'
+import { ANOMALY_KINDS, type AnomalyKind, anomalyLeadS, hashSeed, Rng, randomProfile } from './physiology.js'
 import {
   addCounters,
   forEachLimit,
@@ -193,6 +193,8 @@ interface Plan {
   birthYears: Map<string, number>
   consent: Set<string>
   anomalies: Partial<Record<AnomalyKind, number>>
+  /** kinds the run is too short for: kind → seconds after onset its rule needs */
+  anomaliesLeftOut: Partial<Record<AnomalyKind, number>>
   devices: number
 }
 
@@ -235,25 +237,74 @@ function plan(o: Resolved, certDir: string): Plan {
       dropOut: o.scenario === 'marathon' && rng.chance(o.dropOutShare),
     })
   }
-  // Anomalies: evenly over the users, onset between 15 % and 40 % of the run (after the user's devices are on).
+  const { anomalies, leftOut } = placeAnomalies(users, o, rng)
+  return { users, birthYears, consent, anomalies, anomaliesLeftOut: leftOut, devices }
+}
+
+/**
+ * Anomalies: the kinds in turn, evenly over the users, onset between 15 % and 40 % of the run after the user's
+ * devices are on — but only where the run leaves the broker's rule its time (anomalyLeadS) before sampling stops: an
+ * anomaly injected 20 s before the end of the run can never alert, and counting it as missed measured the run's
+ * length, not the broker. Kinds no user fits are left out and reported (leftOut: kind → seconds its rule needs).
+ */
+export function placeAnomalies(
+  users: UserSpec[],
+  o: Pick<Resolved, 'anomalyShare' | 'anomalyKinds' | 'anomalyAtS' | 'durationS' | 'scenario'>,
+  rng: Rng,
+): { anomalies: Partial<Record<AnomalyKind, number>>; leftOut: Partial<Record<AnomalyKind, number>> } {
   const anomalies: Partial<Record<AnomalyKind, number>> = {}
+  const leftOut: Partial<Record<AnomalyKind, number>> = {}
   if (o.anomalyShare > 0) {
     const n = Math.max(1, Math.round(users.length * o.anomalyShare))
     const stride = users.length / n
-    for (let k = 0; k < n; k++) {
-      const u = users[Math.floor(k * stride + rng.range(0, stride))] as UserSpec
-      const kinds = o.anomalyKinds && o.anomalyKinds.length > 0 ? o.anomalyKinds : ANOMALY_KINDS[o.scenario]
-      let kind = kinds[k % kinds.length] as AnomalyKind
-      // A chest strap still reports HR when the watch's sensor fails.
-      if (kind === 'sensor_loss' && u.via === 'bridge') kind = 'spo2_low'
-      const atS = Math.max(u.startS + 1, o.anomalyAtS ?? o.durationS * rng.range(0.15, 0.4))
-      u.anomaly = { kind, atS }
-      u.dropOut = false
-      u.app ??= { token: '', leaderboard: false }
-      anomalies[kind] = (anomalies[kind] ?? 0) + 1
+    const kinds = o.anomalyKinds && o.anomalyKinds.length > 0 ? o.anomalyKinds : ANOMALY_KINDS[o.scenario]
+    const latestOnset = (leadS: number) => o.durationS - leadS
+    /** an untaken user at or near `from` whose devices are on by `onsetBy`, accepted by `ok`; users start in order */
+    const pick = (from: number, onsetBy: number, ok: (u: UserSpec) => boolean): UserSpec | undefined => {
+      let last = users.length - 1
+      while (last >= 0 && (users[last] as UserSpec).startS + 1 > onsetBy) last--
+      for (let d = 0; d <= last; d++) {
+        for (const i of [Math.min(from, last) - d, Math.min(from, last) + d]) {
+          const u = users[i]
+          if (i >= 0 && i <= last && u && u.anomaly === null && ok(u)) return u
+        }
+      }
+      return undefined
     }
+    for (let k = 0; k < n; k++) {
+      const from = Math.floor(k * stride + rng.range(0, stride))
+      const variantBrady = rng.chance(0.5)
+      let placed = false
+      for (let j = 0; j < kinds.length && !placed; j++) {
+        const kind = kinds[(k + j) % kinds.length] as AnomalyKind
+        // cardiac: the drawn variant, or the other one when only it fits the run
+        for (const brady of kind === 'cardiac' ? [variantBrady, !variantBrady] : [false]) {
+          const leadS = anomalyLeadS(kind, o.scenario, brady)
+          const onsetBy = Math.min(latestOnset(leadS), o.anomalyAtS ?? Number.POSITIVE_INFINITY)
+          if (o.anomalyAtS !== undefined && o.anomalyAtS > latestOnset(leadS)) continue
+          // A chest strap still reports HR when the watch's sensor fails: sensor loss only on direct trackers.
+          const u = pick(from, onsetBy, (c) => kind !== 'sensor_loss' || c.via === 'direct')
+          if (!u) continue
+          const preferred = o.anomalyAtS ?? o.durationS * rng.range(0.15, 0.4)
+          const atS = Math.max(u.startS + 1, Math.min(preferred, latestOnset(leadS)))
+          u.anomaly = kind === 'cardiac' ? { kind, atS, brady } : { kind, atS }
+          u.dropOut = false
+          u.app ??= { token: '', leaderboard: false }
+          anomalies[kind] = (anomalies[kind] ?? 0) + 1
+          placed = true
+          break
+        }
+        if (!placed) {
+          const leadS = Math.min(
+            ...(kind === 'cardiac' ? [true, false] : [false]).map((b) => anomalyLeadS(kind, o.scenario, b)),
+          )
+          if (!(kind in anomalies)) leftOut[kind] = leadS
+        }
+      }
+    }
+    for (const kind of Object.keys(anomalies)) delete leftOut[kind as AnomalyKind]
   }
-  return { users, birthYears, consent, anomalies, devices }
+  return { anomalies, leftOut }
 }
 
 type OptionalKeys =
@@ -1220,6 +1271,7 @@ async function runAgainst(
     },
     alerts: {
       anomalies: p.anomalies,
+      anomaliesLeftOut: p.anomaliesLeftOut,
       anomaliesWatched: anomalies.filter((a) => a.watched).length,
       anomaliesAlerted: anomalies.filter((a) => a.alerts.length > 0).length,
       opened: counters.alertsOpened,

@@ -315,7 +315,9 @@ export class WorkerDriver {
         o.scenario === 'marathon'
           ? randomRunnerPlan(rng, profile, o.raceStartMs, { fromMs: userStart, toMs: this.endAt }, spec.dropOut ? 1 : 0)
           : null
-      const anomaly = spec.anomaly ? { kind: spec.anomaly.kind, atMs: atMs + spec.anomaly.atS * 1000 } : null
+      const anomaly = spec.anomaly
+        ? { kind: spec.anomaly.kind, atMs: atMs + spec.anomaly.atS * 1000, brady: spec.anomaly.brady }
+        : null
       const wearer = new Wearer(profile, o.scenario, spec.seed, userStart, runner, anomaly, course?.lengthM ?? 0)
       const firmwares: Firmware[] = []
       let user: SimUser | null = null

@@ -34,6 +34,7 @@ export interface RuleSettings {
   maxHrMarginBpm: number
   maxHrSustainedMs: number
   stoppedMs: number // race: no movement for this long
+  stoppedRadiusM: number // "no movement": every fix of the span within this distance of its first
   hrMissingMs: number
   movingMps: number
   spo2Low: number
@@ -50,6 +51,8 @@ export const DEFAULT_RULES: RuleSettings = {
   maxHrMarginBpm: 5,
   maxHrSustainedMs: 60_000,
   stoppedMs: 90_000,
+  // A wrist GPS standing still wanders a few metres; 25 m over 90 s is the old 0.3 m/s mean-speed bound.
+  stoppedRadiusM: 25,
   hrMissingMs: 30_000,
   movingMps: 1.5,
   spo2Low: 90,
@@ -223,9 +226,12 @@ export function evaluate(w: Window, ctx: EvalContext): Finding[] {
   // Race: stopped moving for a while (fixes still arriving) and HR missing or abnormal → medics, with the position.
   if (ctx.inRace && lastPos) {
     const span = since(w.pos, now - s.stoppedMs)
-    const covered = span.length >= 2 && lastPos.t - (span[0] as PosPoint).t >= s.stoppedMs * 0.8
-    const stoppedSpeed = covered ? recentSpeed(w.pos, now, s.stoppedMs) : null
-    const stopped = stoppedSpeed !== null && stoppedSpeed < 0.3
+    const first = span[0] as PosPoint | undefined
+    const covered = first !== undefined && span.length >= 2 && lastPos.t - first.t >= s.stoppedMs * 0.8
+    // Stopped = the fixes stay within a small radius, not "low mean speed along the path": the path length of a
+    // standing watch's GPS noise (±2.5 m, once a second) alone is ~1 m/s, so a collapsed runner never looked stopped.
+    const stopped = covered && span.every((p) => dist(first, p) <= s.stoppedRadiusM)
+    const stoppedSpeed = covered ? dist(first, lastPos) / ((lastPos.t - first.t) / 1000) : null
     const abnormal = lastHr !== undefined && !hrMissing && (lastHr.hr > 190 || lastHr.hr < 40)
     if (stopped && (hrMissing || abnormal)) {
       out.push({
@@ -266,11 +272,16 @@ export function evaluate(w: Window, ctx: EvalContext): Finding[] {
     }
   }
 
+  // Sustained = the latest run of low readings spans the time, however dense they are (every reading of a 2× window
+  // low, as before, made a minute take two) and bridging gaps of up to that window (sparse spot checks).
   const sp = since(w.spo2, now - s.spo2SustainedMs * 2)
   const lastSp = w.spo2[w.spo2.length - 1]
   if (sp.length >= 2 && lastSp) {
-    const span = lastSp.t - (sp[0] as { t: number }).t
-    if (span >= s.spo2SustainedMs && sp.every((x) => x.v < s.spo2Low)) {
+    let runStart = sp.length
+    while (runStart > 0 && (sp[runStart - 1] as { v: number }).v < s.spo2Low) runStart--
+    const runFirst = sp[runStart]
+    const span = runFirst && sp.length - runStart >= 2 ? lastSp.t - runFirst.t : 0
+    if (span >= s.spo2SustainedMs) {
       out.push({
         kind: 'spo2_low',
         active: true,

@@ -125,6 +125,25 @@ describe('race: stopped moving with HR missing or abnormal', () => {
     hrSeries(w, 60_000, 5_000, () => 150)
     expect(find(evaluate(w, ctx({ inRace: true })), 'stopped_abnormal')?.active).toBe(false)
   })
+  it('fires for a collapsed runner whose standing GPS wanders a few metres each second', () => {
+    // ±2.5 m of noise once a second: the path length alone is ~1 m/s, the position goes nowhere
+    const w = empty()
+    let seed = 7
+    const noise = () => {
+      seed = (seed * 48271) % 2147483647
+      return (seed / 2147483647 - 0.5) * 5
+    }
+    for (let t = NOW - 100_000; t <= NOW; t += 1000) w.pos.push({ t, lat: 52.5 + noise() / 111_195, lon: 13.4 })
+    hrSeries(w, 100_000, 1000, () => 34)
+    expect(find(evaluate(w, ctx({ inRace: true })), 'stopped_abnormal')?.active).toBe(true)
+  })
+  it('a runner who stopped only half of the span ago is not stopped yet', () => {
+    const w = empty()
+    walk(w, 100_000, 5_000, 3)
+    for (const p of w.pos) if (p.t > NOW - 45_000) p.lat = (w.pos.find((q) => q.t >= NOW - 45_000) as typeof p).lat
+    hrSeries(w, 100_000, 5_000, () => 34)
+    expect(find(evaluate(w, ctx({ inRace: true })), 'stopped_abnormal')?.active).not.toBe(true)
+  })
   it('never outside a race', () => {
     const w = empty()
     walk(w, 100_000, 5_000, 0)
@@ -147,6 +166,17 @@ describe('sensor lost and SpO2', () => {
     expect(find(evaluate(w, ctx()), 'spo2_low')?.severity).toBe('critical')
     w.spo2.push({ t: NOW + 1, v: 95 })
     expect(find(evaluate(w, ctx({ now: NOW + 1 })), 'spo2_low')?.active).toBe(false)
+  })
+  it('a minute of low SpO2 after normal readings fires at the minute (dense readings, not all of a 2-minute window)', () => {
+    const w = empty()
+    for (let t = NOW - 110_000; t < NOW - 60_000; t += 5_000) w.spo2.push({ t, v: 96 })
+    for (let t = NOW - 60_000; t <= NOW; t += 1_000) w.spo2.push({ t, v: 87 })
+    expect(find(evaluate(w, ctx()), 'spo2_low')?.active).toBe(true)
+    // 50 s is not yet a minute
+    const short = empty()
+    for (let t = NOW - 110_000; t < NOW - 50_000; t += 5_000) short.spo2.push({ t, v: 96 })
+    for (let t = NOW - 50_000; t <= NOW; t += 1_000) short.spo2.push({ t, v: 87 })
+    expect(find(evaluate(short, ctx()), 'spo2_low')?.active).not.toBe(true)
   })
   it('a single low SpO2 reading is not a finding', () => {
     const w = empty()
