@@ -6,6 +6,7 @@
 //
 // `devices/{id}/config` (retained, JSON) understood here: `{"intervalMs": n, "batchEvery": n}`, both optional:
 // sample every intervalMs (200…60000) and send a batch every batchEvery samples (1…600). Anything else is ignored.
+import fs from 'node:fs'
 import tls from 'node:tls'
 import { encode } from 'cbor-x'
 import type { Histogram } from 'hdr-histogram-js'
@@ -414,9 +415,19 @@ export interface UplinkEnv {
   errors: Record<string, number>
 }
 
+/**
+ * A device's TLS material as one context. Building it parses the PEM key, certificate and CA (~1 ms and ~33 KB each,
+ * measured with 3,000 bench certificates): done per device before the ramp, not on its first connect, where it was a
+ * quarter of the load generator's CPU in a 300/s connect ramp.
+ */
+export function deviceTlsContext(ca: Buffer, keyPath: string, certPath: string): tls.SecureContext {
+  return tls.createSecureContext({ ca, key: fs.readFileSync(keyPath, 'utf8'), cert: fs.readFileSync(certPath, 'utf8') })
+}
+
 /** `urls`: the brokers this link may use, tried round-robin from `first`, moving on after each lost link */
 export type UplinkAuth =
-  | { kind: 'device'; urls: URL[]; first: number; key: string; cert: string }
+  // The device's key, certificate and the CA, parsed once (deviceTlsContext) as a tracker's firmware holds them.
+  | { kind: 'device'; urls: URL[]; first: number; secureContext: tls.SecureContext }
   | { kind: 'bridge'; urls: URL[]; first: number; userId: string; token: string }
 
 const BACKOFF_BASE_MS = 1000
@@ -438,7 +449,6 @@ export class Uplink {
   private stopping = false
   private readonly inflight = new Set<Batch>()
   private readonly byId = new Map<string, Firmware>()
-  private secureContext: tls.SecureContext | null = null
   private readonly rng: Rng
   readonly clientId: string
 
@@ -500,8 +510,7 @@ export class Uplink {
     const port = Number(url.port)
     const host = url.hostname
     if (auth.kind === 'device') {
-      this.secureContext ??= tls.createSecureContext({ ca: this.env.ca, key: auth.key, cert: auth.cert })
-      const secureContext = this.secureContext
+      const secureContext = auth.secureContext
       const localAddress = this.env.sourceAddress
       client = new MqttClient(
         () => tls.connect({ host, port, secureContext, ...(localAddress ? { localAddress } : {}) }),

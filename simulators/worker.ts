@@ -4,13 +4,14 @@
 // (`node dist/simulators/worker.js`, IPC) or in process (tests running the TypeScript sources).
 import fs from 'node:fs'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import type tls from 'node:tls'
 import { pathToFileURL } from 'node:url'
 import type { Histogram } from 'hdr-histogram-js'
 import mqtt, { type MqttClient } from 'mqtt'
 import type { AlertMessage, LiveSnapshot } from '../src/outputs/payloads.js'
 import { AppCopy } from './app-copy.js'
 import { marathonCourse } from './course.js'
-import { Firmware, Tracker, Uplink, type UplinkAuth } from './device.js'
+import { deviceTlsContext, Firmware, Tracker, Uplink, type UplinkAuth } from './device.js'
 import { EXPECTED_ALERTS, hashSeed, randomProfile, randomRunnerPlan, Rng, Wearer } from './physiology.js'
 import {
   type AnomalyOutcome,
@@ -109,9 +110,20 @@ export class WorkerDriver {
     this.ca = fs.readFileSync(init.target.caPath)
   }
 
-  /** Connects the apps and the medic first, so they are listening when devices start. */
+  /** per direct user: its device's TLS context, built before the start (deviceTlsContext) */
+  private readonly tlsContexts = new Map<string, tls.SecureContext>()
+
+  /** Loads the devices' TLS material and connects the apps and the medic, so they are listening when devices start. */
   async prepare(): Promise<void> {
     const { users, medic } = this.init
+    let n = 0
+    for (const u of users) {
+      const first = u.devices[0]
+      if (u.via !== 'direct' || !first) continue
+      this.tlsContexts.set(u.userId, deviceTlsContext(this.ca, first.keyPath, first.certPath))
+      // yield now and then: the parent's IPC and the apps' sockets keep moving
+      if (++n % 256 === 0) await new Promise((r) => setImmediate(r))
+    }
     await forEachLimit(
       users.filter((u) => u.app),
       64,
@@ -350,8 +362,8 @@ export class WorkerDriver {
               kind: 'device',
               urls: this.init.target.mqtts.map((u) => new URL(u)),
               first: spec.index,
-              key: fs.readFileSync(first.keyPath, 'utf8'),
-              cert: fs.readFileSync(first.certPath, 'utf8'),
+              secureContext:
+                this.tlsContexts.get(spec.userId) ?? deviceTlsContext(this.ca, first.keyPath, first.certPath),
             }
           : {
               kind: 'bridge',
