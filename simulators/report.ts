@@ -156,7 +156,13 @@ export interface SwarmReport {
     peakMsgsPerS: number
     peakReadingsPerS: number
   }
-  latency: { ackMs: LatencySummary; alertMs: LatencySummary; liveLagMs: LatencySummary }
+  latency: {
+    ackMs: LatencySummary
+    /** acks within the throughput window (from all connected, else mid-run, to the end of sampling) */
+    ackSteadyMs: LatencySummary
+    alertMs: LatencySummary
+    liveLagMs: LatencySummary
+  }
   alerts: {
     anomalies: Partial<Record<AnomalyKind, number>>
     /** kinds not injected because the run is too short for their rule: kind → seconds after onset it needs */
@@ -254,7 +260,9 @@ export function summaryText(r: SwarmReport): string {
     o.qos === 0
       ? 'ack latency: none at QoS 0'
       : `ack latency ms: p50 ${fmt(l.ackMs.p50, 1)}  p90 ${fmt(l.ackMs.p90, 1)}  p99 ${fmt(l.ackMs.p99, 1)}  ` +
-        `p99.9 ${fmt(l.ackMs.p999, 1)}  max ${fmt(l.ackMs.max, 1)}  (n=${fmt(l.ackMs.count)})`,
+        `p99.9 ${fmt(l.ackMs.p999, 1)}  max ${fmt(l.ackMs.max, 1)}  (n=${fmt(l.ackMs.count)}); ` +
+        `in the throughput window p50 ${fmt(l.ackSteadyMs.p50, 1)}  p99 ${fmt(l.ackSteadyMs.p99, 1)}  ` +
+        `(n=${fmt(l.ackSteadyMs.count)})`,
     `alerts: ${
       Object.entries(r.alerts.anomalies)
         .map(([k, n]) => `${n} ${k}`)

@@ -859,6 +859,8 @@ async function runAgainst(
     liveLagMs: newHistogram(),
   }
   const intervalAck = newHistogram()
+  /** each tick's acks, kept to sum the steady window (after the ramp) once it is known */
+  const tickAcks: { tS: number; h: Histogram }[] = []
   let readyCount = 0
   let failure: Error | null = null
   let onReady: () => void = () => undefined
@@ -1026,6 +1028,9 @@ async function runAgainst(
         ackedTotal: c.batchesAcked,
         readingsTotal: c.readingsAcked,
       }
+      const kept = newHistogram()
+      kept.add(intervalAck)
+      tickAcks.push({ tS, h: kept })
       intervalAck.reset()
       prev = c
       timeline.push(point)
@@ -1160,6 +1165,10 @@ async function runAgainst(
   const perS = (k: 'ackedTotal' | 'readingsTotal') =>
     from && to && span > 0 ? Math.round((to[k] - from[k]) / span) : 0
   const lastAckS = [...timeline].reverse().find((pt) => pt.ackedPerS > 0)?.tS ?? 0
+  // Ack latency over the same window as the rates: the acks of the ticks after `from` up to the end of sampling (the
+  // ramp's handshakes and the final upload, every device sealing its batch at once, lie outside it).
+  const steadyAck = newHistogram()
+  for (const t of tickAcks) if (from && to && t.tS > from.tS && t.tS <= to.tS) steadyAck.add(t.h)
   const report: SwarmReport = {
     version: 1,
     startedAt: startedAt.toISOString(),
@@ -1266,6 +1275,7 @@ async function runAgainst(
     },
     latency: {
       ackMs: summarize(totals.ackUs, 0.001),
+      ackSteadyMs: summarize(steadyAck, 0.001),
       alertMs: summarize(totals.alertMs),
       liveLagMs: summarize(totals.liveLagMs),
     },

@@ -120,6 +120,9 @@ describe('simulator: marathon swarm against PostgreSQL', () => {
     expect(report.connections.bridges.connected).toBeGreaterThan(0)
     expect(report.latency.ackMs.count).toBe(report.messages.acked)
     expect(report.latency.ackMs.p99).toBeGreaterThan(0)
+    // the steady window's acks are a part of all of them
+    expect(report.latency.ackSteadyMs.count).toBeGreaterThan(0)
+    expect(report.latency.ackSteadyMs.count).toBeLessThan(report.latency.ackMs.count)
     const [from, to] = window(report)
     const db = await countRows(tb.pg.db, 'sim', from - 3600_000, to)
     expect(db.distinct).toBe(db.rows)
