@@ -1,6 +1,10 @@
 // The commit's binary array parameters (src/pipeline/pg-arrays.ts) against a real PostgreSQL: every column type the
-// commit sends reaches the server as the same values as through the text literals the embedded store uses, edge
-// values included, and through the commit statements themselves the two encodings store identical rows.
+// commit sends reaches the server as the same values as through the text literals (the reference), edge
+// values included, and through the commit statements themselves the two encodings store identical rows. The embedded
+// store (PGlite, on its worker thread and on the caller's) binds the same bytes to the same values, as the commit sends them.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLogger } from '../../src/log.js'
 import {
@@ -13,6 +17,7 @@ import {
 } from '../../src/pipeline/commit-rows.js'
 import { type ArrayParams, binaryArrays, textArrays } from '../../src/pipeline/pg-arrays.js'
 import type { Db } from '../../src/store/db.js'
+import { openEmbedded } from '../../src/store/embedded.js'
 import { migrate } from '../../src/store/migrate.js'
 import { openPostgres } from '../../src/store/postgres.js'
 import { createTestDatabase } from '../helpers/harness.js'
@@ -37,8 +42,8 @@ const encodings: [string, ArrayParams][] = [
 ]
 
 /** the elements as the server sees them, printed by the server (text output is exact for every type here) */
-async function serverSees(sqlType: string, param: unknown): Promise<(string | null)[]> {
-  const r = await db.query<{ x: string | null }>(
+async function serverSees(sqlType: string, param: unknown, on: Db = db): Promise<(string | null)[]> {
+  const r = await on.query<{ x: string | null }>(
     `SELECT x::text AS x FROM unnest($1::${sqlType}[]) WITH ORDINALITY AS u(x, i) ORDER BY i`,
     [param],
   )
@@ -77,22 +82,24 @@ const INT8 = [
 ]
 const BOOL = [true, false, false, true]
 
+const CASES = [
+  ['float8', (e: ArrayParams) => e.float8(FLOAT8)],
+  ['float8', (e: ArrayParams) => e.float8(FLOAT8.slice(0, 5), FLOAT8.slice(5))],
+  ['float4', (e: ArrayParams) => e.float4(FLOAT4)],
+  ['int2', (e: ArrayParams) => e.int2(INT2)],
+  ['int2', (e: ArrayParams) => e.int2(INT2.slice(0, 2), INT2.slice(2))],
+  ['int4', (e: ArrayParams) => e.int4(INT4)],
+  ['int4', (e: ArrayParams) => e.int4([], INT4)],
+  ['int8', (e: ArrayParams) => e.int8(INT8)],
+  ['bool', (e: ArrayParams) => e.bool(BOOL)],
+  ['float8', (e: ArrayParams) => e.float8([])],
+  ['float4', (e: ArrayParams) => e.float4([])],
+  ['float4', (e: ArrayParams) => e.float4([null, null])],
+  ['int8', (e: ArrayParams) => e.int8([])],
+] as const
+
 describe('array parameters: binary and text reach the server as the same values', () => {
-  it.each([
-    ['float8', (e: ArrayParams) => e.float8(FLOAT8)],
-    ['float8', (e: ArrayParams) => e.float8(FLOAT8.slice(0, 5), FLOAT8.slice(5))],
-    ['float4', (e: ArrayParams) => e.float4(FLOAT4)],
-    ['int2', (e: ArrayParams) => e.int2(INT2)],
-    ['int2', (e: ArrayParams) => e.int2(INT2.slice(0, 2), INT2.slice(2))],
-    ['int4', (e: ArrayParams) => e.int4(INT4)],
-    ['int4', (e: ArrayParams) => e.int4([], INT4)],
-    ['int8', (e: ArrayParams) => e.int8(INT8)],
-    ['bool', (e: ArrayParams) => e.bool(BOOL)],
-    ['float8', (e: ArrayParams) => e.float8([])],
-    ['float4', (e: ArrayParams) => e.float4([])],
-    ['float4', (e: ArrayParams) => e.float4([null, null])],
-    ['int8', (e: ArrayParams) => e.int8([])],
-  ] as const)('%s', async (sqlType, encode) => {
+  it.each(CASES)('%s', async (sqlType, encode) => {
     const viaText = await serverSees(sqlType, encode(textArrays))
     const viaBinary = await serverSees(sqlType, encode(binaryArrays))
     expect(Buffer.isBuffer(encode(binaryArrays))).toBe(true)
@@ -129,6 +136,39 @@ describe('array parameters: binary and text reach the server as the same values'
         await expect(serverSees(sqlType, e(textArrays)), `${sqlType} ${bad[0]} as text`).rejects.toThrow()
       }
     }
+  })
+})
+
+describe.each(['worker', 'main'] as const)('the embedded store on the %s thread binds them in binary', (thread) => {
+  let emb: Db
+  let dir: string
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pulsegate-arrays-'))
+    emb = await openEmbedded(dir, log, thread)
+  }, 120_000)
+  afterAll(async () => {
+    await emb?.close()
+    if (dir) fs.rmSync(dir, { recursive: true, force: true })
+  })
+  it('every case: the bytes and the text literal give the same elements', async () => {
+    for (const [sqlType, encode] of CASES) {
+      const viaText = await serverSees(sqlType, encode(textArrays), emb)
+      expect(await serverSees(sqlType, encode(binaryArrays), emb), sqlType).toEqual(viaText)
+    }
+    // and the values as numbers, exact
+    const f8 = await emb.query<{ x: number }>(
+      'SELECT x FROM unnest($1::float8[]) WITH ORDINALITY AS u(x, i) ORDER BY i',
+      [binaryArrays.float8(FLOAT8)],
+    )
+    expect(f8.rows.map((r) => r.x)).toEqual(FLOAT8.map((x) => x + 0))
+  })
+  it('other parameters are bound as before (text arrays, JS arrays, bytea)', async () => {
+    expect(await serverSees('int4', '{1,2,3}', emb)).toEqual(['1', '2', '3'])
+    const r = await emb.query<{ n: number; b: string }>(
+      'SELECT cardinality($1::int4[]) AS n, encode($2::bytea, $3) AS b',
+      [[4, 5], new Uint8Array([1, 2]), 'hex'],
+    )
+    expect(r.rows[0]).toEqual({ n: 2, b: '0102' })
   })
 })
 
