@@ -437,6 +437,8 @@ const BACKOFF_CAP_MS = 60_000
 export class Uplink {
   private client: MqttClient | null = null
   private gen = 0
+  /** the current connection attempt reported an error (its cause, counted once in env.errors) */
+  private attemptErrored = false
   private connected = false
   private everConnected = false
   private attempt = 0
@@ -493,6 +495,7 @@ export class Uplink {
     if (this.stopping) return
     this.reconnectTimer = null
     const gen = ++this.gen
+    this.attemptErrored = false
     this.counter('Attempts')
     const base: IClientOptions = {
       clientId: this.clientId,
@@ -550,6 +553,7 @@ export class Uplink {
     })
     client.on('error', (err: Error & { code?: number | string }) => {
       if (gen !== this.gen) return
+      this.attemptErrored = true
       if (typeof err.code === 'number') this.counter('Refused')
       const key = `${this.auth.kind}:${typeof err.code === 'number' ? `connack ${err.code}` : (err.code ?? err.message.slice(0, 60))}`
       this.env.errors[key] = (this.env.errors[key] ?? 0) + 1
@@ -587,8 +591,11 @@ export class Uplink {
     if (wasConnected) this.counter('Lost')
     else {
       this.counter('Failures')
-      const key = `${this.auth.kind}:closed before CONNACK`
-      this.env.errors[key] = (this.env.errors[key] ?? 0) + 1
+      // One cause per failed attempt: its error when it had one (reset, CONNACK timeout or code), else a bare close.
+      if (!this.attemptErrored) {
+        const key = `${this.auth.kind}:closed before CONNACK`
+        this.env.errors[key] = (this.env.errors[key] ?? 0) + 1
+      }
     }
     // Exponential backoff with "equal jitter": half fixed, half random, so a cut swarm does not come back in step.
     const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** this.attempt)
