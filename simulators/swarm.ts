@@ -277,9 +277,11 @@ export function placeAnomalies(
       let placed = false
       for (let j = 0; j < kinds.length && !placed; j++) {
         const kind = kinds[(k + j) % kinds.length] as AnomalyKind
+        let shortestLeadS = Number.POSITIVE_INFINITY
         // cardiac: the drawn variant, or the other one when only it fits the run
         for (const brady of kind === 'cardiac' ? [variantBrady, !variantBrady] : [false]) {
           const leadS = anomalyLeadS(kind, o.scenario, brady)
+          shortestLeadS = Math.min(shortestLeadS, leadS)
           const onsetBy = Math.min(latestOnset(leadS), o.anomalyAtS ?? Number.POSITIVE_INFINITY)
           if (o.anomalyAtS !== undefined && o.anomalyAtS > latestOnset(leadS)) continue
           // A chest strap still reports HR when the watch's sensor fails: sensor loss only on direct trackers.
@@ -294,12 +296,8 @@ export function placeAnomalies(
           placed = true
           break
         }
-        if (!placed) {
-          const leadS = Math.min(
-            ...(kind === 'cardiac' ? [true, false] : [false]).map((b) => anomalyLeadS(kind, o.scenario, b)),
-          )
-          if (!(kind in anomalies)) leftOut[kind] = leadS
-        }
+        // a kind placed elsewhere is not left out (cleared below)
+        if (!placed) leftOut[kind] = shortestLeadS
       }
     }
     for (const kind of Object.keys(anomalies)) delete leftOut[kind as AnomalyKind]

@@ -20,7 +20,7 @@ import {
   type TrackedResult,
   writeTracked,
 } from './commit-rows.js'
-import { type ArrayParams, binaryArrays } from './pg-arrays.js'
+import { binaryArrays } from './pg-arrays.js'
 import type { PositionSample, ScalarSample } from './types.js'
 
 export { type BatchMark, type CommitOutcome, INSERT_POSITIONS, INSERT_SAMPLES } from './commit-rows.js'
@@ -47,6 +47,14 @@ export class WriterClosedError extends Error {}
 /** after a unique violation, statements carry ON CONFLICT for this long (a re-upload usually comes in a burst) */
 const CONFLICT_MODE_MS = 30_000
 
+/**
+ * How column arrays travel: binary (array_send format) to PostgreSQL and to the embedded store alike. PGlite binds a
+ * Uint8Array parameter in binary too (its array serializer passes non-arrays through, its Bind sends byte views as
+ * format 1; test/integration/pg-arrays.test.ts on both threads): parsing text literals was ~40 % of a 20,000-row
+ * INSERT on the embedded store, ×1.15–1.2 its saturation.
+ */
+const ARR = binaryArrays
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 export class GroupCommitWriter {
@@ -59,8 +67,6 @@ export class GroupCommitWriter {
   private conflictModeUntil = 0
   private closed = false
   private readonly writers: number
-  /** how column arrays travel: binary (array_send format) to PostgreSQL and to the embedded store alike (pg-arrays.ts) */
-  private readonly arr: ArrayParams
   private drainWaiters: (() => void)[] = []
   /** flushes being written, and the barriers waiting for some of them */
   private readonly flying = new Set<Columns>()
@@ -75,10 +81,6 @@ export class GroupCommitWriter {
     private readonly log: Logger,
   ) {
     this.writers = Math.max(1, Math.min(opts.writers, db.maxConcurrency))
-    // PGlite binds a Uint8Array parameter in binary too (its array serializer passes non-arrays through, its Bind sends
-    // byte views as format 1; test/integration/pg-arrays.test.ts on both threads): parsing text literals was ~40 % of
-    // a 20,000-row INSERT on the embedded store, ×1.15–1.2 its saturation.
-    this.arr = binaryArrays
   }
 
   get queuedRows(): number {
@@ -168,30 +170,24 @@ export class GroupCommitWriter {
     const started = performance.now()
     let result: WriteResult
     if (cols.pTime.length === 0) {
-      const n = await this.insert(
-        this.db,
-        INSERT_SAMPLES,
-        PLAIN_SAMPLES,
-        sampleParams(cols, this.arr),
-        cols.sTime.length,
-      )
+      const n = await this.insert(this.db, INSERT_SAMPLES, PLAIN_SAMPLES, sampleParams(cols, ARR), cols.sTime.length)
       this.metrics.rowsCommitted.inc({ table: 'samples' }, n)
       result = { inserted: n, derived: [] }
     } else {
       const upsert = performance.now() < this.conflictModeUntil
       try {
-        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, upsert, this.arr)), cols, upsert)
+        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, upsert, ARR)), cols, upsert)
       } catch (err) {
         if (upsert || !isUniqueViolation(err)) throw err
         // The transaction wrote nothing: the same rows again, idempotently.
         this.metrics.conflictRetries.inc()
         this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
-        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, true, this.arr)), cols, true)
+        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, true, ARR)), cols, true)
       }
     }
     if (cols.bDev.length > 0) {
       // After the samples: a mark never claims rows that are not stored. Redeliveries are no-ops (unique key).
-      const n = (await this.db.query(INSERT_SIGNED_BATCHES, markParams(cols, this.arr))).rowCount
+      const n = (await this.db.query(INSERT_SIGNED_BATCHES, markParams(cols, ARR))).rowCount
       this.metrics.rowsCommitted.inc({ table: 'signed_batches' }, n)
     }
     this.metrics.statementLatency.observe((performance.now() - started) / 1000)
