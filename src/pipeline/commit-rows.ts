@@ -1,7 +1,7 @@
 // The rows of one flush in column form (what unnest() wants), the statements that write them, and the transaction
 // of a flush with GPS fixes, which derives their distance (derive.ts) so fixes and distance commit together or not at all.
 import type { Queryable } from '../store/db.js'
-import { type DistanceTrack, deriveSegments, type OwnedFix } from './derive.js'
+import { DERIVED_METRICS } from './derive.js'
 import type { ArrayParams } from './pg-arrays.js'
 import type { PositionSample, ScalarSample } from './types.js'
 
@@ -121,25 +121,106 @@ export const INSERT_SIGNED_BATCHES = `INSERT INTO signed_batches (device_key, se
 // A plain statement that hits the unique key fails whole and is re-run with ON CONFLICT (see write()).
 export const PLAIN_SAMPLES = INSERT_SAMPLES.replace(/\s*ON CONFLICT DO NOTHING$/, '')
 export const PLAIN_POSITIONS = INSERT_POSITIONS.replace(/\s*ON CONFLICT DO NOTHING$/, '')
-/** only the fixes this statement stored: distance is derived from those alone */
-const UPSERT_POSITIONS_RETURNING = `${INSERT_POSITIONS} RETURNING device_key AS d, (extract(epoch FROM time) * 1000)::float8 AS t`
 /**
- * Locks the flush's devices' track rows (creating missing ones), in device order so two flushes never deadlock, and
- * returns the newest committed fix of each. DO UPDATE (a no-op change) is what locks and returns an existing row.
+ * A flush with fixes as one statement (autocommit, so atomic without BEGIN/COMMIT: one round trip instead of six, which
+ * was most of the pg client's and the embedded thread's cost per small flush). In order:
+ * - lk: lock the flush's devices' track rows, in device order so two flushes never deadlock (LockRows above the Sort),
+ *   and read each newest committed fix (FOR UPDATE re-reads a row a concurrent flush moved, after it commits);
+ * - ins: store the fixes, only after every lock is held (the InitPlan on lk runs before the first row);
+ * - fresh: the fixes this statement stored (all after a plain INSERT, those RETURNING names after ON CONFLICT);
+ * - seg/dist: distance from the track's fix through the fresh fixes newer than it, per device in time order, with
+ *   haversineMeters' formula and constants (validate-speed.ts);
+ * - s: the flush's samples and the distance rows in one INSERT; mv: move each track to its newest fresh fix.
+ * A track row must exist before (ensureTracks): a row this statement inserted would not be visible to its own lock.
+ * mv upserts anyway, so a track deleted meanwhile (erasure) starts again from nothing, as a first fix does.
+ * Returns the distance rows (o = the fix's batch in the flush) and one summary row (o = -1: samples, fresh fixes).
  */
-const LOCK_TRACKS = `INSERT INTO device_tracks (device_key) SELECT unnest($1::int4[])
-  ON CONFLICT (device_key) DO UPDATE SET device_key = EXCLUDED.device_key RETURNING device_key, t, lat, lon`
-const UPDATE_TRACKS = `UPDATE device_tracks dt SET t = u.t, lat = u.la, lon = u.lo
-  FROM unnest($1::int4[], $2::float8[], $3::float8[], $4::float8[]) AS u(d, t, la, lo) WHERE dt.device_key = u.d`
+export function trackedStatement(upsert: boolean): string {
+  const onConflict = upsert ? ' ON CONFLICT DO NOTHING' : ''
+  const fresh = upsert
+    ? `SELECT DISTINCT ON (f.d, f.t) f.d, f.t, f.la, f.lo, f.o FROM fix f
+         JOIN ins ON ins.device_key = f.d AND ins.time = to_timestamp(f.t / 1000.0) ORDER BY f.d, f.t, f.n`
+    : 'SELECT d, t, la, lo, o FROM fix'
+  return `WITH fix AS MATERIALIZED (
+    SELECT * FROM unnest($1::float8[], $2::int4[], $3::float8[], $4::float8[], $5::float4[], $6::float4[], $7::int4[])
+      WITH ORDINALITY AS u(t, d, la, lo, al, ac, o, n)
+  ),
+  lk AS MATERIALIZED (
+    SELECT dt.device_key AS d, dt.t, dt.lat, dt.lon FROM device_tracks dt
+    WHERE dt.device_key = ANY (ARRAY(SELECT DISTINCT d FROM fix)) ORDER BY dt.device_key FOR UPDATE
+  ),
+  ins AS (
+    INSERT INTO positions (time, device_key, lat, lon, alt, acc)
+    SELECT to_timestamp(t / 1000.0), d, la, lo, al, ac FROM fix WHERE (SELECT count(*) FROM lk) >= 0${onConflict}
+    ${upsert ? 'RETURNING device_key, time' : ''}
+  ),
+  fresh AS MATERIALIZED (${fresh}),
+  seg AS MATERIALIZED (
+    SELECT d, t, la, lo, o, lag(t) OVER w AS pt, lag(la) OVER w AS pla, lag(lo) OVER w AS plo FROM (
+      SELECT f.d, f.t, f.la, f.lo, f.o FROM fresh f LEFT JOIN lk ON lk.d = f.d WHERE lk.t IS NULL OR f.t > lk.t
+      UNION ALL SELECT d, t, lat, lon, -1 FROM lk WHERE t IS NOT NULL
+    ) AS a WINDOW w AS (PARTITION BY d ORDER BY t)
+  ),
+  dist AS MATERIALIZED (
+    SELECT d, t, o, 2 * 6371008.8 * asin(least(1, sqrt(
+        sin((la - pla) * (pi() / 180) / 2) ^ 2
+        + cos(pla * (pi() / 180)) * cos(la * (pi() / 180)) * sin((lo - plo) * (pi() / 180) / 2) ^ 2
+      ))) AS v
+    FROM seg WHERE o >= 0 AND pt IS NOT NULL
+  ),
+  s AS (
+    INSERT INTO samples (time, device_key, metric, value, commit_seq)
+    SELECT to_timestamp(t / 1000.0), d, m, v, (SELECT pg_current_xact_id()::text::bigint) FROM (
+      SELECT * FROM unnest($8::float8[], $9::int4[], $10::int2[], $11::float8[]) AS u(t, d, m, v)
+      UNION ALL SELECT t, d, ${DERIVED_METRICS.distance}::int2, v FROM dist
+    ) AS r${onConflict}
+    RETURNING 1
+  ),
+  mv AS (
+    INSERT INTO device_tracks AS dt (device_key, t, lat, lon)
+    SELECT DISTINCT ON (d) d, t, la, lo FROM seg WHERE o >= 0 ORDER BY d, t DESC
+    ON CONFLICT (device_key) DO UPDATE SET t = EXCLUDED.t, lat = EXCLUDED.lat, lon = EXCLUDED.lon
+  )
+  SELECT o, t, v FROM dist
+  UNION ALL SELECT -1, (SELECT count(*) FROM s)::float8, (SELECT count(*) FROM fresh)::float8`
+}
+const TRACKED = trackedStatement(false)
+const TRACKED_UPSERT = trackedStatement(true)
+/** Creates missing track rows; committed on its own, before the flush statement that locks them. */
+const ENSURE_TRACKS = `INSERT INTO device_tracks (device_key) SELECT unnest($1::int4[]) ON CONFLICT DO NOTHING`
+
+/** Devices whose track row is known to exist (one writer's memory; bounded: forgetting only costs a no-op INSERT). */
+export class KnownTracks {
+  readonly #keys = new Set<number>()
+  constructor(private readonly max = 1_000_000) {}
+  /** the devices of `devices` not known yet */
+  missing(devices: Iterable<number>): number[] {
+    const out: number[] = []
+    for (const d of devices) if (!this.#keys.has(d)) out.push(d)
+    return out
+  }
+  add(devices: readonly number[]): void {
+    if (this.#keys.size + devices.length > this.max) this.#keys.clear()
+    for (const d of devices) this.#keys.add(d)
+  }
+}
 
 export function isUniqueViolation(err: unknown): boolean {
   return (err as { code?: string } | null)?.code === '23505'
 }
 
+/** The track rows the flush statement locks: created (and committed) first for devices not seen before. */
+export async function ensureTracks(q: Queryable, cols: Columns, known: KnownTracks, arr: ArrayParams): Promise<void> {
+  const missing = known.missing(new Set(cols.pDev))
+  if (missing.length === 0) return
+  await q.query(ENSURE_TRACKS, [arr.int4(missing)])
+  known.add(missing)
+}
+
 /**
- * The transaction of a flush with fixes: lock the devices' tracks, store the fixes, derive distance from the ones that
- * were new, store it with the other samples, move the tracks. Throws a unique violation when `upsert` is false and a
- * row is there already (the caller re-runs it with ON CONFLICT).
+ * A flush with fixes (trackedStatement): stores the fixes, derives distance from the ones that were new, stores it with
+ * the other samples and moves the tracks, atomically. Throws a unique violation when `upsert` is false and a row is
+ * there already (the caller re-runs it with ON CONFLICT). Call ensureTracks first.
  */
 export async function writeTracked(
   q: Queryable,
@@ -147,87 +228,29 @@ export async function writeTracked(
   upsert: boolean,
   arr: ArrayParams,
 ): Promise<TrackedResult> {
-  const devices = [...new Set(cols.pDev)].sort((a, b) => a - b)
-  const locked = await q.query<{ device_key: number; t: number | null; lat: number | null; lon: number | null }>(
-    LOCK_TRACKS,
-    [arr.int4(devices)],
-  )
-  const tracks = new Map<number, DistanceTrack>()
-  for (const r of locked.rows) {
-    const t = r.t === null ? null : Number(r.t)
-    tracks.set(Number(r.device_key), t === null ? {} : { last: { t, lat: Number(r.lat), lon: Number(r.lon) } })
-  }
-  const params = positionParams(cols, arr)
-  const owner = ownersOfPositions(cols)
-  // Which fixes are new: all of them after a plain INSERT, those RETURNING names after ON CONFLICT DO NOTHING.
-  let fresh: number[]
-  if (upsert) {
-    const index = new Map<string, number>()
-    for (let k = cols.pTime.length - 1; k >= 0; k--) index.set(fixKey(cols.pDev[k], cols.pTime[k]), k)
-    const res = await q.query<{ d: number; t: number }>(UPSERT_POSITIONS_RETURNING, params)
-    fresh = []
-    for (const r of res.rows) {
-      const k = index.get(fixKey(Number(r.d), Number(r.t)))
-      if (k !== undefined) fresh.push(k)
-    }
-  } else {
-    await q.query(PLAIN_POSITIONS, params)
-    fresh = cols.pTime.map((_t, k) => k)
-  }
-  const byDevice = new Map<number, OwnedFix[]>()
-  for (const k of fresh) {
-    const d = cols.pDev[k] as number
-    let list = byDevice.get(d)
-    if (!list) {
-      list = []
-      byDevice.set(d, list)
-    }
-    list.push({
-      t: cols.pTime[k] as number,
-      lat: cols.pLat[k] as number,
-      lon: cols.pLon[k] as number,
-      owner: owner[k] as number,
-    })
-  }
+  const res = await q.query<{ o: number; t: number; v: number }>(upsert ? TRACKED_UPSERT : TRACKED, [
+    ...positionParams(cols, arr),
+    arr.int4(ownersOfPositions(cols)),
+    ...sampleParams(cols, arr),
+  ])
   const derived: ScalarSample[][] = cols.waiters.map(() => [])
-  // The derived rows go in the same statement as the flush's samples, appended by the encoder: the flush's own
-  // columns stay as they were (a conflict retry re-runs this with them) and are not copied.
-  const dTime: number[] = []
-  const dDev: number[] = []
-  const dMetric: number[] = []
-  const dValue: number[] = []
-  const moved: { d: number[]; t: number[]; lat: number[]; lon: number[] } = { d: [], t: [], lat: [], lon: [] }
-  for (const [d, fixes] of byDevice) {
-    const track = tracks.get(d) ?? {}
-    const before = track.last?.t
-    deriveSegments(fixes, track, (o, smp) => {
-      ;(derived[o] as ScalarSample[]).push(smp)
-      dTime.push(smp.t)
-      dDev.push(d)
-      dMetric.push(smp.metric)
-      dValue.push(smp.value)
-    })
-    if (track.last && track.last.t !== before) {
-      moved.d.push(d)
-      moved.t.push(track.last.t)
-      moved.lat.push(track.last.lat)
-      moved.lon.push(track.last.lon)
-    }
-  }
-  const derivedRows = dTime.length
   let samplesIn = 0
-  if (cols.sTime.length + derivedRows > 0) {
-    const res = await q.query(
-      upsert ? INSERT_SAMPLES : PLAIN_SAMPLES,
-      sampleParams(cols, arr, { t: dTime, d: dDev, m: dMetric, v: dValue }),
-    )
-    samplesIn = res.rowCount
+  let positionsIn = 0
+  let derivedRows = 0
+  for (const r of res.rows) {
+    const o = Number(r.o)
+    if (o < 0) {
+      samplesIn = Number(r.t)
+      positionsIn = Number(r.v)
+      continue
+    }
+    derivedRows++
+    derived[o]?.push({ metric: DERIVED_METRICS.distance, t: Number(r.t), value: Number(r.v) })
   }
-  if (moved.d.length > 0) {
-    await q.query(UPDATE_TRACKS, [arr.int4(moved.d), arr.float8(moved.t), arr.float8(moved.lat), arr.float8(moved.lon)])
-  }
-  const inserted = Math.max(0, samplesIn - derivedRows) + fresh.length
-  return { inserted, derived, samplesIn, positionsIn: fresh.length }
+  // in time order per batch, as they were derived
+  for (const list of derived) if (list.length > 1) list.sort((x, y) => x.t - y.t)
+  const inserted = Math.max(0, samplesIn - derivedRows) + positionsIn
+  return { inserted, derived, samplesIn, positionsIn }
 }
 
 /** The parameters of INSERT_SAMPLES / PLAIN_SAMPLES for a flush's samples, and the rows derived from its fixes after
@@ -283,11 +306,6 @@ function ownersOfPositions(cols: Columns): number[] {
     for (let k = sp.p0; k < sp.p1; k++) out[k] = i
   })
   return out
-}
-
-/** device and time to the microsecond (what timestamptz keeps), for matching RETURNING rows to the flush's fixes */
-function fixKey(device: number | undefined, t: number | undefined): string {
-  return `${device}:${Math.round((t ?? 0) * 1000)}`
 }
 
 interface Span {

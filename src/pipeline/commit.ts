@@ -2,16 +2,18 @@
 // with one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING per table. Every waiting QoS 1 batch is released
 // only when the statement that carried its rows has committed. The queue is bounded; a failed statement is retried
 // with backoff until the database comes back, so nothing accepted is ever dropped here. A flush with GPS fixes is one
-// transaction that also derives their distance (derive.ts): the fixes and their distance commit together or not at all.
+// statement that also derives their distance (commit-rows.ts): the fixes and their distance commit together or not at all.
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { type Db, isConnectionError, type Queryable } from '../store/db.js'
 import {
   type BatchMark,
   Columns,
+  ensureTracks,
   INSERT_SAMPLES,
   INSERT_SIGNED_BATCHES,
   isUniqueViolation,
+  KnownTracks,
   markParams,
   PLAIN_SAMPLES,
   sampleParams,
@@ -71,6 +73,8 @@ export class GroupCommitWriter {
   /** flushes being written, and the barriers waiting for some of them */
   private readonly flying = new Set<Columns>()
   private barriers: { waiting: Set<Columns>; resolve(): void }[] = []
+  /** devices whose track row exists, so a flush statement can lock it (commit-rows.ts) */
+  private readonly knownTracks = new KnownTracks()
   /** true while the last statement failed for connectivity: readiness reports it */
   healthy = true
 
@@ -163,8 +167,8 @@ export class GroupCommitWriter {
   }
 
   /**
-   * Readings alone: one autocommit statement. With fixes: one transaction that locks the devices' tracks, stores the
-   * fixes, derives distance from the ones that were new and stores it with the other samples.
+   * Readings alone: one autocommit statement. With fixes: one statement too (commit-rows.ts) that locks the devices'
+   * tracks, stores the fixes, derives distance from the ones that were new and stores it with the other samples.
    */
   private async write(cols: Columns): Promise<WriteResult> {
     const started = performance.now()
@@ -175,14 +179,15 @@ export class GroupCommitWriter {
       result = { inserted: n, derived: [] }
     } else {
       const upsert = performance.now() < this.conflictModeUntil
+      await ensureTracks(this.db, cols, this.knownTracks, ARR)
       try {
-        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, upsert, ARR)), cols, upsert)
+        result = this.tracked(await writeTracked(this.db, cols, upsert, ARR), cols, upsert)
       } catch (err) {
         if (upsert || !isUniqueViolation(err)) throw err
-        // The transaction wrote nothing: the same rows again, idempotently.
+        // The statement wrote nothing: the same rows again, idempotently.
         this.metrics.conflictRetries.inc()
         this.conflictModeUntil = performance.now() + CONFLICT_MODE_MS
-        result = this.tracked(await this.db.transaction((q) => writeTracked(q, cols, true, ARR)), cols, true)
+        result = this.tracked(await writeTracked(this.db, cols, true, ARR), cols, true)
       }
     }
     if (cols.bDev.length > 0) {

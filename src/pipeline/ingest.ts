@@ -105,7 +105,7 @@ export class Ingest {
   /**
    * Cluster mode: the device (re)connected to this node, possibly after sending readings to another one. What this
    * process held about it may be stale, so it goes; the newest committed fix (from the database) continues the
-   * speed check. Distance needs nothing here: it is derived from the committed track in the commit transaction.
+   * speed check. Distance needs nothing here: it is derived from the committed track by the commit statement.
    */
   resumeDevice(deviceKey: number, lastFix: { t: number; lat: number; lon: number } | null): void {
     this.seqs.forget(deviceKey)

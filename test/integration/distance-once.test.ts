@@ -67,7 +67,7 @@ function waitForLockWait(c: pg.Client): Promise<boolean> {
   return waitFor(async () => {
     const r = await c.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM pg_stat_activity
-       WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO positions%'`,
+       WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO positions%'`,
     )
     return (r.rows[0]?.n ?? 0) > 0
   }, 30_000)
