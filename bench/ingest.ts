@@ -26,7 +26,8 @@
 // Broker knobs: --flush-ms, --max-batch-rows, --writers, --pool, --embedded-thread worker|main (ingest.flushIntervalMs,
 // ingest.maxBatchRows, ingest.writers, databasePoolSize, embeddedThread). `--cpu-profile /tmp/window.cpuprofile` samples the broker's main thread over the
 // measured window only (open it in Chrome DevTools); `--heap-snapshot f.heapsnapshot` writes one at the window's end; `node --cpu-prof` profiles the whole run (the workers are forked
-// without it); `--generator-cpu-prof <dir>` profiles the load generators. Prints a human summary, then one line of
+// without it); `--generator-cpu-prof <dir>` profiles the load generators; `--generator-nice 10` runs them at a lower
+// priority (Linux), so on a machine they share with the broker a latency tail is the broker's, not a fight for cores. Prints a human summary, then one line of
 // JSON with every figure (incl. a hash of dist/src: the figures belong to one version of the broker).
 import { once } from 'node:events'
 import fs from 'node:fs'
@@ -88,6 +89,8 @@ const { values: a } = parseArgs({
     'cpu-profile': { type: 'string' },
     'heap-snapshot': { type: 'string' },
     'generator-cpu-prof': { type: 'string' },
+    // the load-generator processes' nice value (Linux; 0: as the broker): they share the broker's two cores here
+    'generator-nice': { type: 'string', default: '0' },
     help: { type: 'boolean', default: false },
   },
 })
@@ -108,6 +111,7 @@ const opts = {
   workers: num('workers', a.workers, 1),
   ramp: num('ramp', a.ramp, 1),
   flood: num('flood', a.flood, 0),
+  generatorNice: num('generator-nice', a['generator-nice'], 0),
 }
 const overrides: DeepPartial<BrokerConfig> = { ingest: {} }
 if (a['flush-ms'] !== undefined) overrides.ingest!.flushIntervalMs = num('flush-ms', a['flush-ms'], 0)
@@ -128,6 +132,8 @@ function startWorker(index: number): IngestWorker {
   const w = new WorkerHandle<ToWorker, FromWorker>(
     new URL('./lib/ingest-worker.js', import.meta.url),
     prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [],
+    undefined,
+    opts.generatorNice,
   )
   w.child.on('exit', (code) => {
     if (code !== 0 && code !== null) log(`worker ${index} exited with ${code}`)
@@ -435,7 +441,7 @@ async function run(
   const o = f.options
   const lines = [
     '',
-    `== pulsegate ingest: ${o.store}, ${f.connections.ok} mTLS connections, batch ${o.batch}, ${o.format}, inflight ${o.inflight}, ${o.rate === 0 ? 'saturation' : `target ${o.rate} msg/s`}, ${o.workers} worker(s)${f.label ? ` [${f.label}]` : ''}`,
+    `== pulsegate ingest: ${o.store}, ${f.connections.ok} mTLS connections, batch ${o.batch}, ${o.format}, inflight ${o.inflight}, ${o.rate === 0 ? 'saturation' : `target ${o.rate} msg/s`}, ${o.workers} worker(s)${o.generatorNice > 0 ? ` at nice ${o.generatorNice}` : ''}${f.label ? ` [${f.label}]` : ''}`,
     `   broker build ${f.brokerBuild}; load average ${f.loadavg} (at the end of the window); machine busy ${f.machineCoresBusy} of 2 cores, of which other work ${f.otherCoresBusy}`,
     `   durable readings/s ${f.throughput.readingsPerS}   messages/s ${f.throughput.messagesPerS}${o.rate ? `   (sent ${f.throughput.sentMessagesPerS}/s, missed by schedule ${f.throughput.missedBySchedule})` : ''}`,
     `   ack latency ms  p50 ${f.ackLatencyMs.p50}  p90 ${f.ackLatencyMs.p90}  p99 ${f.ackLatencyMs.p99}  p99.9 ${f.ackLatencyMs.p999}  max ${f.ackLatencyMs.max}  (n=${f.ackLatencyMs.count})`,

@@ -94,8 +94,15 @@ export class WorkerHandle<To extends { type: string }, From extends { type: stri
    * No inherited execArgv by default: a --cpu-prof on the broker process must not profile the generators too.
    * `intercept` sees every message first; returning true consumes it (e.g. progress lines nobody awaits).
    */
-  constructor(script: URL, execArgv: string[] = [], intercept?: (m: From) => boolean) {
-    this.child = fork(script, [], { execArgv, stdio: 'inherit' })
+  constructor(script: URL, execArgv: string[] = [], intercept?: (m: From) => boolean, nice = 0) {
+    // `nice -n N node …` keeps fork's IPC channel and starts every thread of the worker at that priority (as the
+    // simulator's --generator-nice does, simulators/swarm.ts): on a machine the broker shares, a load generator at a
+    // lower priority measures the broker rather than the contention for the cores.
+    const niced = nice > 0 && process.platform === 'linux'
+    this.child = fork(script, [], {
+      ...(niced ? { execPath: 'nice', execArgv: ['-n', String(nice), process.execPath, ...execArgv] } : { execArgv }),
+      stdio: 'inherit',
+    })
     this.child.on('message', (m: From) => {
       if (intercept?.(m)) return
       const w = this.waiters.get(m.type)
