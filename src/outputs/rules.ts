@@ -84,19 +84,62 @@ function dist(a: PosPoint, b: PosPoint): number {
   return 2 * R * Math.asin(Math.min(1, Math.sqrt(s)))
 }
 
-/** Mean speed over the last `spanMs` of fixes (null without two fixes in the span). */
+/** Fixes are averaged over buckets of this length before speed is measured: 10 fixes at 1 Hz, noise ÷ ~3. */
+export const SPEED_BUCKET_MS = 10_000
+/** A bucket's mean counts as movement once it is this far from the last counted one. */
+export const SPEED_NOISE_M = 10
+
+/**
+ * Mean speed over the last `spanMs` of fixes (null without two fixes in the span). Not the path length of the raw
+ * fixes: a standing watch's GPS wanders ±2.5 m once a second, which alone reads ~1 m/s, and a phone's ±10 m reads
+ * as running — a person at rest would never be "inactive" (hr_high), and noise would resolve a medic's
+ * stopped_abnormal or raise sensor_lost. So the fixes are averaged per SPEED_BUCKET_MS, a bucket counts once it is
+ * SPEED_NOISE_M from the last counted one, and the stretch since then is added at the end (a runner's pace is not
+ * cut short; at rest it is at most that noise over the span).
+ */
 export function recentSpeed(pos: readonly PosPoint[], now: number, spanMs: number): number | null {
-  let first: PosPoint | null = null
-  let last: PosPoint | null = null
+  let firstT = 0
+  let lastT = 0
+  let anchor: PosPoint | null = null
+  let mean: PosPoint | null = null
   let meters = 0
+  let bucket = Number.NaN
+  let n = 0
+  let sumT = 0
+  let sumLat = 0
+  let sumLon = 0
+  const close = () => {
+    if (n === 0) return
+    mean = { t: sumT / n, lat: sumLat / n, lon: sumLon / n }
+    if (!anchor) {
+      anchor = mean
+      firstT = mean.t
+    } else {
+      const d = dist(anchor, mean)
+      if (d >= SPEED_NOISE_M) {
+        meters += d
+        anchor = mean
+      }
+    }
+    lastT = mean.t
+    n = sumT = sumLat = sumLon = 0
+  }
   for (let i = firstAt(pos, now - spanMs); i < pos.length; i++) {
     const p = pos[i] as PosPoint
-    if (last) meters += dist(last, p)
-    else first = p
-    last = p
+    const b = Math.floor(p.t / SPEED_BUCKET_MS)
+    if (b !== bucket) {
+      close()
+      bucket = b
+    }
+    n++
+    sumT += p.t
+    sumLat += p.lat
+    sumLon += p.lon
   }
-  if (!first || !last || last.t <= first.t) return null
-  return meters / ((last.t - first.t) / 1000)
+  close()
+  if (!anchor || !mean || lastT <= firstT) return null
+  if (mean !== anchor) meters += dist(anchor, mean)
+  return meters / ((lastT - firstT) / 1000)
 }
 
 /**

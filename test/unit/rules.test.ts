@@ -1,6 +1,13 @@
 // Alert rules on synthetic streams: each fires on its pattern, stays quiet otherwise, respects per-user thresholds.
 import { describe, expect, it } from 'vitest'
-import { DEFAULT_RULES, evaluate, type Finding, predictedMaxHr, type Window } from '../../src/outputs/rules.js'
+import {
+  DEFAULT_RULES,
+  evaluate,
+  type Finding,
+  predictedMaxHr,
+  recentSpeed,
+  type Window,
+} from '../../src/outputs/rules.js'
 
 const NOW = 1_764_061_200_000
 const empty = (): Window => ({ hr: [], spo2: [], steps: [], pos: [] })
@@ -182,5 +189,66 @@ describe('sensor lost and SpO2', () => {
     const w = empty()
     w.spo2.push({ t: NOW, v: 85 })
     expect(find(evaluate(w, ctx()), 'spo2_low')).toBeUndefined()
+  })
+})
+
+describe('speed from noisy GPS (recentSpeed)', () => {
+  /** Fixes once a second over `spanMs`, moving north at `mps`, each off by up to ±noiseM on both axes (seeded). */
+  function noisy(w: Window, spanMs: number, mps: number, noiseM: number, seed0 = 11): void {
+    let seed = seed0
+    const noise = () => {
+      seed = (seed * 48271) % 2147483647
+      return (seed / 2147483647 - 0.5) * 2 * noiseM
+    }
+    const mPerDegLon = 111_195 * Math.cos((52.5 * Math.PI) / 180)
+    for (let t = NOW - spanMs; t <= NOW; t += 1000) {
+      const north = (mps * (t - (NOW - spanMs))) / 1000 + noise()
+      w.pos.push({ t, lat: 52.5 + north / 111_195, lon: 13.4 + noise() / mPerDegLon })
+    }
+  }
+  for (const [device, noiseM] of [
+    ['a watch', 2.5],
+    ['a phone', 10],
+  ] as const) {
+    it(`standing still with ${device}'s GPS (±${noiseM} m a second) reads as standing, over many seeds`, () => {
+      for (let seed = 1; seed <= 50; seed++) {
+        const w = empty()
+        noisy(w, 120_000, 0, noiseM, seed)
+        // the raw path length would read ~1 m/s (watch) and ~4 m/s (phone)
+        expect(recentSpeed(w.pos, NOW, 60_000)).toBeLessThan(0.3)
+      }
+    })
+  }
+  it('a runner at 3 m/s with ±5 m of noise: within 5 %', () => {
+    for (let seed = 1; seed <= 20; seed++) {
+      const w = empty()
+      noisy(w, 120_000, 3, 5, seed)
+      expect(Math.abs((recentSpeed(w.pos, NOW, 60_000) as number) - 3)).toBeLessThan(0.15)
+    }
+  })
+  it("a walker at 1.2 m/s with a phone's ±10 m is moving", () => {
+    const w = empty()
+    noisy(w, 120_000, 1.2, 10)
+    expect(recentSpeed(w.pos, NOW, 60_000)).toBeGreaterThan(0.9)
+  })
+  it('sparse fixes (one a minute apart) still give the speed between them', () => {
+    const w = empty()
+    w.pos.push({ t: NOW - 59_500, lat: 52.5, lon: 13.4 }, { t: NOW, lat: 52.5 + 200 / 111_195, lon: 13.4 })
+    expect(recentSpeed(w.pos, NOW, 60_000)).toBeCloseTo(200 / 59.5, 4)
+  })
+  it('at rest with a phone: high HR alerts (hr_high), missing HR is not a lost sensor, a medic alert stays open', () => {
+    const rest = empty()
+    noisy(rest, 10 * 60_000, 0, 10)
+    hrSeries(rest, 10 * 60_000, 10_000, () => 130)
+    expect(find(evaluate(rest, ctx()), 'hr_high')?.active).toBe(true)
+    const noHr = empty()
+    noisy(noHr, 120_000, 0, 10)
+    noHr.hr.push({ t: NOW - 120_000, hr: 150 })
+    expect(find(evaluate(noHr, ctx()), 'sensor_lost')?.active).not.toBe(true)
+    const down = empty()
+    noisy(down, 120_000, 0, 10)
+    hrSeries(down, 120_000, 1000, () => 34)
+    // stopped_abnormal's own test is the 25 m radius (a phone's ±10 m can leave it); it must not be resolved by noise
+    expect(find(evaluate(down, ctx({ inRace: true })), 'stopped_abnormal')?.active).not.toBe(false)
   })
 })
