@@ -59,6 +59,12 @@ const ARR = binaryArrays
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/** deadlock_detected, serialization_failure: the statement was cancelled for another's sake and can simply run again */
+function isTransientConflict(err: unknown): boolean {
+  const code = (err as { code?: string } | null)?.code
+  return code === '40P01' || code === '40001'
+}
+
 export class GroupCommitWriter {
   private current = new Columns()
   private readonly ready: Columns[] = []
@@ -239,6 +245,13 @@ export class GroupCommitWriter {
         return
       } catch (err) {
         this.metrics.writeErrors.inc()
+        if (isTransientConflict(err)) {
+          // Two flushes crossed (a deadlock PostgreSQL broke by cancelling this one): nothing of it is stored, and the
+          // same rows again will pass once the other has committed. Not the batch's fault, so not split or refused.
+          this.log.warn({ err: (err as Error).message, rows }, 'commit conflicted with another; retrying')
+          await sleep(5 + Math.random() * 20)
+          continue
+        }
         if (!isConnectionError(err) && cols.waiters.length > 1) {
           // A statement error that is not about connectivity: find the batch that causes it by writing alone.
           this.log.error(

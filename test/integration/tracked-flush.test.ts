@@ -219,4 +219,34 @@ describe.each(['postgres', 'embedded'] as Store[])('a flush with fixes as one st
       await w.close(5000)
     },
   )
+
+  it.runIf(store === 'postgres')(
+    'a flush cancelled as a deadlock victim runs again: stored once, not refused',
+    async () => {
+      const d = 5000
+      const metrics = createMetrics()
+      const w = new GroupCommitWriter(
+        db,
+        { maxBatchRows: 20_000, flushIntervalMs: 1, maxQueuedRows: 100_000, writers: 1 },
+        metrics,
+        log,
+      )
+      // PostgreSQL's own error for a deadlock victim, once (a sequence is not rolled back with the statement)
+      await db.exec(`CREATE SEQUENCE victim_once;
+      CREATE FUNCTION victim_once() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN
+        IF nextval('victim_once') = 1 THEN RAISE EXCEPTION 'deadlock detected (test)' USING ERRCODE = '40P01'; END IF;
+        RETURN NULL; END $f$;
+      CREATE TRIGGER victim_once BEFORE INSERT ON positions FOR EACH STATEMENT EXECUTE FUNCTION victim_once();`)
+      try {
+        const fixes = [0, 1, 2].map((i) => fixAt(d, i))
+        const out = await w.submit(d, [{ metric: 1, t: fixes[0]!.t, value: 120 }], fixes)
+        expect(out.inserted).toBe(4)
+        expect((await metrics.writeErrors.get()).values[0]?.value).toBe(1)
+        expect((await distanceOf(db, d)).rows).toBe(2)
+      } finally {
+        await db.exec('DROP TRIGGER victim_once ON positions; DROP FUNCTION victim_once(); DROP SEQUENCE victim_once;')
+        await w.close(5000)
+      }
+    },
+  )
 })
