@@ -2,7 +2,8 @@
 // with one INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING per table. Every waiting QoS 1 batch is released
 // only when the statement that carried its rows has committed. The queue is bounded; a failed statement is retried
 // with backoff until the database comes back, so nothing accepted is ever dropped here. A flush with GPS fixes is one
-// statement that also derives their distance (commit-rows.ts): the fixes and their distance commit together or not at all.
+// statement that also derives their distance (commit-rows.ts): the fixes and their distance commit together or not
+// at all.
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { type Db, isConnectionError, type Queryable } from '../store/db.js'
