@@ -122,10 +122,11 @@ export const INSERT_SIGNED_BATCHES = `INSERT INTO signed_batches (device_key, se
 export const PLAIN_SAMPLES = INSERT_SAMPLES.replace(/\s*ON CONFLICT DO NOTHING$/, '')
 export const PLAIN_POSITIONS = INSERT_POSITIONS.replace(/\s*ON CONFLICT DO NOTHING$/, '')
 /**
- * A flush with fixes as one statement (autocommit, so atomic without BEGIN/COMMIT: one round trip instead of six, which
- * was most of the pg client's and the embedded thread's cost per small flush). In order:
- * - lk: lock the flush's devices' track rows, in device order so two flushes never deadlock (LockRows above the Sort),
- *   and read each newest committed fix (FOR UPDATE re-reads a row a concurrent flush moved, after it commits);
+ * A flush with fixes as one statement (autocommit, so atomic without BEGIN/COMMIT): one round trip instead of six
+ * (bench/compare.ts: broker CPU per message ×4.3 → ×3.2–3.5 of bare Aedes, docs/benchmarks.md). In order:
+ * - lk: lock the flush's devices' track rows, in device order so two flushes do not deadlock on them (LockRows
+ *   above the Sort), and read each newest committed fix (FOR UPDATE re-reads a row a concurrent flush moved, once
+ *   that flush commits);
  * - ins: store the fixes, only after every lock is held (the InitPlan on lk runs before the first row);
  * - fresh: the fixes this statement stored (all after a plain INSERT, those RETURNING names after ON CONFLICT);
  * - seg/dist: distance from the track's fix through the fresh fixes newer than it, per device in time order, with
