@@ -1,5 +1,5 @@
-// The rows of one flush in column form (what unnest() wants), the statements that write them, and the transaction
-// of a flush with GPS fixes, which derives their distance (derive.ts) so fixes and distance commit together or not at all.
+// The rows of one flush in column form (what unnest() wants) and the statements that write them; a flush with GPS
+// fixes is one statement that also derives their distance, so fixes and distance commit together or not at all.
 import type { Queryable } from '../store/db.js'
 import { DERIVED_METRICS } from './derive.js'
 import type { ArrayParams } from './pg-arrays.js'
@@ -120,7 +120,6 @@ export const INSERT_SIGNED_BATCHES = `INSERT INTO signed_batches (device_key, se
 // 10k-row statements here), and duplicates that reach the database are rare (the seq window answers redeliveries).
 // A plain statement that hits the unique key fails whole and is re-run with ON CONFLICT (see write()).
 export const PLAIN_SAMPLES = INSERT_SAMPLES.replace(/\s*ON CONFLICT DO NOTHING$/, '')
-export const PLAIN_POSITIONS = INSERT_POSITIONS.replace(/\s*ON CONFLICT DO NOTHING$/, '')
 /**
  * A flush with fixes as one statement (autocommit, so atomic without BEGIN/COMMIT): one round trip instead of six
  * (bench/compare.ts: broker CPU per message ×4.3 → ×3.2–3.5 of bare Aedes, docs/benchmarks.md). In order:
@@ -254,22 +253,12 @@ export async function writeTracked(
   return { inserted, derived, samplesIn, positionsIn }
 }
 
-/** The parameters of INSERT_SAMPLES / PLAIN_SAMPLES for a flush's samples, and the rows derived from its fixes after
- *  them (appended by the encoder, so the flush's own columns are neither copied nor changed). */
-export function sampleParams(
-  cols: Columns,
-  arr: ArrayParams,
-  derived?: { t: number[]; d: number[]; m: number[]; v: number[] },
-): unknown[] {
-  return [
-    arr.float8(cols.sTime, derived?.t),
-    arr.int4(cols.sDev, derived?.d),
-    arr.int2(cols.sMetric, derived?.m),
-    arr.float8(cols.sValue, derived?.v),
-  ]
+/** The parameters of INSERT_SAMPLES / PLAIN_SAMPLES (and of the tracked statement's samples) for a flush. */
+export function sampleParams(cols: Columns, arr: ArrayParams): unknown[] {
+  return [arr.float8(cols.sTime), arr.int4(cols.sDev), arr.int2(cols.sMetric), arr.float8(cols.sValue)]
 }
 
-/** The parameters of INSERT_POSITIONS / PLAIN_POSITIONS for a flush's fixes. */
+/** The parameters of INSERT_POSITIONS (and of the tracked statement's fixes) for a flush. */
 export function positionParams(cols: Columns, arr: ArrayParams): unknown[] {
   return [
     arr.float8(cols.pTime),

@@ -14,11 +14,11 @@
 
 /** One array parameter per column type the commit statements use (commit-rows.ts: the casts in their unnest()). */
 export interface ArrayParams {
-  float8(xs: readonly number[], more?: readonly number[]): unknown
+  float8(xs: readonly number[]): unknown
   /** nullable float4 (a GPS fix's altitude and accuracy) */
   float4(xs: readonly (number | null)[]): unknown
-  int2(xs: readonly number[], more?: readonly number[]): unknown
-  int4(xs: readonly number[], more?: readonly number[]): unknown
+  int2(xs: readonly number[]): unknown
+  int4(xs: readonly number[]): unknown
   int8(xs: readonly number[]): unknown
   bool(xs: readonly boolean[]): unknown
 }
@@ -34,16 +34,12 @@ export function numericArrayLiteral(xs: readonly (number | null)[]): string {
   return `{${body}}`
 }
 
-function joined(xs: readonly number[], more: readonly number[] | undefined): string {
-  return more && more.length > 0 ? numericArrayLiteral(xs.concat(more)) : numericArrayLiteral(xs)
-}
-
 /** The text literals: the reference the binary encoding is tested against (both stores take the binary one). */
 export const textArrays: ArrayParams = {
-  float8: joined,
+  float8: numericArrayLiteral,
   float4: numericArrayLiteral,
-  int2: joined,
-  int4: joined,
+  int2: numericArrayLiteral,
+  int4: numericArrayLiteral,
   int8: numericArrayLiteral,
   bool: (xs) => `{${xs.join(',')}}`,
 }
@@ -72,17 +68,14 @@ function checkInt(x: number, min: number, max: number, type: string): void {
   if (!Number.isInteger(x) || x < min || x > max) throw new RangeError(`${x} is not a valid ${type}`)
 }
 
-function float8(xs: readonly number[], more: readonly number[] = []): Buffer {
-  const n = xs.length + more.length
-  const { buf, dv } = start(n, 8, OID.float8, false)
+function float8(xs: readonly number[]): Buffer {
+  const { buf, dv } = start(xs.length, 8, OID.float8, false)
   let off = 20
-  for (const part of [xs, more]) {
-    for (let i = 0; i < part.length; i++) {
-      dv.setInt32(off, 8)
-      // + 0 turns -0 into 0, as the text path does (JS prints -0 as "0"): both encodings store the same rows.
-      dv.setFloat64(off + 4, (part[i] as number) + 0)
-      off += 12
-    }
+  for (let i = 0; i < xs.length; i++) {
+    dv.setInt32(off, 8)
+    // + 0 turns -0 into 0, as the text path does (JS prints -0 as "0"): both encodings store the same rows.
+    dv.setFloat64(off + 4, (xs[i] as number) + 0)
+    off += 12
   }
   return buf
 }
@@ -107,26 +100,24 @@ function float4(xs: readonly (number | null)[]): Buffer {
 }
 
 /** int2[] or int4[]: the same layout, elements of 2 or 4 bytes (range-checked, so a bad value fails the flush). */
-function intArray(width: 2 | 4, xs: readonly number[], more: readonly number[] = []): Buffer {
+function intArray(width: 2 | 4, xs: readonly number[]): Buffer {
   const [oid, min, max, name] =
     width === 2 ? [OID.int2, -32768, 32767, 'int2'] : [OID.int4, -2147483648, 2147483647, 'int4']
-  const { buf, dv } = start(xs.length + more.length, width, oid, false)
+  const { buf, dv } = start(xs.length, width, oid, false)
   let off = 20
-  for (const part of [xs, more]) {
-    for (let i = 0; i < part.length; i++) {
-      const x = part[i] as number
-      checkInt(x, min, max, name)
-      dv.setInt32(off, width)
-      if (width === 2) dv.setInt16(off + 4, x)
-      else dv.setInt32(off + 4, x)
-      off += 4 + width
-    }
+  for (let i = 0; i < xs.length; i++) {
+    const x = xs[i] as number
+    checkInt(x, min, max, name)
+    dv.setInt32(off, width)
+    if (width === 2) dv.setInt16(off + 4, x)
+    else dv.setInt32(off + 4, x)
+    off += 4 + width
   }
   return buf
 }
 
-const int2 = (xs: readonly number[], more?: readonly number[]) => intArray(2, xs, more)
-const int4 = (xs: readonly number[], more?: readonly number[]) => intArray(4, xs, more)
+const int2 = (xs: readonly number[]) => intArray(2, xs)
+const int4 = (xs: readonly number[]) => intArray(4, xs)
 
 const TWO_32 = 2 ** 32
 

@@ -49,7 +49,8 @@ export interface TestCluster {
 
 const base: IClientOptions = { reconnectPeriod: 0, connectTimeout: 15_000, protocolVersion: 4, queueQoSZero: false }
 
-function spawnNode(
+/** One broker process (cluster-node.ts) on the store in `spec`: an empty `databaseUrl` is the embedded store. */
+export function spawnNode(
   name: string,
   spec: { dataDir: string; databaseUrl: string; overrides: DeepPartial<BrokerConfig> },
 ): Promise<ClusterNode> {

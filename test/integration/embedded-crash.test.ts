@@ -2,47 +2,11 @@
 // right after the last PUBACK (no shutdown, no flush) are all there when the store is opened again, once each.
 // (What this covers and what it does not: the process's crash. PGlite writes through Emscripten's NODEFS and never
 // calls fsync, so a power loss or a kernel crash is not covered; README "Sizing", docs/readings.md.)
-import { type ChildProcess, spawn } from 'node:child_process'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import type { ChildProcess } from 'node:child_process'
 import mqtt from 'mqtt'
 import { afterAll, describe, expect, it } from 'vitest'
+import { spawnNode } from '../helpers/cluster.js'
 import { type DeviceCreds, provisionDevice, startTestBroker, type TestBroker } from '../helpers/harness.js'
-
-const here = path.dirname(fileURLToPath(import.meta.url))
-
-/** A broker process on the embedded store in `dataDir` (test/helpers/cluster-node.ts); resolves once it listens. */
-function spawnBroker(dataDir: string): Promise<{ proc: ChildProcess; mqtts: number }> {
-  const proc = spawn(
-    process.execPath,
-    ['--import', path.join(here, '../helpers/ts-loader.mjs'), path.join(here, '../helpers/cluster-node.ts')],
-    {
-      env: {
-        ...process.env,
-        PULSEGATE_TEST_NODE: JSON.stringify({
-          dataDir,
-          databaseUrl: '',
-          jwtSecret: 'test-secret-0123456789abcdef',
-          logLevel: 'warn',
-          overrides: {},
-        }),
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  )
-  let out = ''
-  return new Promise((resolve, reject) => {
-    proc.stdout?.on('data', (c: Buffer) => {
-      out += c.toString()
-      const m = /PULSEGATE_READY (\{.*\})/.exec(out)
-      if (m) resolve({ proc, mqtts: (JSON.parse(m[1] as string) as { mqtts: number }).mqtts })
-    })
-    proc.stderr?.on('data', (c: Buffer) => {
-      out += c.toString()
-    })
-    proc.once('exit', (code) => reject(new Error(`broker exited (${code}) before it was ready:\n${out}`)))
-  })
-}
 
 describe('the embedded store after the broker process is killed (SIGKILL)', () => {
   let tb: TestBroker | null = null
@@ -60,9 +24,9 @@ describe('the embedded store after the broker process is killed (SIGKILL)', () =
     const ca = setup.ca
     await setup.stop()
 
-    const broker = await spawnBroker(dataDir)
+    const broker = await spawnNode('crash', { dataDir, databaseUrl: '', overrides: {} })
     child = broker.proc
-    const client = await mqtt.connectAsync(`mqtts://127.0.0.1:${broker.mqtts}`, {
+    const client = await mqtt.connectAsync(`mqtts://127.0.0.1:${broker.ports.mqtts}`, {
       clientId: dev.deviceId,
       key: dev.key,
       cert: dev.cert,

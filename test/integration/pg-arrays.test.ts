@@ -84,12 +84,9 @@ const BOOL = [true, false, false, true]
 
 const CASES = [
   ['float8', (e: ArrayParams) => e.float8(FLOAT8)],
-  ['float8', (e: ArrayParams) => e.float8(FLOAT8.slice(0, 5), FLOAT8.slice(5))],
   ['float4', (e: ArrayParams) => e.float4(FLOAT4)],
   ['int2', (e: ArrayParams) => e.int2(INT2)],
-  ['int2', (e: ArrayParams) => e.int2(INT2.slice(0, 2), INT2.slice(2))],
   ['int4', (e: ArrayParams) => e.int4(INT4)],
-  ['int4', (e: ArrayParams) => e.int4([], INT4)],
   ['int8', (e: ArrayParams) => e.int8(INT8)],
   ['bool', (e: ArrayParams) => e.bool(BOOL)],
   ['float8', (e: ArrayParams) => e.float8([])],
@@ -220,7 +217,7 @@ describe('the commit statements store identical rows through either encoding', (
     }
   }
 
-  it('samples alone, and a flush with fixes (distance derived in the transaction), and batch marks', async () => {
+  it('samples alone, and a flush with fixes (distance derived in the statement), and batch marks', async () => {
     const written: Awaited<ReturnType<typeof rowsOf>>[] = []
     const derived: number[] = []
     for (const [i, [, arr]] of encodings.entries()) {
