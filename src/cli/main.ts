@@ -54,7 +54,6 @@ function buildProgram(): Command {
       const firstStart = !fs.existsSync(pkiPaths(path.join(cfg.dataDir, 'pki')).caCert)
       const pg = await startPulsegate(cfg)
       const pkiMade = firstStart && fs.existsSync(pkiPaths(path.join(cfg.dataDir, 'pki')).caCert)
-      console.log(startBanner(cfg, pg.ports, { firstStart: pkiMade, store: pg.db.kind }))
       let signals = 0
       const onSignal = (sig: string) => {
         signals++
@@ -75,6 +74,8 @@ function buildProgram(): Command {
         process.on('SIGTERM', () => onSignal('SIGTERM'))
         process.on('SIGINT', () => onSignal('SIGINT'))
       }
+      // After the handlers: whoever waits for the banner may send a signal at once, and must get a graceful stop.
+      console.log(startBanner(cfg, pg.ports, { firstStart: pkiMade, store: pg.db.kind }))
     })
 
   program

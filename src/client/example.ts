@@ -3,7 +3,7 @@
 //   TOKEN=$(npx pulsegate token alice --role app --ttl 1h)
 //   node dist/src/client/example.js ws://localhost:8080/mqtt alice "$TOKEN" [cursor file]
 import fs from 'node:fs'
-import { connectPulsegate, type SyncCursor } from './index.js'
+import { connectPulsegate, type PulsegateClient, type SyncCursor } from './index.js'
 
 async function main(): Promise<void> {
   const [url = 'ws://localhost:8080/mqtt', userId, token, cursorArg] = process.argv.slice(2)
@@ -14,7 +14,15 @@ async function main(): Promise<void> {
     process.exitCode = 2
     return
   }
-  const client = await connectPulsegate({
+  let client: PulsegateClient | undefined
+  // Installed before anything else: a Ctrl-C at any point (even right after the "synced" line) closes and exits 0.
+  process.on('SIGINT', () => {
+    void (client?.close() ?? Promise.resolve()).then(
+      () => process.exit(0),
+      () => process.exit(1),
+    )
+  })
+  client = await connectPulsegate({
     url,
     userId,
     token,
@@ -27,12 +35,12 @@ async function main(): Promise<void> {
   const cursorFile = cursorArg ?? `.pulsegate-cursor-${userId}.json`
   const cursor = fs.existsSync(cursorFile) ? (JSON.parse(fs.readFileSync(cursorFile, 'utf8')) as SyncCursor) : {}
   const synced = await client.sync({ cursor, kinds: ['readings', 'alerts', 'recommendations'] })
+  // kept before it is announced: whoever reads the line may stop us at once
+  fs.writeFileSync(cursorFile, JSON.stringify(synced.cursor))
   console.log(
     `synced ${synced.readings.length} readings, ${synced.alerts.length} alerts, ` +
       `${synced.recommendations.length} recommendations in ${synced.pages} page(s)`,
   )
-  fs.writeFileSync(cursorFile, JSON.stringify(synced.cursor))
-  process.on('SIGINT', () => void client.close().then(() => process.exit(0)))
 }
 
 main().catch((err: Error) => {
