@@ -16,10 +16,11 @@ interface NodeSpec {
 const spec = JSON.parse(process.env.PULSEGATE_TEST_NODE ?? '{}') as NodeSpec
 const config = ephemeralConfig(spec, spec.overrides)
 const pg = await startPulsegate(config, { log: createLogger(config.logLevel) })
-process.stdout.write(`PULSEGATE_READY ${JSON.stringify(pg.ports)}\n`)
+// The handler before the line: a test may send SIGTERM the moment it reads it, and expects the graceful stop.
 process.on('SIGTERM', () => {
   pg.stop().then(
     () => process.exit(0),
     () => process.exit(1),
   )
 })
+process.stdout.write(`PULSEGATE_READY ${JSON.stringify(pg.ports)}\n`)
