@@ -233,7 +233,12 @@ export async function connackCode(p: Promise<MqttClient>): Promise<number | stri
   }
 }
 
-export function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 25): Promise<NonNullable<T>> {
+/**
+ * Polls `fn` until it returns something truthy. The default bound (20 s) is a bound on a condition, not a delay: a
+ * passing run returns as soon as it holds; the output engine has lagged the last PUBACK by ~7 s on these 2-core
+ * machines under the parallel suite, which a 10 s bound left too little room for.
+ */
+export function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 20_000, everyMs = 25): Promise<NonNullable<T>> {
   const started = Date.now()
   return new Promise((resolve, reject) => {
     const tick = async () => {

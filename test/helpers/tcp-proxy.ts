@@ -10,6 +10,8 @@ export interface TcpProxy {
   restore(): void
   /** from now on, each chunk waits this long each way (0: none); chunks already held keep their order */
   setLatency(ms: number): void
+  /** new connections go to this port from now on (a server restarted elsewhere, the address clients know kept) */
+  retarget(port: number): void
   close(): Promise<void>
 }
 
@@ -42,7 +44,8 @@ function delayedPipe(from: net.Socket, to: net.Socket, latency: () => number): v
   })
 }
 
-export async function startTcpProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
+export async function startTcpProxy(targetHost: string, initialPort: number): Promise<TcpProxy> {
+  let targetPort = initialPort
   let up = true
   let latencyMs = 0
   const latency = () => latencyMs
@@ -79,6 +82,9 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     },
     setLatency(ms) {
       latencyMs = ms
+    },
+    retarget(port) {
+      targetPort = port
     },
     close() {
       for (const s of pairs) s.destroy()

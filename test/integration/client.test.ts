@@ -97,6 +97,12 @@ describe('pulsegate/client', () => {
     expect(next.readings).toHaveLength(1)
     expect(next.readings[0]).toMatchObject({ device: dev.deviceId, metric: 'hr', value: 88 })
     expect(invalid).toEqual([])
+    // HR back to 88 resolves the episode, in the output engine after the PUBACK: wait for it here, so the example's
+    // runs below see it in the first run (or before), never between the two.
+    await waitFor(async () => {
+      const r = await tb.pg.db.query(`SELECT 1 FROM alerts WHERE user_id = 'carol' AND resolved_at IS NOT NULL`)
+      return r.rows.length > 0 ? true : null
+    }, 20_000)
   })
 
   it('a refused request is a SyncFailedError saying why; another user’s topics are refused', async () => {

@@ -1,9 +1,11 @@
 // Redis restarted under a running cluster: two broker processes on a private, throw-away redis-server (the shared
-// one on 6379 serves other suites and must not be touched), killed with SIGKILL mid-run and started again empty on
-// the same port. Readings never depend on Redis (they commit to PostgreSQL before the PUBACK), so the connected
-// devices keep committing while it is down; no broker process dies; and once Redis is back the cross-node outputs
-// (a device on node 1, its user's app on node 2) flow again. Every wait is for a condition: the devices stream a
-// sample a second, as trackers do, and the test waits until what it expects has arrived.
+// one on 6379 serves other suites and must not be touched), killed with SIGKILL mid-run and started again empty at
+// the same address: a TCP proxy the test holds, so the port the nodes know stays bound while Redis is down (a port
+// Redis left could be taken meanwhile by another test file's listen(0) or outgoing connection). Readings never
+// depend on Redis (they commit to PostgreSQL before the PUBACK), so the connected devices keep committing while it
+// is down; no broker process dies; and once Redis is back the cross-node outputs (a device on node 1, its user's app
+// on node 2) flow again. Every wait is for a condition: the devices stream a sample a second, as trackers do, and
+// the test waits until what it expects has arrived.
 import { type ChildProcess, spawn } from 'node:child_process'
 import net from 'node:net'
 import type { MqttClient } from 'mqtt'
@@ -11,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { LiveSnapshot } from '../../src/outputs/payloads.js'
 import { type ClusterNode, startCluster, type TestCluster } from '../helpers/cluster.js'
 import { waitFor } from '../helpers/harness.js'
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js'
 
 const WAIT = 90_000 // conditions, not delays: several suites may share two cores
 
@@ -76,14 +79,15 @@ function stream(client: MqttClient, deviceId: string) {
 
 let c: TestCluster
 let redis: ChildProcess | null = null
-let port = 0
+let proxy: TcpProxy | null = null
 const clients: MqttClient[] = []
 const streams: { stop(): void }[] = []
 
 beforeAll(async () => {
-  port = await freePort()
+  const port = await freePort()
   redis = await startRedis(port)
-  c = await startCluster(2, { redisUrl: `redis://127.0.0.1:${port}` })
+  proxy = await startTcpProxy('127.0.0.1', port)
+  c = await startCluster(2, { redisUrl: `redis://127.0.0.1:${proxy.port}` })
 }, 240_000)
 
 afterAll(async () => {
@@ -91,6 +95,7 @@ afterAll(async () => {
   await Promise.all(clients.map((m) => m.endAsync(true).catch(() => {})))
   await c?.stop()
   await stopRedis(redis, 'SIGTERM')
+  await proxy?.close()
 }, 120_000)
 
 describe('Redis restarted under a two-node cluster', () => {
@@ -124,8 +129,10 @@ describe('Redis restarted under a two-node cluster', () => {
     await waitFor(() => s1.acked.length >= down1 + 3 && s2.acked.length >= down2 + 3, WAIT, 100)
     expect(d1.connected && d2.connected).toBe(true)
 
-    // Back, empty, on the same port: the outputs flow again (a snapshot of a sample taken after the restart).
+    // Back, empty, at the same address: the outputs flow again (a snapshot of a sample taken after the restart).
+    const port = await freePort()
     redis = await startRedis(port)
+    proxy?.retarget(port)
     const backAt = Date.now()
     await waitFor(() => live.some((s) => s.t >= backAt), WAIT, 100)
     // Both nodes ready again once their Redis connections are up.

@@ -1,6 +1,7 @@
 // The operators' monitoring cannot rot: every metric the Grafana dashboard (deploy/grafana/) and the Prometheus alert
 // rules (deploy/prometheus/alerts.yml) read exists on a real broker's /metrics, and the dashboard and rules cover
 // what an operator watches. promtool's syntax checks are in deploy.test.ts.
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -38,7 +39,7 @@ describe('dashboard and alert rules against /metrics', () => {
     // Redis (cluster mode) and a PROXY-protocol listener: every optional family is registered.
     tb = await startTestBroker('postgres', {
       redisUrl: REDIS_URL,
-      cluster: { prefix: `mon${process.pid}` },
+      cluster: { prefix: `mon-${crypto.randomBytes(5).toString('hex')}` },
       proxy: { http: 'optional', trusted: ['127.0.0.2/32'] },
     })
     const text = await (await fetch(`http://127.0.0.1:${tb.pg.ports.http}/metrics`)).text()

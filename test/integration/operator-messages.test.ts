@@ -2,6 +2,7 @@
 // and shown in /readyz; a port already in use names the PULSEGATE_*_PORT to set and exits non-zero without a stack
 // trace; `pulsegate start` prints where the console, metrics and PKI are and how to connect a device.
 import { type ChildProcess, spawn } from 'node:child_process'
+import crypto from 'node:crypto'
 import net from 'node:net'
 import path from 'node:path'
 import { Writable } from 'node:stream'
@@ -17,14 +18,11 @@ import { startTcpProxy } from '../helpers/tcp-proxy.js'
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
 
-/** A port nobody listens on: bound, then closed. */
-async function closedPort(): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const port = (s.address() as net.AddressInfo).port
-  await new Promise<void>((r) => s.close(() => r()))
-  return port
-}
+/**
+ * A port nobody listens on: 1 (tcpmux, privileged, never handed out by listen(0)). A port bound and closed again
+ * could be taken by another test file's listen(0) meanwhile, and the error would no longer be ECONNREFUSED.
+ */
+const CLOSED_PORT = 1
 
 interface LogLine {
   level: number
@@ -60,7 +58,7 @@ async function readyz(pg: Pulsegate): Promise<{ status: number; body: Readyz }> 
 describe('Redis unreachable', () => {
   const brokers: Pulsegate[] = []
   const cleanups: (() => Promise<void>)[] = []
-  const prefix = `opmsg${process.pid}`
+  const prefix = `opmsg-${crypto.randomBytes(5).toString('hex')}`
 
   afterAll(async () => {
     for (const pg of brokers) await pg.stop()
@@ -87,7 +85,7 @@ describe('Redis unreachable', () => {
   }
 
   it('at a closed port: one error line naming the address and the cause; and cluster mode does not start', async () => {
-    const port = await closedPort()
+    const port = CLOSED_PORT
     const lines: LogLine[] = []
     const failed = await start(`redis://:hunter2@127.0.0.1:${port}`, lines).then(
       () => null,
@@ -201,9 +199,9 @@ describe('pulsegate start', () => {
   }, 120_000)
 
   it('the MQTT port in use names PULSEGATE_MQTT_PORT', async () => {
-    const port = await closedPort()
     const busy = net.createServer()
-    await new Promise<void>((r) => busy.listen(port, '127.0.0.1', r))
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r))
+    const port = (busy.address() as net.AddressInfo).port
     try {
       const cli = startCli({ ...(await baseEnv()), PULSEGATE_MQTT_PORT: String(port) })
       children.push(cli.child)

@@ -45,7 +45,8 @@ async function startBroker(): Promise<TestBroker> {
         timeoutMs: 3000,
         maxAttempts: MAX_ATTEMPTS,
         backoffBaseMs: 50,
-        backoffMaxMs: 600,
+        // Steps grow to 3 s: the down-then-up case has seconds, not ~1.5 s, between its second attempt and the last.
+        backoffMaxMs: 3000,
         sweepMs: 200,
       },
     },
@@ -210,13 +211,16 @@ describe('webhook output (push for offline apps)', () => {
     const before = await metrics('pulsegate_webhook_attempts_total', { result: 'network' })
     await lowSpo2('carol')
     // Carol's own row: the counter is shared with any other push the closed endpoint cut off.
-    await waitFor(async () => ((await rowsOf('carol'))[0]?.attempts ?? 0) >= 2)
-    expect(await metrics('pulsegate_webhook_attempts_total', { result: 'network' })).toBeGreaterThanOrEqual(before + 2)
+    const row = await waitFor(async () => {
+      const r = (await rowsOf('carol'))[0]
+      return (r?.attempts ?? 0) >= 2 ? r : null
+    })
     expect(receiver.of('carol')).toEqual([])
-    const row = (await rowsOf('carol'))[0]
-    expect(row?.state).toBe('pending')
-    expect(row?.last_error).toMatch(/ECONNREFUSED/)
+    // Up again at once, before the checks that query: the retries left must not run out while they are made.
     await receiver.up()
+    expect(row.state).toBe('pending')
+    expect(row.last_error).toMatch(/ECONNREFUSED/)
+    expect(await metrics('pulsegate_webhook_attempts_total', { result: 'network' })).toBeGreaterThanOrEqual(before + 2)
     await waitFor(() => receiver.of('carol').length > 0, 20_000)
     await waitFor(async () => (await rowsOf('carol'))[0]?.state === 'delivered')
     const done = (await rowsOf('carol'))[0]
@@ -265,6 +269,8 @@ describe('webhook output (push for offline apps)', () => {
     const deadBefore = await outcome('dead_lettered')
     await lowSpo2('erin')
     await waitFor(async () => (await rowsOf('erin'))[0]?.state === 'dead', 30_000)
+    // The counter moves just after the row (service.ts: the row, then the metric): wait for it, not for luck.
+    await waitFor(async () => (await outcome('dead_lettered')) >= deadBefore + 1)
     const row = (await rowsOf('erin'))[0]
     expect(row?.attempts).toBe(MAX_ATTEMPTS)
     expect(row?.last_error).toBe('HTTP 503')

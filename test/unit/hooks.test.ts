@@ -9,7 +9,7 @@ import path from 'node:path'
 import { PassThrough } from 'node:stream'
 import type { PeerCertificate } from 'node:tls'
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket } from 'aedes'
-import type { Counter, Gauge } from 'prom-client'
+import { type Counter, type Gauge, Registry } from 'prom-client'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
 import { loadConfig } from '../../broker.config.js'
 import { createAuthenticate } from '../../src/hooks/authenticate.js'
@@ -27,6 +27,7 @@ import { createLogger } from '../../src/log.js'
 import { createMetrics, type Metrics } from '../../src/metrics.js'
 import type { AuditEntry, AuditSink } from '../../src/ops/audit-types.js'
 import { ConsentPayloadError } from '../../src/ops/consent-model.js'
+import { ErasureGuard } from '../../src/ops/erasure-guard.js'
 import type { IngestSource } from '../../src/pipeline/ingest.js'
 import type { CertificateRecord, DeviceRecord } from '../../src/store/registry.js'
 import { type ConnInfo, setConnInfo } from '../../src/transport/connection.js'
@@ -320,6 +321,10 @@ describe('authorizePublish', () => {
   })
 
   function publish(client: Client | null, pkt: PublishPacket): Promise<Error | null> {
+    return publisher()(client, pkt)
+  }
+  /** One hook instance (it keeps per-connection state), optionally with an erasure guard. */
+  function publisher(erasure?: ErasureGuard): (client: Client | null, pkt: PublishPacket) => Promise<Error | null> {
     const hook = createAuthorizePublish({
       lookups,
       principals,
@@ -334,8 +339,9 @@ describe('authorizePublish', () => {
       routing,
       metrics,
       log,
+      ...(erasure ? { erasure } : {}),
     })
-    return new Promise((resolve) => hook(client, pkt, (err) => resolve(err ?? null)))
+    return (client, pkt) => new Promise((resolve) => hook(client, pkt, (err) => resolve(err ?? null)))
   }
   function as(p: Principal, id: string): Client {
     const c = fakeClient(id)
@@ -412,6 +418,23 @@ describe('authorizePublish', () => {
     ])
     expect(readings.retain).toBe(false)
     expect(await count(metrics.packetsIn, { qos: '1' })).toBe(1)
+  })
+
+  it("refuses a tracker's own readings once its user's erasure began, on a connection whose readings went through", async () => {
+    const guard = new ErasureGuard(new Registry())
+    const send = publisher(guard)
+    const c = as(tracker, 'tracker-1')
+    expect(await send(c, packet('devices/tracker-1/readings', '{"seq":1}'))).toBeNull()
+    guard.begin('alice', [{ deviceKey: 7, deviceId: 'tracker-1' }], Date.now())
+    expect((await send(c, packet('devices/tracker-1/readings', '{"seq":2}')))?.message).toBe(
+      'publish to devices/tracker-1/readings refused: the data of its user is being erased',
+    )
+    // the general path refuses the same way (status), and another device's topic is still not this one's
+    expect((await send(c, packet('devices/tracker-1/status', '{}')))?.message).toMatch(/being erased/)
+    expect((await send(c, packet('devices/tracker-2/readings', '{}')))?.message).toMatch(/not_your_device/)
+    expect(handed).toEqual([
+      { kind: 'readings', src: { deviceId: 'tracker-1', deviceKey: 7, userId: 'alice' }, payload: '{"seq":1}', qos: 1 },
+    ])
   })
 
   it("hands a bridge's relayed readings over with the owner's source from the registry", async () => {
