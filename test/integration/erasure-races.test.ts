@@ -45,7 +45,7 @@ describe('GroupCommitWriter.flushBarrier', () => {
     await watcher.connect()
     const waitingInserts = async (): Promise<number> => {
       const r = await watcher.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
       )
       return r.rows[0]?.n ?? 0
     }
