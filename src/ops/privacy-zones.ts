@@ -6,10 +6,10 @@
 import type { PreferencesService } from '../insights/preferences/service.js'
 import type { PrivacyZone } from '../insights/preferences/reader.js'
 import type { ZoneGate } from '../outputs/zone-gate.js'
-import { haversineMeters } from '../pipeline/validate-speed.js'
+import { EARTH_RADIUS_M, haversineMeters } from '../pipeline/validate-speed.js'
 
-/** metres per degree of latitude (mean Earth radius 6,371,008.8 m) */
-const M_PER_DEG = (Math.PI * 6_371_008.8) / 180
+/** metres per degree of latitude */
+const M_PER_DEG = (Math.PI * EARTH_RADIUS_M) / 180
 
 export interface CompiledZone {
   lat: number

@@ -1,6 +1,7 @@
 // Alert rules as pure functions over a user's recent window: testable with synthetic streams, no I/O.
 // Numbers from the domain reference (§3): Apple-style sustained thresholds while inactive, Tanaka max HR, and the race
 // pattern "stopped moving + HR missing or abnormal" instead of high HR (normal in a race).
+import { haversineMeters } from '../pipeline/validate-speed.js'
 import type { AlertKind, Severity } from './payloads.js'
 
 export interface HrPoint {
@@ -75,14 +76,8 @@ export interface Finding {
   evidence: Record<string, number | null>
 }
 
-const R = 6371008.8
-function dist(a: PosPoint, b: PosPoint): number {
-  const toRad = Math.PI / 180
-  const dLat = (b.lat - a.lat) * toRad
-  const dLon = (b.lon - a.lon) * toRad
-  const s = Math.sin(dLat / 2) ** 2 + Math.cos(a.lat * toRad) * Math.cos(b.lat * toRad) * Math.sin(dLon / 2) ** 2
-  return 2 * R * Math.asin(Math.min(1, Math.sqrt(s)))
-}
+/** the validator's great-circle distance, so a rule and the speed check never disagree about a metre */
+const dist = (a: PosPoint, b: PosPoint): number => haversineMeters(a.lat, a.lon, b.lat, b.lon)
 
 /** Fixes are averaged over buckets of this length before speed is measured: 10 fixes at 1 Hz, noise ÷ ~3. */
 export const SPEED_BUCKET_MS = 10_000

@@ -4,6 +4,7 @@ import type { Queryable } from '../store/db.js'
 import { DERIVED_METRICS } from './derive.js'
 import type { ArrayParams } from './pg-arrays.js'
 import type { PositionSample, ScalarSample } from './types.js'
+import { EARTH_RADIUS_M } from './validate-speed.js'
 
 export interface CommitOutcome {
   /** rows of this flush that were new (the rest were duplicates of stored rows) */
@@ -162,7 +163,7 @@ export function trackedStatement(upsert: boolean): string {
     ) AS a WINDOW w AS (PARTITION BY d ORDER BY t)
   ),
   dist AS MATERIALIZED (
-    SELECT d, t, o, 2 * 6371008.8 * asin(least(1, sqrt(
+    SELECT d, t, o, 2 * ${EARTH_RADIUS_M} * asin(least(1, sqrt(
         sin((la - pla) * (pi() / 180) / 2) ^ 2
         + cos(pla * (pi() / 180)) * cos(la * (pi() / 180)) * sin((lo - plo) * (pi() / 180) / 2) ^ 2
       ))) AS v

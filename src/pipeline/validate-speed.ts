@@ -8,7 +8,8 @@ export interface DeviceTrack {
   lastPos?: { t: number; lat: number; lon: number }
 }
 
-const EARTH_RADIUS_M = 6_371_008.8
+/** mean Earth radius (IUGG), metres: every great-circle distance here uses it */
+export const EARTH_RADIUS_M = 6_371_008.8
 const DEG = Math.PI / 180
 
 /** Great-circle distance in metres (mean Earth radius). */
