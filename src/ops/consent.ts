@@ -9,7 +9,7 @@
 // user-level grant instead would let opting in for one race show a runner on another they joined without consent.
 import { Counter, Registry } from 'prom-client'
 import type { Logger } from '../log.js'
-import type { Db, Queryable } from '../store/db.js'
+import { type Db, isUniqueViolation, type Queryable } from '../store/db.js'
 import { isValidId, topicFor } from '../topics/grammar.js'
 import type { AuditActor, AuditSink } from './audit-types.js'
 import {
@@ -67,10 +67,6 @@ const LOCK_SQL = 'SELECT pg_advisory_xact_lock(1668247155, hashtext($1::text))'
 const MAX_ATTEMPTS = 5
 /** Users per bulk-load statement. */
 const LOAD_CHUNK = 5000
-
-function isUniqueViolation(err: unknown): boolean {
-  return (err as { code?: string } | null)?.code === '23505'
-}
 
 export interface ConsentServiceOptions {
   /** prom-client registry for the consent counters (the broker's); a private one otherwise */

@@ -206,10 +206,6 @@ export class KnownTracks {
   }
 }
 
-export function isUniqueViolation(err: unknown): boolean {
-  return (err as { code?: string } | null)?.code === '23505'
-}
-
 /** The track rows the flush statement locks: created (and committed) first for devices not seen before. */
 export async function ensureTracks(q: Queryable, cols: Columns, known: KnownTracks, arr: ArrayParams): Promise<void> {
   const missing = known.missing(new Set(cols.pDev))

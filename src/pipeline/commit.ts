@@ -6,14 +6,13 @@
 // at all.
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { type Db, isConnectionError, type Queryable } from '../store/db.js'
+import { type Db, isConnectionError, isTransientConflict, isUniqueViolation, type Queryable } from '../store/db.js'
 import {
   type BatchMark,
   Columns,
   ensureTracks,
   INSERT_SAMPLES,
   INSERT_SIGNED_BATCHES,
-  isUniqueViolation,
   KnownTracks,
   markParams,
   PLAIN_SAMPLES,
@@ -59,12 +58,6 @@ const CONFLICT_MODE_MS = 30_000
 const ARR = binaryArrays
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-/** deadlock_detected, serialization_failure: the statement was cancelled for another's sake and can simply run again */
-function isTransientConflict(err: unknown): boolean {
-  const code = (err as { code?: string } | null)?.code
-  return code === '40P01' || code === '40001'
-}
 
 export class GroupCommitWriter {
   private current = new Columns()

@@ -40,6 +40,17 @@ export interface Db extends Queryable {
   lane(name: LaneName): Db
 }
 
+/** SQLSTATE 23505: a row with that key is there already */
+export function isUniqueViolation(err: unknown): boolean {
+  return (err as { code?: string } | null)?.code === '23505'
+}
+
+/** deadlock_detected, serialization_failure: the statement was cancelled for another's sake and can simply run again */
+export function isTransientConflict(err: unknown): boolean {
+  const code = (err as { code?: string } | null)?.code
+  return code === '40P01' || code === '40001'
+}
+
 /** Errors that mean "the database is not reachable right now", as opposed to a bad statement. */
 export function isConnectionError(err: unknown): boolean {
   const e = err as { code?: string; message?: string } | null
