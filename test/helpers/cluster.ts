@@ -16,7 +16,7 @@ import { createLogger } from '../../src/log.js'
 import type { Db } from '../../src/store/db.js'
 import { openPostgres } from '../../src/store/postgres.js'
 import { Registry } from '../../src/store/registry.js'
-import { createTestDatabase, type DeviceCreds, dropRedisPrefix, REDIS_URL, tempDir } from './harness.js'
+import { createTestDatabase, type DeviceCreds, dropRedisPrefix, REDIS_URL, requireRedis, tempDir } from './harness.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 export const JWT_SECRET = 'test-secret-0123456789abcdef'
@@ -98,6 +98,7 @@ process.on('exit', () => {
 })
 
 export async function startCluster(n: number, overrides: DeepPartial<BrokerConfig> = {}): Promise<TestCluster> {
+  await requireRedis(overrides.redisUrl ?? REDIS_URL)
   const dataDir = tempDir('pulsegate-cluster-')
   await initPki(path.join(dataDir, 'pki'))
   const database = await createTestDatabase()
@@ -187,7 +188,8 @@ export async function startCluster(n: number, overrides: DeepPartial<BrokerConfi
       await stopAll()
       await db.close()
       await database.drop()
-      await dropRedisPrefix(prefix)
+      // where the nodes kept them (a test may give the cluster a Redis of its own)
+      await dropRedisPrefix(prefix, [0, 1], spec.overrides.redisUrl)
     },
   }
 }

@@ -42,9 +42,32 @@ export async function createTestDatabase(): Promise<{ url: string; drop(): Promi
 }
 
 /** Deletes a test run's Redis keys (cluster mode: sessions in db 1, leases and boards in db 0; channels need none). */
-export async function dropRedisPrefix(prefix: string, dbs: readonly number[] = [0, 1]): Promise<void> {
+/** Redis answers PING; fails loudly (never skips) when it is not there, naming the address instead of ioredis' retries. */
+export async function requireRedis(url: string = REDIS_URL): Promise<void> {
+  const r = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: 3000,
+  })
+  r.on('error', () => {})
+  try {
+    await r.connect()
+    await r.ping()
+  } catch (err) {
+    throw new Error(`Redis is required for the integration tests at ${url}: ${(err as Error).message}`)
+  } finally {
+    r.disconnect()
+  }
+}
+
+export async function dropRedisPrefix(
+  prefix: string,
+  dbs: readonly number[] = [0, 1],
+  url: string = REDIS_URL,
+): Promise<void> {
   for (const db of dbs) {
-    const r = new Redis(REDIS_URL, { db })
+    const r = new Redis(url, { db })
     try {
       let cursor = '0'
       do {
@@ -77,6 +100,7 @@ export async function startTestBroker(
   reuse?: { dataDir?: string; dbUrl?: string },
   start: Omit<StartOptions, 'log'> = {},
 ): Promise<TestBroker> {
+  if (overrides.redisUrl) await requireRedis(overrides.redisUrl)
   const dataDir = reuse?.dataDir ?? tempDir()
   const database = store === 'postgres' && !reuse?.dbUrl ? await createTestDatabase() : null
   const dbUrl = reuse?.dbUrl ?? database?.url ?? null
@@ -105,7 +129,7 @@ export async function startTestBroker(
       await instance.stop()
       if (database && !reuse?.dbUrl) await database.drop()
       if (config.redisUrl && config.databaseUrl)
-        await dropRedisPrefix(config.cluster.prefix, [0, config.cluster.redisDb])
+        await dropRedisPrefix(config.cluster.prefix, [0, config.cluster.redisDb], config.redisUrl)
     },
   }
 }
