@@ -21,7 +21,8 @@ export function startBanner(
     `  console      ${web}/            race control (sign in with a medic or admin token)`,
     `  metrics      ${web}/metrics     health ${web}/healthz, readiness ${web}/readyz`,
     `  MQTT         ${ports.mqtt !== null ? `mqtt://${host}:${ports.mqtt} (JWT)` : 'off'}` +
-      `   MQTT/TLS ${ports.mqtts !== null ? `mqtts://${host}:${ports.mqtts} (device certificate or JWT)` : 'off'}` +
+      `   MQTT/TLS ${ports.mqtts !== null ? `mqtts://${host}:${ports.mqtts} (device certificate)` : 'off'}` +
+      (ports.mqttsToken !== null ? `   MQTT/TLS mqtts://${host}:${ports.mqttsToken} (JWT, certificate optional)` : '') +
       `   WebSocket ${ws} (JWT)`,
     devPki
       ? `  PKI          ${path.dirname(pki.caCert)} (CA ${path.basename(pki.caCert)}; device certificates in devices/)`
