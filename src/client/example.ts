@@ -33,8 +33,12 @@ async function main(): Promise<void> {
   await client.onRecommendation((r) => console.log(`recommendation: ${r.title}: ${r.message}`))
 
   const cursorFile = cursorArg ?? `.pulsegate-cursor-${userId}.json`
-  const cursor = fs.existsSync(cursorFile) ? (JSON.parse(fs.readFileSync(cursorFile, 'utf8')) as SyncCursor) : {}
-  const synced = await client.sync({ cursor, kinds: ['readings', 'alerts', 'recommendations'] })
+  // No file yet: from the beginning, in commit order (the client's default), so late uploads are never missed.
+  const cursor = fs.existsSync(cursorFile) ? (JSON.parse(fs.readFileSync(cursorFile, 'utf8')) as SyncCursor) : undefined
+  const synced = await client.sync({
+    ...(cursor !== undefined ? { cursor } : {}),
+    kinds: ['readings', 'alerts', 'recommendations'],
+  })
   // kept before it is announced: whoever reads the line may stop us at once
   fs.writeFileSync(cursorFile, JSON.stringify(synced.cursor))
   console.log(
