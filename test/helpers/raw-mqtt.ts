@@ -9,6 +9,8 @@ export interface RawTarget {
   port: number
   /** mTLS: client certificate and key, and the CA of the server certificate */
   tls?: { cert: string; key: string; ca: Buffer }
+  /** bytes written before any MQTT packet (a load balancer's PROXY header; plain TCP only) */
+  preamble?: Buffer
 }
 
 export class RawMqtt {
@@ -36,7 +38,10 @@ export class RawMqtt {
         ? tls.connect({ host: '127.0.0.1', port: target.port, servername: 'localhost', ...target.tls }, () =>
             resolve(new RawMqtt(socket)),
           )
-        : net.connect({ host: '127.0.0.1', port: target.port }, () => resolve(new RawMqtt(socket)))
+        : net.connect({ host: '127.0.0.1', port: target.port }, () => {
+            if (target.preamble) socket.write(target.preamble)
+            resolve(new RawMqtt(socket))
+          })
       socket.once('error', reject)
     })
   }

@@ -3,6 +3,8 @@
 // on counts, never on how long anything took.
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { buildV2Header } from '../../src/transport/proxy-protocol.js'
+import { RawMqtt } from '../helpers/raw-mqtt.js'
 import {
   connackCode,
   connectDevice,
@@ -169,5 +171,48 @@ describe('connection limits', () => {
     expect(await metric(tb, 'pulsegate_limit_banned')).toBe(1)
     expect(await metric(tb, 'pulsegate_limit_flapping_bans_total')).toBe(1)
     expect(await connackCode(connectWithToken(tb, jwt, 'app:flapper:2'))).toBe(0)
+  }, 90_000)
+})
+
+describe('connection limits behind a load balancer (PROXY protocol)', () => {
+  let tb: TestBroker
+  const raws: RawMqtt[] = []
+
+  beforeAll(async () => {
+    // The test itself is the load balancer: its connections come from 127.0.0.1 with the clients' addresses in front.
+    tb = await startTestBroker('postgres', {
+      limits: { maxConnectionsPerIp: 2 },
+      proxy: { mqtt: 'required', trusted: ['127.0.0.1/32'] },
+    })
+  }, 120_000)
+  afterAll(async () => {
+    for (const r of raws) r.end()
+    await tb?.stop()
+  }, 90_000)
+
+  const connackFrom = async (sourceAddress: string, n: number, jwt: string): Promise<number> => {
+    const preamble = buildV2Header({
+      addresses: { family: 'IPv4', sourceAddress, sourcePort: 40_000 + n, destAddress: '127.0.0.1', destPort: 1883 },
+    })
+    const raw = await RawMqtt.open({ port: tb.pg.ports.mqtt as number, preamble })
+    raws.push(raw)
+    raw.connect({ clientId: `app:behindlb:${n}`, clean: true, password: jwt })
+    return (await raw.next('connack')).returnCode ?? -1
+  }
+
+  it('counts each client address the balancer reports, not the balancer’s own', async () => {
+    const jwt = await token(tb, 'behindlb', 'app')
+    const before = await metric(tb, 'pulsegate_limit_connect_refusals_total', { reason: 'ip_connection_limit' })
+    expect(await connackFrom('198.51.100.7', 1, jwt)).toBe(0)
+    expect(await connackFrom('198.51.100.7', 2, jwt)).toBe(0)
+    expect(await connackFrom('198.51.100.7', 3, jwt)).toBe(3)
+    // another client behind the same balancer is not held to the first one's limit
+    expect(await connackFrom('198.51.100.8', 4, jwt)).toBe(0)
+    expect(tb.pg.limits.connect.openFrom('198.51.100.7')).toBe(2)
+    expect(tb.pg.limits.connect.openFrom('198.51.100.8')).toBe(1)
+    expect(tb.pg.limits.connect.openFrom('127.0.0.1')).toBe(0)
+    expect(await metric(tb, 'pulsegate_limit_connect_refusals_total', { reason: 'ip_connection_limit' })).toBe(
+      before + 1,
+    )
   }, 90_000)
 })
