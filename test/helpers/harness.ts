@@ -41,7 +41,6 @@ export async function createTestDatabase(): Promise<{ url: string; drop(): Promi
   }
 }
 
-/** Deletes a test run's Redis keys (cluster mode: sessions in db 1, leases and boards in db 0; channels need none). */
 /** Redis answers PING; fails loudly (never skips) when it is not there, naming the address instead of ioredis' retries. */
 export async function requireRedis(url: string = REDIS_URL): Promise<void> {
   const r = new Redis(url, {
@@ -61,6 +60,7 @@ export async function requireRedis(url: string = REDIS_URL): Promise<void> {
   }
 }
 
+/** Deletes a test run's Redis keys (cluster mode: sessions in db 1, leases and boards in db 0; channels need none). */
 export async function dropRedisPrefix(
   prefix: string,
   dbs: readonly number[] = [0, 1],
