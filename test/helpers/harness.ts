@@ -41,6 +41,20 @@ export async function createTestDatabase(): Promise<{ url: string; drop(): Promi
   }
 }
 
+/**
+ * Statements of this test's database waiting on a lock whose text is LIKE `queryLike`, read through `watcher` (a
+ * connection outside the lock holder's transaction: inside it pg_stat_activity is read once per transaction). Only
+ * this database: the suite's files share one server, and a neighbour's waiting flush must not count here.
+ */
+export async function lockWaits(watcher: pg.Client, queryLike: string): Promise<number> {
+  const r = await watcher.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_stat_activity
+     WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1`,
+    [queryLike],
+  )
+  return r.rows[0]?.n ?? 0
+}
+
 /** Redis answers PING; fails loudly (never skips) when it is not there, naming the address instead of ioredis' retries. */
 export async function requireRedis(url: string = REDIS_URL): Promise<void> {
   const r = new Redis(url, {

@@ -8,6 +8,7 @@ import { haversineMeters } from '../../src/pipeline/validate.js'
 import {
   connectDevice,
   type DeviceCreds,
+  lockWaits,
   provisionDevice,
   type StoreKind,
   type TestBroker,
@@ -64,13 +65,7 @@ async function sendUntilAcked(tb: TestBroker, dev: DeviceCreds, payload: string)
 
 /** Until the commit transaction waits on the test's lock on positions (seen from another connection). */
 function waitForLockWait(c: pg.Client): Promise<boolean> {
-  return waitFor(async () => {
-    const r = await c.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM pg_stat_activity
-       WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO positions%'`,
-    )
-    return (r.rows[0]?.n ?? 0) > 0
-  }, 30_000)
+  return waitFor(async () => (await lockWaits(c, '%INSERT INTO positions%')) > 0, 30_000)
 }
 
 describe('distance of a refused-then-retried batch (postgres, a lock makes the commit time out)', () => {

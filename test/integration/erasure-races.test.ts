@@ -12,7 +12,7 @@ import type { Db } from '../../src/store/db.js'
 import { migrate } from '../../src/store/migrate.js'
 import { openPostgres } from '../../src/store/postgres.js'
 import { Registry } from '../../src/store/registry.js'
-import { createTestDatabase, waitFor } from '../helpers/harness.js'
+import { createTestDatabase, lockWaits, waitFor } from '../helpers/harness.js'
 
 const log = createLogger('silent')
 let database: Awaited<ReturnType<typeof createTestDatabase>>
@@ -43,12 +43,7 @@ describe('GroupCommitWriter.flushBarrier', () => {
     // answer every poll from the snapshot taken at the first one (stats_fetch_consistency), never seeing the INSERT.
     const watcher = new pg.Client({ connectionString: database.url })
     await watcher.connect()
-    const waitingInserts = async (): Promise<number> => {
-      const r = await watcher.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
-      )
-      return r.rows[0]?.n ?? 0
-    }
+    const waitingInserts = () => lockWaits(watcher, 'INSERT INTO samples%')
     try {
       await locker.query('BEGIN')
       await locker.query('LOCK TABLE samples IN EXCLUSIVE MODE')

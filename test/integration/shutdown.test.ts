@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   connectDevice,
   type DeviceCreds,
+  lockWaits,
   provisionDevice,
   type TestBroker,
   startTestBroker,
@@ -179,18 +180,11 @@ describe('stop() while a commit is stuck in the database', () => {
           () => {},
         )
       // The commit is out and waits on the lock (seen from a connection outside the locker's transaction).
-      await waitFor(async () => {
-        const r = await watcher.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
-        )
-        return (r.rows[0]?.n ?? 0) > 0
-      })
+      await waitFor(async () => (await lockWaits(watcher, 'INSERT INTO samples%')) > 0)
       // Before the bound on the closes, this never returned: pool.end() waited for the stuck connection.
       await stuck.pg.stop()
-      const still = await watcher.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO samples%'`,
-      )
-      expect(still.rows[0]?.n, 'the statement was still waiting when stop() returned').toBeGreaterThan(0)
+      const still = await lockWaits(watcher, 'INSERT INTO samples%')
+      expect(still, 'the statement was still waiting when stop() returned').toBeGreaterThan(0)
       expect(acked).toBe(false)
     } finally {
       await locker.query('ROLLBACK').catch(() => {})

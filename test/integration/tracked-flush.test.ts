@@ -16,7 +16,7 @@ import type { Db } from '../../src/store/db.js'
 import { openEmbedded } from '../../src/store/embedded.js'
 import { migrate } from '../../src/store/migrate.js'
 import { openPostgres } from '../../src/store/postgres.js'
-import { createTestDatabase, waitFor } from '../helpers/harness.js'
+import { createTestDatabase, lockWaits, waitFor } from '../helpers/harness.js'
 
 const log = createLogger('silent')
 const T0 = Date.now() - 3_600_000
@@ -186,14 +186,7 @@ describe.each(['postgres', 'embedded'] as Store[])('a flush with fixes as one st
       const watcher = new pg.Client({ connectionString: dbUrl })
       await locker.connect()
       await watcher.connect()
-      // this database's waits only: the suite's other files run flushes on the same server at the same time, and one
-      // of theirs counted here let the second flush start before the first queued (then the first derived nothing)
-      const waiting = async () =>
-        (
-          await watcher.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH fix%'`,
-          )
-        ).rows[0]?.n ?? 0
+      const waiting = () => lockWaits(watcher, 'WITH fix%')
       try {
         await locker.query('BEGIN')
         await locker.query('SELECT * FROM device_tracks WHERE device_key = $1 FOR UPDATE', [d])
