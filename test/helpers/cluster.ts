@@ -98,7 +98,9 @@ process.on('exit', () => {
 })
 
 export async function startCluster(n: number, overrides: DeepPartial<BrokerConfig> = {}): Promise<TestCluster> {
-  await requireRedis(overrides.redisUrl ?? REDIS_URL)
+  // where the nodes keep their keys (a test may give the cluster a Redis of its own)
+  const redisUrl = overrides.redisUrl ?? REDIS_URL
+  await requireRedis(redisUrl)
   const dataDir = tempDir('pulsegate-cluster-')
   await initPki(path.join(dataDir, 'pki'))
   const database = await createTestDatabase()
@@ -107,8 +109,8 @@ export async function startCluster(n: number, overrides: DeepPartial<BrokerConfi
     dataDir,
     databaseUrl: database.url,
     overrides: {
-      redisUrl: REDIS_URL,
       ...overrides,
+      redisUrl,
       cluster: { heartbeatMs: 1000, leaseMs: 10_000, ...overrides.cluster, prefix },
     },
   }
@@ -188,8 +190,7 @@ export async function startCluster(n: number, overrides: DeepPartial<BrokerConfi
       await stopAll()
       await db.close()
       await database.drop()
-      // where the nodes kept them (a test may give the cluster a Redis of its own)
-      await dropRedisPrefix(prefix, [0, 1], spec.overrides.redisUrl)
+      await dropRedisPrefix(prefix, [0, 1], redisUrl)
     },
   }
 }
