@@ -37,6 +37,8 @@ export interface PlanEntry {
 export const ERASURE_PLAN: readonly PlanEntry[] = [
   { table: 'samples', by: ['device_key'], action: 'per-device' },
   { table: 'positions', by: ['device_key'], action: 'per-device' },
+  // the commit log of readings: which transaction wrote which device's metric, over which time range (migration 0019)
+  { table: 'sample_commits', by: ['device_key'], action: 'delete' },
   { table: 'device_status', by: ['device_key'], action: 'delete' },
   // the newest committed fix per device, distance is derived from it (migration 0014)
   { table: 'device_tracks', by: ['device_key'], action: 'delete', optional: true },

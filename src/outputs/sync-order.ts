@@ -59,8 +59,13 @@ interface KindQuery {
 
 const QUERIES: Record<SyncKind, KindQuery> = {
   readings: {
-    from: 'samples s JOIN devices d USING (device_key) WHERE d.user_id = $1',
-    seq: 's.commit_seq',
+    // through the commit log (migration 0019): each log row names a device, a metric, a transaction and the time range
+    // it wrote; the samples with that commit_seq in that range are the rows it logged
+    from: `sample_commits c JOIN devices d ON d.device_key = c.device_key
+      JOIN samples s ON s.device_key = c.device_key AND s.metric = c.metric AND s.commit_seq = c.commit_seq
+        AND s.time BETWEEN c.t_min AND c.t_max
+      WHERE d.user_id = $1`,
+    seq: 'c.commit_seq',
     keys: [
       { col: 's.device_key', param: (n) => `$${n}::int4` },
       { col: 's.metric', param: (n) => `$${n}::int2` },

@@ -103,9 +103,24 @@ export class Columns {
 // to_timestamp(float8) rounds to the microsecond, so integer epoch milliseconds map to exactly one timestamptz.
 // commit_seq (migration 0014, delta sync by commit order) is the transaction id, computed once per statement (an
 // InitPlan) rather than per row as the column default would.
-export const INSERT_SAMPLES = `INSERT INTO samples (time, device_key, metric, value, commit_seq)
-  SELECT to_timestamp(t / 1000.0), d, m, v, (SELECT pg_current_xact_id()::text::bigint)
-  FROM unnest($1::float8[], $2::int4[], $3::int2[], $4::float8[]) AS u(t, d, m, v)
+//
+// The commit log (migration 0019): one sample_commits row per device and metric of a statement, with the time range it
+// wrote, instead of a per-row (device_key, commit_seq) index entry on samples. Sync reads readings in commit order
+// through it (src/outputs/sync-order.ts). Every statement that stores samples a sync must see writes its log rows in
+// the same statement (COMMIT_LOG), so both commit or neither does. Measured on the embedded store at saturation
+// (bench/ingest.ts): the per-row index was a quarter of each flush's cost (docs/benchmarks.md).
+// ON CONFLICT DO UPDATE: two statements of one transaction (an import) may log the same device and metric.
+export const COMMIT_LOG = (rows: string) => `INSERT INTO sample_commits (device_key, metric, commit_seq, t_min, t_max)
+    SELECT d, m, (SELECT pg_current_xact_id()::text::bigint), to_timestamp(min(t) / 1000.0), to_timestamp(max(t) / 1000.0)
+    FROM ${rows} GROUP BY d, m
+    ON CONFLICT (device_key, commit_seq, metric)
+      DO UPDATE SET t_min = least(sample_commits.t_min, EXCLUDED.t_min), t_max = greatest(sample_commits.t_max, EXCLUDED.t_max)`
+export const INSERT_SAMPLES = `WITH u AS MATERIALIZED (
+    SELECT * FROM unnest($1::float8[], $2::int4[], $3::int2[], $4::float8[]) AS u(t, d, m, v)
+  ),
+  log AS (${COMMIT_LOG('u')})
+  INSERT INTO samples (time, device_key, metric, value, commit_seq)
+  SELECT to_timestamp(t / 1000.0), d, m, v, (SELECT pg_current_xact_id()::text::bigint) FROM u
   ON CONFLICT DO NOTHING`
 export const INSERT_POSITIONS = `INSERT INTO positions (time, device_key, lat, lon, alt, acc)
   SELECT to_timestamp(t / 1000.0), d, la, lo, al, ac
@@ -131,7 +146,8 @@ export const PLAIN_SAMPLES = INSERT_SAMPLES.replace(/\s*ON CONFLICT DO NOTHING$/
  * - fresh: the fixes this statement stored (all after a plain INSERT, those RETURNING names after ON CONFLICT);
  * - seg/dist: distance from the track's fix through the fresh fixes newer than it, per device in time order, with
  *   haversineMeters' formula and constants (validate-speed.ts);
- * - s: the flush's samples and the distance rows in one INSERT; mv: move each track to its newest fresh fix.
+ * - r/s: the flush's samples and the distance rows in one INSERT, log: their commit-log rows (COMMIT_LOG);
+ *   mv: move each track to its newest fresh fix.
  * A track row must exist before (ensureTracks): a row this statement inserted would not be visible to its own lock.
  * mv upserts anyway, so a track deleted meanwhile (erasure) starts again from nothing, as a first fix does.
  * Returns the distance rows (o = the fix's batch in the flush) and one summary row (o = -1: samples, fresh fixes).
@@ -169,14 +185,16 @@ export function trackedStatement(upsert: boolean): string {
       ))) AS v
     FROM seg WHERE o >= 0 AND pt IS NOT NULL
   ),
+  r AS MATERIALIZED (
+    SELECT * FROM unnest($8::float8[], $9::int4[], $10::int2[], $11::float8[]) AS u(t, d, m, v)
+    UNION ALL SELECT t, d, ${DERIVED_METRICS.distance}::int2, v FROM dist
+  ),
   s AS (
     INSERT INTO samples (time, device_key, metric, value, commit_seq)
-    SELECT to_timestamp(t / 1000.0), d, m, v, (SELECT pg_current_xact_id()::text::bigint) FROM (
-      SELECT * FROM unnest($8::float8[], $9::int4[], $10::int2[], $11::float8[]) AS u(t, d, m, v)
-      UNION ALL SELECT t, d, ${DERIVED_METRICS.distance}::int2, v FROM dist
-    ) AS r${onConflict}
+    SELECT to_timestamp(t / 1000.0), d, m, v, (SELECT pg_current_xact_id()::text::bigint) FROM r${onConflict}
     RETURNING 1
   ),
+  log AS (${COMMIT_LOG('r')}),
   mv AS (
     INSERT INTO device_tracks AS dt (device_key, t, lat, lon)
     SELECT DISTINCT ON (d) d, t, la, lo FROM seg WHERE o >= 0 ORDER BY d, t DESC

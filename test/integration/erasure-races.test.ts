@@ -43,7 +43,7 @@ describe('GroupCommitWriter.flushBarrier', () => {
     // answer every poll from the snapshot taken at the first one (stats_fetch_consistency), never seeing the INSERT.
     const watcher = new pg.Client({ connectionString: database.url })
     await watcher.connect()
-    const waitingInserts = () => lockWaits(watcher, 'INSERT INTO samples%')
+    const waitingInserts = () => lockWaits(watcher, '%INSERT INTO samples%')
     try {
       await locker.query('BEGIN')
       await locker.query('LOCK TABLE samples IN EXCLUSIVE MODE')

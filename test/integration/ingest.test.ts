@@ -265,6 +265,21 @@ describe.each(stores)('ingest on %s', (store) => {
         ]),
       )
       expect(names.filter((n) => n.startsWith('policy_refresh_continuous_aggregate')).length).toBe(2)
+      // The commit log goes with the samples' retention (migration 0020): a daily job, and what it deletes.
+      const trim = await tb.pg.db.query<{ config: unknown }>(
+        `SELECT config FROM timescaledb_information.jobs WHERE proc_name = 'pulsegate_trim_sample_commits'`,
+      )
+      expect(trim.rows.map((r) => r.config)).toEqual([{ drop_after: '90 days' }])
+      await tb.pg.db.query(
+        `INSERT INTO sample_commits (device_key, metric, commit_seq, t_min, t_max) VALUES
+           (-7, 1, 1, now() - interval '92 days', now() - interval '91 days'),
+           (-7, 1, 2, now() - interval '92 days', now() - interval '89 days')`,
+      )
+      await tb.pg.db.exec(`CALL pulsegate_trim_sample_commits(0, '{"drop_after": "90 days"}')`)
+      const left = await tb.pg.db.query<{ seq: string }>(
+        'SELECT commit_seq::text AS seq FROM sample_commits WHERE device_key = -7',
+      )
+      expect(left.rows.map((r) => r.seq)).toEqual(['2'])
       const caggs = await tb.pg.db.query<{ view_name: string }>(
         'SELECT view_name FROM timescaledb_information.continuous_aggregates ORDER BY 1',
       )

@@ -180,10 +180,10 @@ describe('stop() while a commit is stuck in the database', () => {
           () => {},
         )
       // The commit is out and waits on the lock (seen from a connection outside the locker's transaction).
-      await waitFor(async () => (await lockWaits(watcher, 'INSERT INTO samples%')) > 0)
+      await waitFor(async () => (await lockWaits(watcher, '%INSERT INTO samples%')) > 0)
       // Before the bound on the closes, this never returned: pool.end() waited for the stuck connection.
       await stuck.pg.stop()
-      const still = await lockWaits(watcher, 'INSERT INTO samples%')
+      const still = await lockWaits(watcher, '%INSERT INTO samples%')
       expect(still, 'the statement was still waiting when stop() returned').toBeGreaterThan(0)
       expect(acked).toBe(false)
     } finally {

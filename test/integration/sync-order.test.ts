@@ -6,6 +6,9 @@ import type { MqttClient } from 'mqtt'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { syncResponseSchema, type SyncResponse } from '../../src/outputs/sync.js'
+import { createLogger } from '../../src/log.js'
+import { INSERT_SAMPLES } from '../../src/pipeline/commit.js'
+import { migrate } from '../../src/store/migrate.js'
 import {
   connectDevice,
   connectWithToken,
@@ -99,6 +102,29 @@ describe.each(stores)('delta sync by commit order on %s', (store) => {
     expect(third.pages.flatMap((p) => p.readings ?? [])).toEqual([])
   })
 
+  it('the commit log is how readings are found: rows stored without it are found once migration 0019 logs them', async () => {
+    const start = await syncAll(app, 'so-user', '0', 5000, responses)
+    // A reading written as before the commit log: the row alone, no sample_commits row.
+    await tb.pg.db.query(
+      `INSERT INTO samples (time, device_key, metric, value)
+       SELECT to_timestamp($1::float8 / 1000), device_key, 1, 77 FROM devices WHERE device_id = 'so-1'`,
+      [now - 7_300_000],
+    )
+    const unlogged = await syncAll(app, 'so-user', start.cursor, 5000, responses)
+    expect(unlogged.pages.flatMap((p) => p.readings ?? [])).toEqual([])
+    // The migration's back-fill logs every stored row by its transaction; it runs again here as on an upgrade.
+    await tb.pg.db.query(`DELETE FROM schema_migrations WHERE version = '0019_sample_commits.sql'`)
+    expect((await migrate(tb.pg.db, createLogger('silent'))).applied).toEqual(['0019_sample_commits.sql'])
+    const logged = await syncAll(app, 'so-user', start.cursor, 5000, responses)
+    expect(logged.pages.flatMap((p) => p.readings ?? []).map((r) => [r.t, r.value])).toEqual([[now - 7_300_000, 77]])
+    // Rows the pipeline had logged already are not logged twice: from the start, every stored row once.
+    const ids = (await syncAll(app, 'so-user', '0', 5000, responses)).pages.flatMap((p) =>
+      (p.readings ?? []).map((r) => r.id),
+    )
+    expect(new Set(ids).size).toBe(ids.length)
+    expect(ids.length).toBe(await stored())
+  })
+
   it('alerts (opened, then resolved), recommendations and consent changes come with the same cursor', async () => {
     const start = await syncAll(app, 'so-user', '0', 500, responses)
     const alertId = crypto.randomUUID()
@@ -143,12 +169,12 @@ describe.each(stores)('delta sync by commit order on %s', (store) => {
       await neighbour.query('BEGIN')
       await neighbour.query('SELECT pg_current_xact_id()')
       try {
+        const key = (await slow.query<{ k: number }>(`SELECT device_key AS k FROM devices WHERE device_id = 'so-1'`))
+          .rows[0]!.k
         // The slow transaction takes its id first, then a batch commits (with a larger id) while it is still open.
+        // It stores its reading as the pipeline does: the samples and their commit-log row (migration 0019).
         await slow.query('BEGIN')
-        await slow.query(
-          `INSERT INTO samples (time, device_key, metric, value)
-           SELECT now() - interval '2 hours', device_key, 1, 55 FROM devices WHERE device_id = 'so-1'`,
-        )
+        await slow.query(INSERT_SAMPLES, [[now - 2 * 3_600_000], [key], [1], [55]])
         await publish([{ t: now - 30_000 + 500, hr: 140 }])
         const mid = await syncAll(app, 'so-user', before.cursor, 5000, responses)
         // The batch is below no horizon yet: returning it would move the cursor past the open transaction's row.
