@@ -214,7 +214,7 @@ export const configSchema = z
       flushIntervalMs: z.coerce.number().min(0).max(1000),
       /** rows waiting for the database, across all devices; above it QoS 1 is refused (device retries) and QoS 0 dropped */
       maxQueuedRows: z.coerce.number().int().min(100),
-      /** statements in flight at once (pg pool); the embedded store always uses 1 */
+      /** statements in flight at once (pg pool); the embedded store uses at most 2 (one running, one queued on its thread) */
       writers: z.coerce.number().int().min(1).max(32),
       /** a QoS 1 batch not committed by then is refused: the device reconnects and retries (idempotent) */
       commitTimeoutMs: ms,

@@ -29,7 +29,8 @@ export class DbOverloadError extends Error {
 
 export interface Db extends Queryable {
   readonly kind: 'postgres' | 'embedded'
-  /** statements that may run at once: the pg pool size, 1 for the embedded store */
+  /** statements worth having in flight at once: the pg pool size; 2 for the embedded store on its thread (one runs, one
+   *  waits queued there), 1 with PGlite on the calling thread */
   readonly maxConcurrency: number
   /** fn runs on one connection inside BEGIN … COMMIT (ROLLBACK on throw) */
   transaction<T>(fn: (q: Queryable) => Promise<T>): Promise<T>

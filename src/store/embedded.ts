@@ -133,7 +133,10 @@ async function openOnThread(dataDir: string, dir: string, log: Logger): Promise<
   let closed = false
   return {
     kind: 'embedded',
-    maxConcurrency: 1,
+    // PGlite runs one statement at a time, but its thread queues them: with a second flush queued behind the running
+    // one, the thread starts it the moment the first commits, instead of idling while this thread answers the first
+    // flush's PUBACKs and seals the next (a fifth of its time; saturation 135,000 → 153,000 readings/s, bench/ingest.ts).
+    maxConcurrency: 2,
     query: (sql, params) => t.query(sql, params),
     exec: (sql) => t.exec(sql),
     transaction: (fn) => t.transaction(fn),
