@@ -46,7 +46,6 @@
 import { type ChildProcess, fork, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs'
-import { Session } from 'node:inspector/promises'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -81,6 +80,7 @@ import {
   summarizeMs,
 } from './lib/stats.js'
 import { num, oneOf, printHeaderAndExit, usage } from './lib/args.js'
+import { startCpuProfile } from './lib/cpu-profile.js'
 import { runSummary, type WindowReport, WorkerHandle } from './lib/worker-protocol.js'
 import { freePort } from './lib/free-port.js'
 
@@ -144,8 +144,12 @@ const opts = {
 }
 
 const log = (s: string) => process.stderr.write(`[compare] ${s}\n`)
-/** V8 heap sizing flags: passed on to the bare-Aedes child so that both brokers run with the same heap */
-const HEAP_FLAG = /^--(max-semi-space-size|max-old-space-size|min-semi-space-size)(=|$)/
+/** This process' V8 heap sizing flags: passed on to the bare-Aedes child so that both brokers run with the same heap */
+const HEAP_ARGS = process.execArgv.filter((f) =>
+  /^--(max-semi-space-size|max-old-space-size|min-semi-space-size)(=|$)/.test(f),
+)
+/** how a describe line names them */
+const HEAP_NOTE = HEAP_ARGS.length > 0 ? ` (node ${HEAP_ARGS.join(' ')})` : ''
 
 /** The broker under test, however it runs: where to connect, how to read its CPU and memory, how to stop it. */
 interface Target {
@@ -242,12 +246,11 @@ async function startBareAedes(name: 'aedes' | 'aedes-mtls', pki: BenchPki): Prom
   const args = mtls ? ['mtls', pki.caCert, pki.serverCert, pki.serverKey] : ['tcp']
   // The same V8 heap settings as pulsegate in this process (`node --max-semi-space-size=64 dist/bench/compare.js`):
   // both brokers on the same runtime. Nothing else of this process' flags (an inspector, a profiler) goes along.
-  const execArgv = process.execArgv.filter((f) => HEAP_FLAG.test(f))
-  const child = fork(new URL('./lib/bare-aedes.js', import.meta.url), args, { execArgv, stdio: 'inherit' })
+  const child = fork(new URL('./lib/bare-aedes.js', import.meta.url), args, { execArgv: HEAP_ARGS, stdio: 'inherit' })
   const m = (await once(child, 'message')) as [BareAedesMessage]
   const msg = m[0]
   if (msg.type !== 'listening') throw new Error(`bare Aedes did not start: ${msg.message}`)
-  const describe = `bare Aedes 1.2 (createBroker defaults, no hooks), child process${execArgv.length > 0 ? ` (node ${execArgv.join(' ')})` : ''}, ${mtls ? 'mTLS (client certificate required)' : 'plain TCP'}`
+  const describe = `bare Aedes 1.2 (createBroker defaults, no hooks), child process${HEAP_NOTE}, ${mtls ? 'mTLS (client certificate required)' : 'plain TCP'}`
   return childTarget(name, describe, child, msg.port, mtls ? 'mtls' : 'tcp', pki.caCert)
 }
 
@@ -343,7 +346,7 @@ async function startPulsegateTarget(pki: BenchPki): Promise<Target> {
   }
   return {
     name: 'pulsegate',
-    describe: `pulsegate (full pipeline, build ${brokerBuildHash()}) in this process${process.execArgv.some((f) => HEAP_FLAG.test(f)) ? ` (node ${process.execArgv.filter((f) => HEAP_FLAG.test(f)).join(' ')})` : ''}, PostgreSQL database ${broker.dbName}, mTLS device certificates`,
+    describe: `pulsegate (full pipeline, build ${brokerBuildHash()}) in this process${HEAP_NOTE}, PostgreSQL database ${broker.dbName}, mTLS device certificates`,
     host: '127.0.0.1',
     port: broker.instance.ports.mqtts as number,
     transport: 'mtls',
@@ -455,13 +458,7 @@ async function runTarget(t: Target, pki: BenchPki, tStartMs: number): Promise<Ta
     const windows = workers.map((w) => w.next('window'))
     const pg0 = cpuOf(backendPids)
     const mc0 = machineCpu()
-    const profiler = inst && a['cpu-profile'] ? new Session() : null
-    if (profiler) {
-      profiler.connect()
-      await profiler.post('Profiler.enable')
-      await profiler.post('Profiler.setSamplingInterval', { interval: 200 })
-      await profiler.post('Profiler.start')
-    }
+    const stopProfile = inst && a['cpu-profile'] ? await startCpuProfile(a['cpu-profile'] as string) : null
     const cpu0 = t.cpuSeconds()
     const t0 = performance.now()
     for (const w of workers) w.send({ type: 'measure', on: true })
@@ -469,10 +466,8 @@ async function runTarget(t: Target, pki: BenchPki, tStartMs: number): Promise<Ta
     for (const w of workers) w.send({ type: 'measure', on: false })
     const windowS = (performance.now() - t0) / 1000
     const cpu1 = t.cpuSeconds()
-    if (profiler) {
-      const { profile } = await profiler.post('Profiler.stop')
-      fs.writeFileSync(a['cpu-profile'] as string, JSON.stringify(profile))
-      profiler.disconnect()
+    if (stopProfile) {
+      await stopProfile()
       log(`pulsegate: CPU profile of the window written to ${a['cpu-profile']} (the profiler's own cost is in its CPU)`)
     }
     const mc1 = machineCpu()

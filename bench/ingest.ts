@@ -31,7 +31,6 @@
 // JSON with every figure (incl. a hash of dist/src: the figures belong to one version of the broker).
 import { once } from 'node:events'
 import fs from 'node:fs'
-import { Session } from 'node:inspector/promises'
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import v8 from 'node:v8'
@@ -59,6 +58,7 @@ import {
   summarizeMs,
 } from './lib/stats.js'
 import { num, oneOf, printHeaderAndExit } from './lib/args.js'
+import { startCpuProfile } from './lib/cpu-profile.js'
 import { runSummary, type WindowReport, WorkerHandle } from './lib/worker-protocol.js'
 
 const { values: a } = parseArgs({
@@ -266,13 +266,7 @@ async function run(
   })
   gcObserver.observe({ entryTypes: ['gc'] })
   // --cpu-profile: the broker's main thread, sampled over the measured window only (not setup, ramp or verification)
-  const profiler = a['cpu-profile'] ? new Session() : null
-  if (profiler) {
-    profiler.connect()
-    await profiler.post('Profiler.enable')
-    await profiler.post('Profiler.setSamplingInterval', { interval: 200 })
-    await profiler.post('Profiler.start')
-  }
+  const stopProfile = a['cpu-profile'] ? await startCpuProfile(a['cpu-profile'] as string) : null
   const t0 = performance.now()
   for (const w of workers) w.send({ type: 'measure', on: true })
   let rssPeak = 0
@@ -298,10 +292,8 @@ async function run(
     // At the end of the window, before publishing stops: what the broker holds under this load (Chrome DevTools).
     log(`heap snapshot written to ${v8.writeHeapSnapshot(a['heap-snapshot'] as string)}`)
   }
-  if (profiler) {
-    const { profile } = await profiler.post('Profiler.stop')
-    fs.writeFileSync(a['cpu-profile'] as string, JSON.stringify(profile))
-    profiler.disconnect()
+  if (stopProfile) {
+    await stopProfile()
     log(`CPU profile of the window written to ${a['cpu-profile']}`)
   }
   rssPeak = Math.max(rssPeak, rssEnd)
